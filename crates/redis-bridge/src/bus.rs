@@ -1,0 +1,256 @@
+//! The [`Bus`] interface and the values that cross it.
+
+use async_trait::async_trait;
+use roomcast_protocol::{Count, DirectMessage, Member, Publication, RoomName, StreamPosition, UserId};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings every bus implementation honours.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// This node's name (the `node` of envelopes, the owner of presence entries).
+    pub node_id: String,
+    /// Prefix of every Redis key and channel.
+    pub prefix: String,
+    /// Messages kept per room.
+    pub history_size: usize,
+    /// How long a room's history lives after its last publish.
+    pub history_ttl: Duration,
+    /// How long a publish/send id is remembered for deduplication.
+    pub dedupe_window: Duration,
+    /// How long a presence entry lives without being refreshed by its node.
+    pub presence_ttl: Duration,
+    /// Most messages a `since` recovery replays; beyond it the join says `recovered: false`.
+    pub max_recover: usize,
+    /// How long a bus operation may take before it fails with [`BusError::Unavailable`].
+    pub op_timeout: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            node_id: "node".into(),
+            prefix: "roomcast".into(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(24 * 3600),
+            dedupe_window: Duration::from_secs(120),
+            presence_ttl: Duration::from_secs(30),
+            max_recover: 1000,
+            op_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a bus operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The bus (Redis) cannot be reached, or did not answer in time.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The bus answered something unexpected.
+    #[error("bus error: {0}")]
+    Internal(String),
+}
+
+/// A room publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// The message; its `offset` is ignored (the bus assigns it).
+    pub publication: Publication,
+    /// Volatile: no offset, no history.
+    pub volatile: bool,
+    /// Deduplication key (user and request id); a repeat within the window is not
+    /// delivered again and gets the original result.
+    pub idempotency_key: Option<String>,
+    /// A connection id that must not receive this message (the publisher, without echo).
+    pub skip: Option<String>,
+}
+
+/// What a publish got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishResult {
+    /// The offset assigned (none when volatile).
+    pub offset: Option<u64>,
+    /// The epoch of the room's history.
+    pub epoch: String,
+    /// This was a repeat of an earlier publish with the same key: nothing was delivered.
+    pub duplicate: bool,
+}
+
+/// A message to every connection of one user.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// The recipient.
+    pub to: UserId,
+    /// The message.
+    pub message: DirectMessage,
+    /// Deduplication key, as for publish.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a send got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    /// This was a repeat: nothing was delivered.
+    pub duplicate: bool,
+}
+
+/// Which part of a room's history to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Everything after this position (when it is still held and the epoch matches).
+    pub since: Option<StreamPosition>,
+    /// Without `since`: the n most recent messages. With `since`, when recovery is
+    /// impossible: the n most recent messages instead.
+    pub limit: usize,
+}
+
+/// A slice of a room's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    /// The epoch of the room's history.
+    pub epoch: String,
+    /// The room's current (last assigned) offset; 0 when nothing was published.
+    pub offset: u64,
+    /// The messages, oldest first.
+    pub messages: Vec<Publication>,
+    /// With `since`: every message after it is in `messages`.
+    pub recovered: bool,
+}
+
+/// Who is in a room, cluster-wide.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PresenceSnapshot {
+    /// Members, cut to the requested limit, sorted by user.
+    pub members: Vec<Member>,
+    /// Totals, never cut.
+    pub count: Count,
+}
+
+/// What the bus delivers to its node, in order per room.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// A room message, from any node (this one included).
+    Message {
+        /// The message.
+        publication: Arc<Publication>,
+        /// A connection not to deliver to.
+        skip: Option<String>,
+    },
+    /// A user's first connection in a room, cluster-wide.
+    MemberJoined {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: UserId,
+    },
+    /// A user's last connection in a room, cluster-wide, left or expired.
+    MemberLeft {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: UserId,
+    },
+    /// A message to every connection of a user.
+    Direct {
+        /// The recipient.
+        to: UserId,
+        /// The message.
+        message: Arc<DirectMessage>,
+    },
+    /// Close every connection of a user.
+    Disconnect {
+        /// The user.
+        user: UserId,
+        /// The close code.
+        code: u16,
+    },
+    /// Messages of a room were lost and cannot be read back (history trimmed or lost):
+    /// local members have a gap that only a re-join can reveal (`recovered: false`).
+    Gap {
+        /// The room.
+        room: RoomName,
+    },
+    /// The bus went down or came back.
+    State {
+        /// Whether the bus is connected.
+        up: bool,
+    },
+}
+
+/// The node's side of the bus: receives every event, synchronously and in order.
+/// Implementations must not block (they queue work; they never await).
+pub trait Delivery: Send + Sync + 'static {
+    /// Handles one event.
+    fn deliver(&self, event: BusEvent);
+}
+
+/// Counters a bus keeps for the node's metrics.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Times the bus reconnected after losing Redis.
+    pub reconnects: AtomicU64,
+    /// Publishes (and sends) that failed.
+    pub publish_errors: AtomicU64,
+    /// Envelopes received from the bus.
+    pub messages_received: AtomicU64,
+    /// Gaps detected and repaired from history.
+    pub gap_repairs: AtomicU64,
+    /// Gaps that could not be repaired.
+    pub gaps_lost: AtomicU64,
+}
+
+impl BusStats {
+    /// Adds one to a counter.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The cluster bus. Every method is safe to call from many tasks at once.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Starts delivering events to `delivery`; called once, before any other method.
+    async fn start(&self, delivery: Arc<dyn Delivery>) -> Result<(), BusError>;
+
+    /// Publishes to a room: assigns the next offset (unless volatile) atomically with the
+    /// history append, and delivers the message to every node, this one included,
+    /// in offset order.
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BusError>;
+
+    /// Sends a message to every connection of a user, on every node.
+    async fn send(&self, req: SendRequest) -> Result<SendResult, BusError>;
+
+    /// Reads a room's history.
+    async fn history(&self, room: &RoomName, query: HistoryQuery) -> Result<History, BusError>;
+
+    /// Adds a connection of `user` to a room's presence; when it is the user's first
+    /// connection there, cluster-wide, a `MemberJoined` event goes to every node.
+    async fn presence_join(&self, room: &RoomName, user: &UserId, conn: &str) -> Result<(), BusError>;
+
+    /// Removes a connection from a room's presence; when it was the user's last one,
+    /// a `MemberLeft` event goes to every node.
+    async fn presence_leave(&self, room: &RoomName, user: &UserId, conn: &str) -> Result<(), BusError>;
+
+    /// Who is in a room, cluster-wide.
+    async fn presence(&self, room: &RoomName, limit: usize) -> Result<PresenceSnapshot, BusError>;
+
+    /// Closes every connection of `user` on every node with `code`.
+    async fn disconnect_user(&self, user: &UserId, code: u16) -> Result<(), BusError>;
+
+    /// This node has local members in `room` now (gap tracking, per-room subscriptions).
+    fn watch_room(&self, room: &RoomName);
+
+    /// This node has no local members in `room` any more.
+    fn unwatch_room(&self, room: &RoomName);
+
+    /// Whether the bus can serve (connected and subscribed).
+    fn is_ready(&self) -> bool;
+
+    /// The bus's counters.
+    fn stats(&self) -> &BusStats;
+
+    /// Stops background work and removes this node's presence entries.
+    async fn close(&self);
+}

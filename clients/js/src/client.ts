@@ -348,9 +348,8 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
 
   /** @internal */
   _roomJoinNeeded(room: Room<any>): void {
-    if (this._state !== 'connected' || !this.transport) return;
     if (this.transport instanceof HttpTransport) this.transport.updateRooms();
-    else this.transport.send(room._joinCommand(this.nextId()));
+    else if (this._state === 'connected' && this.transport) this.transport.send(room._joinCommand(this.nextId()));
   }
 
   /** @internal */
@@ -581,8 +580,10 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
     }
     // Rooms that are in this stream and were waiting are now joined (the stream resumes from `since`).
     const inStream = new Set(rooms ?? []);
+    let missing = false;
     for (const room of this.rooms.values()) {
-      if (room.state === 'joining' && inStream.has(room.name)) {
+      if (!inStream.has(room.name)) missing = true;
+      else if (room.state === 'joining') {
         const pos = room._sseRoom();
         room._joinCommand(this.nextId()); // records whether this join resumes
         room._handleJoined(
@@ -599,6 +600,8 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
         if (room.options.presence) this.fetchMembers(room);
       }
     }
+    // Rooms joined while this stream was opening: reopen it with them.
+    if (missing) this.transport.updateRooms();
     this.flushOutbox();
   }
 

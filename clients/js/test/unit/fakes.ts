@@ -168,7 +168,7 @@ export function fakeJwt(claims: Record<string, unknown>): string {
 }
 
 export function msg(room: string, offset: number | undefined, event = 'chat', data: unknown = { n: offset }) {
-  const m: Record<string, unknown> = { type: 'message', room, event, data, from: 'u2', ts: 1 };
+  const m: { room: string; offset?: number; [k: string]: unknown } = { type: 'message', room, event, data, from: 'u2', ts: 1 };
   if (offset !== undefined) m.offset = offset;
   return m;
 }

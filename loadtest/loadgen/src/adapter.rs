@@ -1,0 +1,364 @@
+//! One connection to a target, in its own protocol: roomcast (PROTOCOL.md, through
+//! the protocol crate), the `ws` + `ioredis` peer (plain JSON), or Socket.IO 4
+//! (Engine.IO v4 text frames over a raw WebSocket, hand-rolled).
+
+use crate::sys::Target as Addr;
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use roomcast_protocol::{ClientMessage, Encoding, EventName, ReqId, RoomName, ServerMessage};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Which server the generator speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Roomcast,
+    Wsredis,
+    Socketio,
+}
+
+/// The payload every benchmark message carries in `data`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payload {
+    /// Send time, microseconds since the Unix epoch.
+    pub t: u64,
+    /// Publisher index.
+    pub p: u32,
+    /// Sequence of this publisher in this room, from 1.
+    pub s: u64,
+    /// Padding, to reach a payload size.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub x: String,
+}
+
+/// What arrived, reduced to what the modes count.
+#[derive(Debug)]
+pub enum Incoming {
+    Delivery { offset: Option<u64>, payload: Option<Payload> },
+    Ack { id: i64, offset: Option<u64> },
+    Error { id: Option<i64>, msg: String },
+    Closed(String),
+    Other,
+}
+
+/// Connection settings shared by every connection of a run.
+#[derive(Clone)]
+pub struct Settings {
+    pub kind: Kind,
+    pub encoding: Encoding,
+    pub token: Option<std::sync::Arc<dyn Fn() -> String + Send + Sync>>,
+    pub sources: u8,
+    pub timeout: Duration,
+}
+
+pub struct Conn {
+    ws: WebSocketStream<TcpStream>,
+    kind: Kind,
+    enc: Encoding,
+    sio_ack: u64,
+}
+
+fn ws_config() -> WebSocketConfig {
+    // A generator holding 20k sockets cannot afford tungstenite's 128 KiB default read
+    // buffer per connection; messages here are small.
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+}
+
+/// TCP connect from 127.0.0.<1 + idx % sources>, so that many sources share the load
+/// of the per-address ephemeral port range.
+async fn tcp(addr: SocketAddr, idx: usize, sources: u8) -> Result<TcpStream> {
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let (IpAddr::V4(_), true) = (addr.ip(), sources > 0) {
+        let src = Ipv4Addr::new(127, 0, 0, 1 + (idx % sources as usize) as u8);
+        sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).with_context(|| format!("bind {src}"))?;
+    }
+    let s = sock.connect(addr).await.context("tcp connect")?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+impl Conn {
+    /// Connects, completes the WebSocket handshake and the target's own greeting
+    /// (roomcast: `welcome`; Socket.IO: the Engine.IO open and the `40` connect).
+    pub async fn open(st: &Settings, target: &Addr, idx: usize) -> Result<Conn> {
+        let stream = tcp(target.addr, idx, st.sources).await?;
+        let path = match st.kind {
+            Kind::Roomcast => {
+                let mut p = format!("{}/ws", target.base_path);
+                if let Some(tok) = &st.token {
+                    p.push_str("?token=");
+                    p.push_str(&tok());
+                }
+                p
+            }
+            Kind::Wsredis => format!("{}/", target.base_path),
+            Kind::Socketio => format!("{}/socket.io/?EIO=4&transport=websocket", target.base_path),
+        };
+        let url = format!("ws://{}{}", target.host_port, path);
+        let mut req = url.into_client_request()?;
+        if st.kind == Kind::Roomcast {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(st.encoding.subprotocol()));
+        }
+        let (ws, _resp) =
+            tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
+                .await
+                .context("websocket handshake")?;
+        let mut c = Conn { ws, kind: st.kind, enc: st.encoding, sio_ack: 0 };
+        match st.kind {
+            Kind::Roomcast => loop {
+                match c.next_raw(st.timeout).await? {
+                    Raw::Server(ServerMessage::Welcome { .. }) => break,
+                    Raw::Server(ServerMessage::Error { code, message, .. }) => {
+                        bail!("error before welcome: {code:?}: {message}")
+                    }
+                    _ => {}
+                }
+            },
+            Kind::Wsredis => {}
+            Kind::Socketio => {
+                // "0{...}" open, then our "40", then the server's "40{sid}".
+                loop {
+                    if let Raw::Text(t) = c.next_raw(st.timeout).await? {
+                        if t.starts_with('0') {
+                            break;
+                        }
+                    }
+                }
+                c.ws.send(Message::text("40")).await?;
+                loop {
+                    if let Raw::Text(t) = c.next_raw(st.timeout).await? {
+                        if t.starts_with("40") {
+                            break;
+                        }
+                        if t.starts_with("44") {
+                            bail!("socket.io connect refused: {t}");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Joins a room and waits for the reply; returns the room's offset (roomcast).
+    pub async fn join(&mut self, room: &str, timeout: Duration) -> Result<u64> {
+        match self.kind {
+            Kind::Roomcast => {
+                let m = ClientMessage::Join {
+                    room: RoomName::new(room)?,
+                    history: None,
+                    since: None,
+                    id: Some(ReqId::Int(0)),
+                };
+                self.send_client(&m).await?;
+                loop {
+                    match self.next_raw(timeout).await? {
+                        Raw::Server(ServerMessage::Joined { offset, .. }) => return Ok(offset),
+                        Raw::Server(ServerMessage::Error { code, message, .. }) => {
+                            bail!("join refused: {code:?}: {message}")
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Kind::Wsredis => {
+                let m = serde_json::json!({"type": "join", "room": room});
+                self.ws.send(Message::text(m.to_string())).await?;
+                loop {
+                    if let Raw::Text(t) = self.next_raw(timeout).await? {
+                        if t.contains("\"joined\"") {
+                            return Ok(0);
+                        }
+                    }
+                }
+            }
+            Kind::Socketio => {
+                self.sio_ack += 1;
+                let n = self.sio_ack;
+                let m = format!("42{}{}", n, serde_json::json!(["join", room]));
+                self.ws.send(Message::text(m)).await?;
+                let want = format!("43{n}");
+                loop {
+                    if let Raw::Text(t) = self.next_raw(timeout).await? {
+                        if t.starts_with(&want) {
+                            return Ok(0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues one publish (not flushed: call [`Conn::flush`]). `id` asks roomcast for
+    /// an ack.
+    pub async fn feed_publish(&mut self, room: &str, payload: &Payload, id: i64) -> Result<()> {
+        let msg = match self.kind {
+            Kind::Roomcast => {
+                let m = ClientMessage::Publish {
+                    room: RoomName::new(room)?,
+                    event: EventName::new("m")?,
+                    data: serde_json::to_value(payload)?,
+                    id: Some(ReqId::Int(id)),
+                    volatile: false,
+                    echo: false,
+                };
+                let b = self.enc.encode(&m).map_err(|e| anyhow!("{e}"))?;
+                if self.enc.is_binary() {
+                    Message::Binary(b)
+                } else {
+                    Message::Text(String::from_utf8(b.to_vec())?.into())
+                }
+            }
+            Kind::Wsredis => Message::text(
+                serde_json::json!({"type": "publish", "room": room, "event": "m", "data": payload})
+                    .to_string(),
+            ),
+            Kind::Socketio => Message::text(format!(
+                "42{}",
+                serde_json::json!(["publish", {"room": room, "event": "m", "data": payload}])
+            )),
+        };
+        self.ws.feed(msg).await?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<()> {
+        self.ws.flush().await?;
+        Ok(())
+    }
+
+    /// Reads the next frame (no timeout: the caller selects on it) and reduces it.
+    pub async fn recv(&mut self) -> Incoming {
+        match self.ws.next().await {
+            None => Incoming::Closed("eof".into()),
+            Some(Err(e)) => Incoming::Closed(e.to_string()),
+            Some(Ok(m)) => self.reduce(m).await,
+        }
+    }
+
+    async fn reduce(&mut self, m: Message) -> Incoming {
+        match (self.kind, m) {
+            (_, Message::Close(f)) => {
+                Incoming::Closed(f.map(|f| format!("close {} {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "close".into()))
+            }
+            (Kind::Roomcast, Message::Text(t)) => self.reduce_server(t.as_bytes()),
+            (Kind::Roomcast, Message::Binary(b)) => self.reduce_server(&b),
+            (Kind::Wsredis, Message::Text(t)) => {
+                #[derive(Deserialize)]
+                struct M {
+                    #[serde(rename = "type")]
+                    ty: String,
+                    data: Option<Payload>,
+                    code: Option<String>,
+                }
+                match serde_json::from_str::<M>(&t) {
+                    Ok(m) if m.ty == "message" => Incoming::Delivery { offset: None, payload: m.data },
+                    Ok(m) if m.ty == "error" => Incoming::Error { id: None, msg: m.code.unwrap_or_default() },
+                    Ok(_) => Incoming::Other,
+                    Err(e) => Incoming::Error { id: None, msg: format!("undecodable: {e}") },
+                }
+            }
+            (Kind::Socketio, Message::Text(t)) => {
+                if t.as_str() == "2" {
+                    // Engine.IO ping: answer with pong or the server closes us.
+                    if self.ws.send(Message::text("3")).await.is_err() {
+                        return Incoming::Closed("pong failed".into());
+                    }
+                    return Incoming::Other;
+                }
+                if let Some(body) = t.strip_prefix("42") {
+                    #[derive(Deserialize)]
+                    struct B {
+                        data: Option<Payload>,
+                    }
+                    return match serde_json::from_str::<(String, B)>(body) {
+                        Ok((ev, b)) if ev == "message" => Incoming::Delivery { offset: None, payload: b.data },
+                        Ok(_) => Incoming::Other,
+                        Err(e) => Incoming::Error { id: None, msg: format!("undecodable: {e}") },
+                    };
+                }
+                if t.starts_with('1') {
+                    return Incoming::Closed("engine.io close".into());
+                }
+                Incoming::Other
+            }
+            _ => Incoming::Other,
+        }
+    }
+
+    fn reduce_server(&self, b: &[u8]) -> Incoming {
+        match self.enc.decode_server(b) {
+            Ok(ServerMessage::Message(p)) => Incoming::Delivery {
+                offset: p.offset,
+                payload: serde_json::from_value(p.data).ok(),
+            },
+            Ok(ServerMessage::Ack { id: ReqId::Int(id), offset }) => Incoming::Ack { id, offset },
+            Ok(ServerMessage::Error { code, message, id }) => Incoming::Error {
+                id: match id {
+                    Some(ReqId::Int(i)) => Some(i),
+                    _ => None,
+                },
+                msg: format!("{code:?}: {message}"),
+            },
+            Ok(_) => Incoming::Other,
+            Err(e) => Incoming::Error { id: None, msg: format!("undecodable: {e}") },
+        }
+    }
+
+    async fn next_raw(&mut self, timeout: Duration) -> Result<Raw> {
+        let m = tokio::time::timeout(timeout, self.ws.next())
+            .await
+            .map_err(|_| anyhow!("timed out waiting for the server"))?
+            .ok_or_else(|| anyhow!("connection closed"))??;
+        Ok(match m {
+            Message::Close(f) => bail!("closed by server: {:?}", f),
+            Message::Text(t) if self.kind == Kind::Roomcast => {
+                Raw::Server(self.enc.decode_server(t.as_bytes()).map_err(|e| anyhow!("{e}"))?)
+            }
+            Message::Binary(b) if self.kind == Kind::Roomcast => {
+                Raw::Server(self.enc.decode_server(&b).map_err(|e| anyhow!("{e}"))?)
+            }
+            Message::Text(t) => {
+                if self.kind == Kind::Socketio && t.as_str() == "2" {
+                    self.ws.send(Message::text("3")).await?;
+                }
+                Raw::Text(t.to_string())
+            }
+            _ => Raw::Other,
+        })
+    }
+
+    async fn send_client(&mut self, m: &ClientMessage) -> Result<()> {
+        let b = self.enc.encode(m).map_err(|e| anyhow!("{e}"))?;
+        let msg = if self.enc.is_binary() {
+            Message::Binary(b)
+        } else {
+            Message::Text(String::from_utf8(b.to_vec())?.into())
+        };
+        self.ws.send(msg).await?;
+        Ok(())
+    }
+
+    /// Closes politely, bounded in time.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+    }
+}
+
+enum Raw {
+    Server(ServerMessage),
+    Text(String),
+    Other,
+}

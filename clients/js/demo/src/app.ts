@@ -55,6 +55,7 @@ let myName = '';
 let room: Room<Events> | null = null;
 let offs: (() => void)[] = [];
 const pendingByMid = new Map<string, HTMLLIElement>();
+const joinNotices = new Map<string, ReturnType<typeof setTimeout>>();
 const shownMids = new Set<string>();
 
 function scrollDown() {
@@ -159,6 +160,12 @@ function joinRoom(name: string, roomName: string) {
     r.onEvent('chat', (_d, m) => showChat(m)),
     r.onEvent('hello', (d, m) => {
       names.set(m.from, d.name);
+      const t = joinNotices.get(m.from);
+      if (t) {
+        clearTimeout(t);
+        joinNotices.delete(m.from);
+        system(`${d.name} joined`);
+      }
       renderMembers();
     }),
     r.onEvent('typing', (d, m) => {
@@ -178,7 +185,18 @@ function joinRoom(name: string, roomName: string) {
       for (const m of ev.messages) if (m.event === 'chat') showChat(m as RoomMessageOf<Events> & { event: 'chat' });
     }),
     r.on('member_joined', (ev) => {
-      system(`${names.get(ev.user) ?? 'someone'} joined`);
+      // Say who joined once their hello tells us their name (or after a moment without one).
+      const known = names.get(ev.user);
+      if (known) system(`${known} joined`);
+      else if (!joinNotices.has(ev.user)) {
+        joinNotices.set(
+          ev.user,
+          setTimeout(() => {
+            joinNotices.delete(ev.user);
+            system(`${names.get(ev.user) ?? 'a guest'} joined`);
+          }, 1500),
+        );
+      }
       r.publishVolatile('hello', { name: myName }); // let the newcomer learn our name
     }),
     r.on('member_left', (ev) => {

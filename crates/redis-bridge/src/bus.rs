@@ -1,7 +1,9 @@
 //! The [`Bus`] interface and the values that cross it.
 
 use async_trait::async_trait;
-use roomcast_protocol::{Count, DirectMessage, Member, Publication, RoomName, StreamPosition, UserId};
+use roomcast_protocol::{
+    Count, DirectMessage, Member, Publication, RoomName, StreamPosition, UserId,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,6 +201,8 @@ pub struct BusStats {
     pub gap_repairs: AtomicU64,
     /// Gaps that could not be repaired.
     pub gaps_lost: AtomicU64,
+    /// Envelopes that could not be decoded (skipped).
+    pub bad_envelopes: AtomicU64,
 }
 
 impl BusStats {
@@ -227,11 +231,21 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Adds a connection of `user` to a room's presence; when it is the user's first
     /// connection there, cluster-wide, a `MemberJoined` event goes to every node.
-    async fn presence_join(&self, room: &RoomName, user: &UserId, conn: &str) -> Result<(), BusError>;
+    async fn presence_join(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        conn: &str,
+    ) -> Result<(), BusError>;
 
     /// Removes a connection from a room's presence; when it was the user's last one,
     /// a `MemberLeft` event goes to every node.
-    async fn presence_leave(&self, room: &RoomName, user: &UserId, conn: &str) -> Result<(), BusError>;
+    async fn presence_leave(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        conn: &str,
+    ) -> Result<(), BusError>;
 
     /// Who is in a room, cluster-wide.
     async fn presence(&self, room: &RoomName, limit: usize) -> Result<PresenceSnapshot, BusError>;

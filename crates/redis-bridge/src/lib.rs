@@ -10,9 +10,9 @@ mod bus;
 mod memory;
 mod redis;
 
+pub use self::redis::RedisBus;
 pub use bus::{
-    Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery, PresenceSnapshot,
-    PublishRequest, PublishResult, SendRequest, SendResult,
+    Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery,
+    PresenceSnapshot, PublishRequest, PublishResult, SendRequest, SendResult,
 };
 pub use memory::MemoryBus;
-pub use self::redis::RedisBus;

@@ -31,7 +31,12 @@ struct RoomLog {
 
 impl RoomLog {
     fn new(now: Instant) -> Self {
-        RoomLog { epoch: new_epoch(), offset: 0, last_publish: now, messages: VecDeque::new() }
+        RoomLog {
+            epoch: new_epoch(),
+            offset: 0,
+            last_publish: now,
+            messages: VecDeque::new(),
+        }
     }
 
     /// History older than the TTL is lost as a whole, as a Redis key expiring would be.
@@ -70,7 +75,10 @@ impl MemoryBus {
 
     fn room(&self, room: &RoomName) -> Arc<Mutex<RoomLog>> {
         let mut rooms = lock(&self.rooms);
-        rooms.entry(room.clone()).or_insert_with(|| Arc::new(Mutex::new(RoomLog::new(Instant::now())))).clone()
+        rooms
+            .entry(room.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(RoomLog::new(Instant::now()))))
+            .clone()
     }
 
     /// Remembers `key` or returns what it got the first time.
@@ -80,7 +88,10 @@ impl MemoryBus {
         let d = lock(&self.dedupe);
         match d.get(key) {
             Some((at, res)) if now.duration_since(*at) < self.cfg.dedupe_window => {
-                Some(PublishResult { duplicate: true, ..res.clone() })
+                Some(PublishResult {
+                    duplicate: true,
+                    ..res.clone()
+                })
             }
             _ => None,
         }
@@ -147,9 +158,16 @@ impl Bus for MemoryBus {
                     log.messages.pop_front();
                 }
             }
-            let result = PublishResult { offset, epoch: log.epoch.clone(), duplicate: false };
+            let result = PublishResult {
+                offset,
+                epoch: log.epoch.clone(),
+                duplicate: false,
+            };
             // Delivered under the room's lock: delivery order is offset order.
-            self.deliver(BusEvent::Message { publication: p, skip: req.skip });
+            self.deliver(BusEvent::Message {
+                publication: p,
+                skip: req.skip,
+            });
             result
         };
         self.dedupe_store(&req.idempotency_key, &result);
@@ -165,9 +183,16 @@ impl Bus for MemoryBus {
         }
         self.dedupe_store(
             &req.idempotency_key,
-            &PublishResult { offset: None, epoch: String::new(), duplicate: false },
+            &PublishResult {
+                offset: None,
+                epoch: String::new(),
+                duplicate: false,
+            },
         );
-        self.deliver(BusEvent::Direct { to: req.to, message: Arc::new(req.message) });
+        self.deliver(BusEvent::Direct {
+            to: req.to,
+            message: Arc::new(req.message),
+        });
         Ok(SendResult { duplicate: false })
     }
 
@@ -179,41 +204,84 @@ impl Bus for MemoryBus {
         let first_held = log.offset + 1 - held; // offset of the oldest message held
         let recent = |n: usize| -> Vec<Publication> {
             let skip = log.messages.len().saturating_sub(n);
-            log.messages.iter().skip(skip).map(|p| (**p).clone()).collect()
+            log.messages
+                .iter()
+                .skip(skip)
+                .map(|p| (**p).clone())
+                .collect()
         };
         if let Some(since) = &query.since {
             let same_epoch = since.epoch == log.epoch && since.offset <= log.offset;
             let missing = log.offset.saturating_sub(since.offset);
-            if same_epoch && since.offset + 1 >= first_held && missing <= self.cfg.max_recover as u64 {
+            if same_epoch
+                && since.offset + 1 >= first_held
+                && missing <= self.cfg.max_recover as u64
+            {
                 let messages = recent(missing as usize);
-                return Ok(History { epoch: log.epoch.clone(), offset: log.offset, messages, recovered: true });
+                return Ok(History {
+                    epoch: log.epoch.clone(),
+                    offset: log.offset,
+                    messages,
+                    recovered: true,
+                });
             }
             let messages = recent(query.limit);
-            return Ok(History { epoch: log.epoch.clone(), offset: log.offset, messages, recovered: false });
+            return Ok(History {
+                epoch: log.epoch.clone(),
+                offset: log.offset,
+                messages,
+                recovered: false,
+            });
         }
         let messages = recent(query.limit);
-        Ok(History { epoch: log.epoch.clone(), offset: log.offset, messages, recovered: false })
+        Ok(History {
+            epoch: log.epoch.clone(),
+            offset: log.offset,
+            messages,
+            recovered: false,
+        })
     }
 
-    async fn presence_join(&self, room: &RoomName, user: &UserId, conn: &str) -> Result<(), BusError> {
+    async fn presence_join(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        conn: &str,
+    ) -> Result<(), BusError> {
         let first = {
             let mut p = lock(&self.presence);
-            let conns = p.entry(room.clone()).or_default().entry(user.clone()).or_default();
+            let conns = p
+                .entry(room.clone())
+                .or_default()
+                .entry(user.clone())
+                .or_default();
             let first = conns.is_empty();
             conns.insert(conn.to_string());
             first
         };
         if first {
-            self.deliver(BusEvent::MemberJoined { room: room.clone(), user: user.clone() });
+            self.deliver(BusEvent::MemberJoined {
+                room: room.clone(),
+                user: user.clone(),
+            });
         }
         Ok(())
     }
 
-    async fn presence_leave(&self, room: &RoomName, user: &UserId, conn: &str) -> Result<(), BusError> {
+    async fn presence_leave(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        conn: &str,
+    ) -> Result<(), BusError> {
         let last = {
             let mut p = lock(&self.presence);
-            let Some(users) = p.get_mut(room) else { return Ok(()) };
-            let Some(conns) = users.get_mut(user) else { return Ok(()) };
+            let Some(users) = p.get_mut(room) else {
+                return Ok(());
+            };
+            let Some(conns) = users.get_mut(user) else {
+                return Ok(());
+            };
             let removed = conns.remove(conn);
             let last = removed && conns.is_empty();
             if conns.is_empty() {
@@ -225,14 +293,19 @@ impl Bus for MemoryBus {
             last
         };
         if last {
-            self.deliver(BusEvent::MemberLeft { room: room.clone(), user: user.clone() });
+            self.deliver(BusEvent::MemberLeft {
+                room: room.clone(),
+                user: user.clone(),
+            });
         }
         Ok(())
     }
 
     async fn presence(&self, room: &RoomName, limit: usize) -> Result<PresenceSnapshot, BusError> {
         let p = lock(&self.presence);
-        let Some(users) = p.get(room) else { return Ok(PresenceSnapshot::default()) };
+        let Some(users) = p.get(room) else {
+            return Ok(PresenceSnapshot::default());
+        };
         let count = Count {
             users: users.len() as u64,
             connections: users.values().map(|c| c.len() as u64).sum(),
@@ -240,13 +313,19 @@ impl Bus for MemoryBus {
         let members = users
             .iter()
             .take(limit)
-            .map(|(u, c)| Member { user: u.clone(), connections: c.len() as u32 })
+            .map(|(u, c)| Member {
+                user: u.clone(),
+                connections: c.len() as u32,
+            })
             .collect();
         Ok(PresenceSnapshot { members, count })
     }
 
     async fn disconnect_user(&self, user: &UserId, code: u16) -> Result<(), BusError> {
-        self.deliver(BusEvent::Disconnect { user: user.clone(), code });
+        self.deliver(BusEvent::Disconnect {
+            user: user.clone(),
+            code,
+        });
         Ok(())
     }
 

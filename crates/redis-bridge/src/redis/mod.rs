@@ -1,56 +1,577 @@
-//! [`RedisBus`]: the bus of a cluster (PROTOCOL.md section 6). Placeholder until the
-//! Redis implementation lands; every operation answers `Unavailable`.
+//! [`RedisBus`]: the bus of a cluster (PROTOCOL.md section 6).
+//!
+//! Connections: a multiplexed [`ConnectionManager`] for publishes and sends, so that
+//! concurrent publishes share one socket and pipeline (Redis answers in order, and runs
+//! the publish script one at a time, so a room's PUBLISH order is its offset order); a
+//! deadpool of multiplexed connections for everything else (history, presence, gap
+//! repair); one dedicated pub/sub connection owned by the subscriber task.
+//!
+//! Layout: `keys.rs` names every key and channel, `scripts.rs` holds the Lua,
+//! `envelope.rs` builds and reads envelopes, `subscriber.rs` receives and repairs
+//! gaps, `presence.rs` keeps this node's presence entries alive.
+//!
+//! Every operation is bounded by `op_timeout` and fails with [`BusError::Unavailable`]
+//! when Redis cannot be reached; nothing waits for Redis to come back.
+
+mod envelope;
+mod keys;
+mod presence;
+mod scripts;
+mod subscriber;
 
 use crate::bus::*;
+use crate::memory::new_epoch;
 use async_trait::async_trait;
-use roomcast_protocol::{RoomName, UserId};
-use std::sync::Arc;
+use keys::Keys;
+use presence::LocalPresence;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
+use roomcast_protocol::{BusMessage, Envelope, RoomName, UserId};
+use scripts::Scripts;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use subscriber::Track;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
-/// The Redis bus.
+/// How often the command connection is pinged (readiness, and reconnecting it early).
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Connections in the command pool.
+const POOL_SIZE: usize = 16;
+
+/// The Redis bus. Dropping it without [`Bus::close`] stops its tasks but leaves its
+/// presence entries to expire, as a crashed node's would.
 pub struct RedisBus {
+    inner: Arc<Inner>,
+    _stop_on_drop: DropGuard,
+}
+
+/// State shared by the bus and its tasks.
+pub(crate) struct Inner {
+    cfg: BusConfig,
+    keys: Keys,
+    scripts: Scripts,
+    client: redis::Client,
+    publisher: ConnectionManager,
+    pool: deadpool_redis::Pool,
     stats: BusStats,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    delivery: OnceLock<Arc<dyn Delivery>>,
+    closed: AtomicBool,
+    /// The pub/sub connection is subscribed (and repaired).
+    sub_up: AtomicBool,
+    /// The last command succeeded / the last health ping answered.
+    cmd_up: AtomicBool,
+    /// The readiness last reported with `BusEvent::State`.
+    reported: Mutex<Option<bool>>,
+    /// Rooms with local members, and how far each has been delivered (gap tracking).
+    /// Std mutex: held for map lookups only, never across an await.
+    watched: Mutex<HashMap<RoomName, Track>>,
+    /// Newly watched rooms whose baseline offset the subscriber should read.
+    baseline_tx: mpsc::UnboundedSender<RoomName>,
+    baseline_rx: Mutex<Option<mpsc::UnboundedReceiver<RoomName>>>,
+    presence: LocalPresence,
+}
+
+/// Why one Redis call failed, before it becomes a [`BusError`].
+pub(crate) enum OpError {
+    Redis(RedisError),
+    Pool(String),
+    Bad(String),
+}
+
+impl From<RedisError> for OpError {
+    fn from(e: RedisError) -> Self {
+        OpError::Redis(e)
+    }
+}
+
+impl From<deadpool_redis::PoolError> for OpError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        OpError::Pool(e.to_string())
+    }
+}
+
+/// Whether a Redis error means "Redis cannot serve now" rather than "this request is wrong".
+fn is_unavailable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::AuthenticationFailed
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        )
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("{what}: {e}"))
 }
 
 impl RedisBus {
-    /// Connects to Redis at `url` (`redis://` or `rediss://`).
-    pub async fn connect(_url: &str, _cfg: BusConfig) -> Result<Self, BusError> {
-        Err(BusError::Unavailable("the Redis bus is not built yet".into()))
+    /// Connects to Redis at `url` (`redis://[:password@]host:port[/db]`, or `rediss://`
+    /// for TLS) and checks that it answers; fails with [`BusError::Unavailable`] when it
+    /// does not within `cfg.op_timeout`, and [`BusError::Internal`] for a bad URL.
+    pub async fn connect(url: &str, cfg: BusConfig) -> Result<Self, BusError> {
+        let client =
+            redis::Client::open(url).map_err(|e| BusError::Internal(format!("redis url: {e}")))?;
+        let op = cfg.op_timeout;
+        let mgr_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op))
+            .set_response_timeout(Some(op))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let publisher = match tokio::time::timeout(
+            op,
+            client.get_connection_manager_with_config(mgr_cfg),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) if is_unavailable(&e) => return Err(unavailable("connect", e)),
+            Ok(Err(e)) => return Err(BusError::Internal(format!("connect: {e}"))),
+            Err(_) => return Err(BusError::Unavailable("connect: timed out".into())),
+        };
+        let conn_cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(op))
+            .set_response_timeout(Some(op));
+        let manager = deadpool_redis::Manager::new_with_config(
+            client.get_connection_info().clone(),
+            conn_cfg,
+        )
+        .map_err(|e| BusError::Internal(format!("redis pool: {e}")))?;
+        let pool = deadpool_redis::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .wait_timeout(Some(op))
+            .create_timeout(Some(op))
+            .recycle_timeout(Some(op))
+            .build()
+            .map_err(|e| BusError::Internal(format!("redis pool: {e}")))?;
+        let stop = CancellationToken::new();
+        let (baseline_tx, baseline_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            keys: Keys::new(&cfg.prefix),
+            presence: LocalPresence::default(),
+            cfg,
+            scripts: Scripts::new(),
+            client,
+            publisher,
+            pool,
+            stats: BusStats::default(),
+            stop: stop.clone(),
+            tasks: TaskTracker::new(),
+            delivery: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            sub_up: AtomicBool::new(false),
+            cmd_up: AtomicBool::new(true),
+            reported: Mutex::new(None),
+            watched: Mutex::new(HashMap::new()),
+            baseline_tx,
+            baseline_rx: Mutex::new(Some(baseline_rx)),
+        });
+        // Fail now, not at the first publish, when the URL points nowhere useful.
+        inner
+            .run("ping", async {
+                let mut c = inner.publisher.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .map_err(OpError::from)
+            })
+            .await?;
+        Ok(RedisBus {
+            inner,
+            _stop_on_drop: stop.drop_guard(),
+        })
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning (no critical section here can leave
+/// its data half-changed).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    /// Runs one Redis operation under the timeout, mapping its failure and keeping the
+    /// command connection's health up to date.
+    pub(crate) async fn run<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, OpError>>,
+    ) -> Result<T, BusError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Unavailable("the bus is closed".into()));
+        }
+        match tokio::time::timeout(self.cfg.op_timeout, fut).await {
+            Ok(Ok(v)) => {
+                self.set_cmd_up(true);
+                Ok(v)
+            }
+            Ok(Err(OpError::Redis(e))) if is_unavailable(&e) => {
+                self.set_cmd_up(false);
+                Err(unavailable(what, e))
+            }
+            Ok(Err(OpError::Redis(e))) => Err(BusError::Internal(format!("{what}: {e}"))),
+            Ok(Err(OpError::Pool(e))) => {
+                self.set_cmd_up(false);
+                Err(unavailable(what, e))
+            }
+            Ok(Err(OpError::Bad(e))) => Err(BusError::Internal(format!("{what}: {e}"))),
+            Err(_) => {
+                self.set_cmd_up(false);
+                Err(BusError::Unavailable(format!("{what}: timed out")))
+            }
+        }
+    }
+
+    /// A pooled command connection (multiplexed: clones of it pipeline).
+    pub(crate) async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, OpError> {
+        let c = self.pool.get().await?;
+        Ok((*c).clone())
+    }
+
+    pub(crate) fn deliver(&self, event: BusEvent) {
+        if let Some(d) = self.delivery.get() {
+            d.deliver(event);
+        }
+    }
+
+    fn set_cmd_up(&self, up: bool) {
+        if self.cmd_up.swap(up, Ordering::AcqRel) != up {
+            self.report_state();
+        }
+    }
+
+    pub(crate) fn set_sub_up(&self, up: bool) {
+        self.sub_up.store(up, Ordering::Release);
+        self.report_state();
+    }
+
+    fn ready(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && self.sub_up.load(Ordering::Acquire)
+            && self.cmd_up.load(Ordering::Acquire)
+    }
+
+    /// Emits `State` when readiness changed since it was last reported. The lock makes
+    /// two tasks reporting at once agree on one sequence; `deliver` does not block.
+    fn report_state(&self) {
+        if self.delivery.get().is_none() {
+            return;
+        }
+        let mut reported = lock(&self.reported);
+        let up = self.ready();
+        if *reported != Some(up) {
+            *reported = Some(up);
+            tracing::info!(up, "redis bus state");
+            self.deliver(BusEvent::State { up });
+        }
+    }
+
+    fn ms(d: Duration) -> u64 {
+        (d.as_millis() as u64).max(1)
+    }
+
+    /// Pings the command connection every [`HEALTH_EVERY`].
+    async fn health(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(HEALTH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let mut c = self.publisher.clone();
+            let r = self
+                .run("health ping", async move {
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .map_err(OpError::from)
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "redis health ping failed");
+            }
+        }
+        tracing::debug!("redis health task stopped");
     }
 }
 
 #[async_trait]
 impl Bus for RedisBus {
-    async fn start(&self, _delivery: Arc<dyn Delivery>) -> Result<(), BusError> {
-        Err(BusError::Unavailable("not built".into()))
+    async fn start(&self, delivery: Arc<dyn Delivery>) -> Result<(), BusError> {
+        let inner = &self.inner;
+        if inner.delivery.set(delivery.clone()).is_err() {
+            return Err(BusError::Internal("bus started twice".into()));
+        }
+        let Some(baseline_rx) = lock(&inner.baseline_rx).take() else {
+            return Err(BusError::Internal("bus started twice".into()));
+        };
+        let (first_tx, first_rx) = oneshot::channel();
+        inner.tasks.spawn(subscriber::run(
+            inner.clone(),
+            delivery,
+            baseline_rx,
+            first_tx,
+        ));
+        inner.tasks.spawn(inner.clone().health());
+        inner.tasks.spawn(presence::keep_alive(inner.clone()));
+        // Publishing before the subscription is in place would lose this node's own
+        // messages: wait for it (the task keeps trying if this times out).
+        match tokio::time::timeout(inner.cfg.op_timeout, first_rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(BusError::Unavailable(
+                "subscribing to Redis timed out; still trying".into(),
+            )),
+        }
     }
-    async fn publish(&self, _req: PublishRequest) -> Result<PublishResult, BusError> {
-        Err(BusError::Unavailable("not built".into()))
+
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BusError> {
+        let r = self.publish_inner(req).await;
+        if r.is_err() {
+            BusStats::incr(&self.inner.stats.publish_errors);
+        }
+        r
     }
-    async fn send(&self, _req: SendRequest) -> Result<SendResult, BusError> {
-        Err(BusError::Unavailable("not built".into()))
+
+    async fn send(&self, req: SendRequest) -> Result<SendResult, BusError> {
+        let inner = &self.inner;
+        let r = async {
+            let m = req.message;
+            let payload = envelope::encode(
+                &inner.cfg.node_id,
+                BusMessage::Direct {
+                    to: req.to.clone(),
+                    from: m.from,
+                    event: m.event,
+                    data: m.data,
+                    ts: m.ts,
+                },
+            )?;
+            let mut inv = inner.scripts.send.prepare_invoke();
+            inv.key(inner.keys.user_channel(&req.to));
+            if let Some(k) = &req.idempotency_key {
+                inv.key(inner.keys.dedupe(k));
+            }
+            inv.arg(payload).arg(Inner::ms(inner.cfg.dedupe_window));
+            let mut c = inner.publisher.clone();
+            let dup: i64 = inner
+                .run("send", async {
+                    inv.invoke_async(&mut c).await.map_err(OpError::from)
+                })
+                .await?;
+            Ok(SendResult {
+                duplicate: dup == 1,
+            })
+        }
+        .await;
+        if r.is_err() {
+            BusStats::incr(&inner.stats.publish_errors);
+        }
+        r
     }
-    async fn history(&self, _room: &RoomName, _q: HistoryQuery) -> Result<History, BusError> {
-        Err(BusError::Unavailable("not built".into()))
+
+    async fn history(&self, room: &RoomName, query: HistoryQuery) -> Result<History, BusError> {
+        let inner = &self.inner;
+        let mut inv = inner.scripts.history.prepare_invoke();
+        inv.key(inner.keys.meta(room)).key(inner.keys.history(room));
+        inv.arg(new_epoch())
+            .arg(Inner::ms(inner.cfg.history_ttl))
+            .arg(inner.cfg.history_size)
+            .arg(
+                query
+                    .since
+                    .as_ref()
+                    .map(|s| s.offset.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(query.since.as_ref().map(|s| s.epoch.as_str()).unwrap_or(""))
+            .arg(query.limit)
+            .arg(inner.cfg.max_recover);
+        let (epoch, offset, recovered, entries): (String, u64, u8, Vec<Vec<u8>>) = inner
+            .run("history", async {
+                let mut c = inner.conn().await?;
+                Ok(inv.invoke_async(&mut c).await?)
+            })
+            .await?;
+        let mut messages = Vec::with_capacity(entries.len());
+        for raw in entries {
+            match Envelope::from_msgpack(&raw)
+                .ok()
+                .and_then(|e| envelope::room_message(e.msg))
+            {
+                Some(m) => messages.push(m.publication),
+                None => {
+                    BusStats::incr(&inner.stats.bad_envelopes);
+                    tracing::warn!(%room, "undecodable history entry skipped");
+                }
+            }
+        }
+        Ok(History {
+            epoch,
+            offset,
+            messages,
+            recovered: recovered == 1,
+        })
     }
-    async fn presence_join(&self, _r: &RoomName, _u: &UserId, _c: &str) -> Result<(), BusError> {
-        Err(BusError::Unavailable("not built".into()))
+
+    async fn presence_join(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        conn: &str,
+    ) -> Result<(), BusError> {
+        presence::join(&self.inner, room, user, conn).await
     }
-    async fn presence_leave(&self, _r: &RoomName, _u: &UserId, _c: &str) -> Result<(), BusError> {
-        Err(BusError::Unavailable("not built".into()))
+
+    async fn presence_leave(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        conn: &str,
+    ) -> Result<(), BusError> {
+        presence::leave(&self.inner, room, user, conn).await
     }
-    async fn presence(&self, _r: &RoomName, _l: usize) -> Result<PresenceSnapshot, BusError> {
-        Err(BusError::Unavailable("not built".into()))
+
+    async fn presence(&self, room: &RoomName, limit: usize) -> Result<PresenceSnapshot, BusError> {
+        presence::read(&self.inner, room, limit).await
     }
-    async fn disconnect_user(&self, _u: &UserId, _c: u16) -> Result<(), BusError> {
-        Err(BusError::Unavailable("not built".into()))
+
+    async fn disconnect_user(&self, user: &UserId, code: u16) -> Result<(), BusError> {
+        let inner = &self.inner;
+        let payload = envelope::encode(
+            &inner.cfg.node_id,
+            BusMessage::Disconnect {
+                user: user.clone(),
+                code,
+            },
+        )?;
+        let channel = inner.keys.control_channel();
+        let mut c = inner.publisher.clone();
+        inner
+            .run("disconnect", async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async::<i64>(&mut c)
+                    .await
+                    .map_err(OpError::from)
+            })
+            .await?;
+        Ok(())
     }
-    fn watch_room(&self, _room: &RoomName) {}
-    fn unwatch_room(&self, _room: &RoomName) {}
+
+    fn watch_room(&self, room: &RoomName) {
+        let new = {
+            let mut w = lock(&self.inner.watched);
+            if w.contains_key(room) {
+                false
+            } else {
+                w.insert(room.clone(), Track::Pending);
+                true
+            }
+        };
+        if new {
+            // The subscriber reads the room's current offset as its baseline; if it is
+            // gone (closed), there is nothing to track anyway.
+            let _ = self.inner.baseline_tx.send(room.clone());
+        }
+    }
+
+    fn unwatch_room(&self, room: &RoomName) {
+        lock(&self.inner.watched).remove(room);
+    }
+
     fn is_ready(&self) -> bool {
-        false
+        self.inner.ready()
     }
+
     fn stats(&self) -> &BusStats {
-        &self.stats
+        &self.inner.stats
     }
-    async fn close(&self) {}
+
+    async fn close(&self) {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // Remove this node's presence first (it publishes member_left), then stop.
+        presence::remove_all(inner).await;
+        inner.closed.store(true, Ordering::Release);
+        inner.stop.cancel();
+        inner.tasks.close();
+        if tokio::time::timeout(inner.cfg.op_timeout, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("redis bus tasks did not stop in time");
+        }
+        inner.report_state();
+        tracing::info!("redis bus closed");
+    }
+}
+
+impl RedisBus {
+    async fn publish_inner(&self, req: PublishRequest) -> Result<PublishResult, BusError> {
+        let inner = &self.inner;
+        let room = &req.publication.room;
+        let parts =
+            envelope::split_message(&inner.cfg.node_id, &req.publication, req.skip.as_deref())?;
+        let mut inv = inner.scripts.publish.prepare_invoke();
+        inv.key(inner.keys.meta(room))
+            .key(inner.keys.history(room))
+            .key(inner.keys.room_channel(room));
+        if let Some(k) = &req.idempotency_key {
+            inv.key(inner.keys.dedupe(k));
+        }
+        inv.arg(parts.head)
+            .arg(parts.fields)
+            .arg(parts.body)
+            .arg(new_epoch())
+            .arg(inner.cfg.history_size)
+            .arg(Inner::ms(inner.cfg.history_ttl))
+            .arg(Inner::ms(inner.cfg.dedupe_window))
+            .arg(if req.volatile { "1" } else { "0" });
+        let mut c = inner.publisher.clone();
+        let (dup, result): (u8, String) = inner
+            .run("publish", async {
+                inv.invoke_async(&mut c).await.map_err(OpError::from)
+            })
+            .await?;
+        let (offset, epoch) = result
+            .split_once(':')
+            .ok_or_else(|| BusError::Internal(format!("publish: unexpected reply {result:?}")))?;
+        let offset = if offset.is_empty() {
+            None
+        } else {
+            Some(
+                offset
+                    .parse::<u64>()
+                    .map_err(|_| BusError::Internal(format!("publish: bad offset {offset:?}")))?,
+            )
+        };
+        Ok(PublishResult {
+            offset,
+            epoch: epoch.to_string(),
+            duplicate: dup == 1,
+        })
+    }
 }

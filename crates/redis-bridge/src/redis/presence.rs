@@ -1,0 +1,272 @@
+//! Presence in Redis (DESIGN-NOTES.md section 6): who is in a room, cluster-wide.
+//!
+//! Per room, a ZSET of entries `<user>\x1f<conn>\x1f<node>` scored by their expiry time
+//! (Redis `TIME`, so node clocks do not matter) and a HASH of connections per user. The
+//! scripts publish `member_joined` on a user's first connection and `member_left` on
+//! the last, so events are about users, not connections. Every entry is owned by the
+//! node that added it: the node re-adds its entries every `presence_ttl / 3` (which also
+//! heals entries lost with a Redis restart), and sweeps expired entries (a dead node's)
+//! of the rooms it watches; a read sweeps the room first.
+
+use super::keys::Keys;
+use super::{envelope, lock, Inner, OpError};
+use crate::bus::{BusError, PresenceSnapshot};
+use futures_util::future::join_all;
+use roomcast_protocol::{BusMessage, Count, Member, RoomName, UserId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Expired entries a sweep removes at most, per room and run.
+const SWEEP_MAX: usize = 1000;
+/// Scripts sent in one pipelined batch by the refresher.
+const BATCH: usize = 256;
+
+/// This node's presence entries: (room, connection) -> user. Std mutex: held for map
+/// updates and snapshots only.
+#[derive(Default)]
+pub(crate) struct LocalPresence {
+    entries: Mutex<HashMap<(RoomName, String), UserId>>,
+}
+
+fn key_ttl_ms(inner: &Inner) -> u64 {
+    Inner::ms(inner.cfg.presence_ttl)
+        .saturating_mul(3)
+        .max(1000)
+}
+
+/// Runs the join script for one entry (used to join and to refresh).
+async fn run_join(
+    inner: &Inner,
+    conn: &mut redis::aio::MultiplexedConnection,
+    room: &RoomName,
+    user: &UserId,
+    conn_id: &str,
+) -> Result<(), OpError> {
+    let joined = envelope::encode(
+        &inner.cfg.node_id,
+        BusMessage::MemberJoined {
+            room: room.clone(),
+            user: user.clone(),
+        },
+    )
+    .map_err(|e| OpError::Bad(e.to_string()))?;
+    let mut inv = inner.scripts.presence_join.prepare_invoke();
+    inv.key(inner.keys.presence(room))
+        .key(inner.keys.presence_users(room))
+        .key(inner.keys.room_channel(room))
+        .arg(Keys::presence_entry(user, conn_id, &inner.cfg.node_id))
+        .arg(user.as_str())
+        .arg(Inner::ms(inner.cfg.presence_ttl))
+        .arg(joined)
+        .arg(key_ttl_ms(inner));
+    inv.invoke_async::<i64>(conn).await?;
+    Ok(())
+}
+
+async fn run_leave(
+    inner: &Inner,
+    conn: &mut redis::aio::MultiplexedConnection,
+    room: &RoomName,
+    user: &UserId,
+    conn_id: &str,
+) -> Result<(), OpError> {
+    let left = envelope::encode(
+        &inner.cfg.node_id,
+        BusMessage::MemberLeft {
+            room: room.clone(),
+            user: user.clone(),
+        },
+    )
+    .map_err(|e| OpError::Bad(e.to_string()))?;
+    let mut inv = inner.scripts.presence_leave.prepare_invoke();
+    inv.key(inner.keys.presence(room))
+        .key(inner.keys.presence_users(room))
+        .key(inner.keys.room_channel(room))
+        .arg(Keys::presence_entry(user, conn_id, &inner.cfg.node_id))
+        .arg(user.as_str())
+        .arg(left);
+    inv.invoke_async::<i64>(conn).await?;
+    Ok(())
+}
+
+/// Adds a connection to a room's presence. On failure the entry is forgotten locally
+/// too (if Redis did apply it, it expires unrefreshed).
+pub(crate) async fn join(
+    inner: &Inner,
+    room: &RoomName,
+    user: &UserId,
+    conn_id: &str,
+) -> Result<(), BusError> {
+    let key = (room.clone(), conn_id.to_string());
+    lock(&inner.presence.entries).insert(key.clone(), user.clone());
+    let r = inner
+        .run("presence join", async {
+            let mut c = inner.conn().await?;
+            run_join(inner, &mut c, room, user, conn_id).await
+        })
+        .await;
+    if r.is_err() {
+        lock(&inner.presence.entries).remove(&key);
+    }
+    r
+}
+
+/// Removes a connection from a room's presence.
+pub(crate) async fn leave(
+    inner: &Inner,
+    room: &RoomName,
+    user: &UserId,
+    conn_id: &str,
+) -> Result<(), BusError> {
+    lock(&inner.presence.entries).remove(&(room.clone(), conn_id.to_string()));
+    inner
+        .run("presence leave", async {
+            let mut c = inner.conn().await?;
+            run_leave(inner, &mut c, room, user, conn_id).await
+        })
+        .await
+}
+
+/// Who is in a room (after sweeping its expired entries).
+pub(crate) async fn read(
+    inner: &Inner,
+    room: &RoomName,
+    limit: usize,
+) -> Result<PresenceSnapshot, BusError> {
+    let mut inv = inner.scripts.presence_read.prepare_invoke();
+    inv.key(inner.keys.presence(room))
+        .key(inner.keys.presence_users(room))
+        .key(inner.keys.room_channel(room))
+        .arg(&inner.cfg.node_id)
+        .arg(room.as_str())
+        .arg(SWEEP_MAX);
+    let (users, connections, flat): (u64, u64, Vec<(String, i64)>) = inner
+        .run("presence", async {
+            let mut c = inner.conn().await?;
+            Ok(inv.invoke_async(&mut c).await?)
+        })
+        .await?;
+    let mut members: Vec<Member> = flat
+        .into_iter()
+        .filter_map(|(u, n)| {
+            let user = UserId::new(&u).ok()?;
+            Some(Member {
+                user,
+                connections: u32::try_from(n.max(0)).unwrap_or(u32::MAX),
+            })
+        })
+        .collect();
+    members.sort_by(|a, b| a.user.cmp(&b.user));
+    members.truncate(limit);
+    Ok(PresenceSnapshot {
+        members,
+        count: Count { users, connections },
+    })
+}
+
+/// Removes every entry of this node (on close), publishing member_left as needed.
+pub(crate) async fn remove_all(inner: &Inner) {
+    let entries: Vec<((RoomName, String), UserId)> =
+        lock(&inner.presence.entries).drain().collect();
+    if entries.is_empty() {
+        return;
+    }
+    let r = inner
+        .run("presence cleanup", async {
+            let c = inner.conn().await?;
+            for chunk in entries.chunks(BATCH) {
+                let results = join_all(chunk.iter().map(|((room, conn_id), user)| {
+                    let mut c = c.clone();
+                    async move { run_leave(inner, &mut c, room, user, conn_id).await }
+                }))
+                .await;
+                for r in results {
+                    r?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "removing presence on close failed; the entries will expire");
+    }
+}
+
+/// The refresher: every `presence_ttl / 3`, re-adds this node's entries and sweeps the
+/// watched rooms.
+pub(crate) async fn keep_alive(inner: Arc<Inner>) {
+    let every = (inner.cfg.presence_ttl / 3).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = refresh(&inner).await {
+            tracing::debug!(error = %e, "presence refresh failed");
+        }
+        if let Err(e) = sweep_watched(&inner).await {
+            tracing::debug!(error = %e, "presence sweep failed");
+        }
+    }
+    tracing::debug!("presence refresher stopped");
+}
+
+async fn refresh(inner: &Inner) -> Result<(), BusError> {
+    let entries: Vec<((RoomName, String), UserId)> = lock(&inner.presence.entries)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for chunk in entries.chunks(BATCH) {
+        inner
+            .run("presence refresh", async {
+                let c = inner.conn().await?;
+                let results = join_all(chunk.iter().map(|((room, conn_id), user)| {
+                    let mut c = c.clone();
+                    async move {
+                        // Skip entries removed meanwhile (a leave racing the refresh).
+                        let still = lock(&inner.presence.entries)
+                            .contains_key(&(room.clone(), conn_id.clone()));
+                        if still {
+                            run_join(inner, &mut c, room, user, conn_id).await
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }))
+                .await;
+                results.into_iter().collect::<Result<Vec<()>, OpError>>()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn sweep_watched(inner: &Inner) -> Result<(), BusError> {
+    let rooms: Vec<RoomName> = lock(&inner.watched).keys().cloned().collect();
+    for chunk in rooms.chunks(BATCH) {
+        inner
+            .run("presence sweep", async {
+                let c = inner.conn().await?;
+                let results = join_all(chunk.iter().map(|room| {
+                    let mut c = c.clone();
+                    async move {
+                        let mut inv = inner.scripts.presence_sweep.prepare_invoke();
+                        inv.key(inner.keys.presence(room))
+                            .key(inner.keys.presence_users(room))
+                            .key(inner.keys.room_channel(room))
+                            .arg(&inner.cfg.node_id)
+                            .arg(room.as_str())
+                            .arg(SWEEP_MAX);
+                        inv.invoke_async::<i64>(&mut c).await.map_err(OpError::from)
+                    }
+                }))
+                .await;
+                results.into_iter().collect::<Result<Vec<i64>, OpError>>()
+            })
+            .await?;
+    }
+    Ok(())
+}

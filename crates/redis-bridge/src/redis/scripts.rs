@@ -1,0 +1,215 @@
+//! The Lua scripts that make each bus operation atomic in Redis. Redis runs one script
+//! at a time, so within a room the order of PUBLISHes is the order of offsets
+//! (DESIGN-NOTES.md section 1). Scripts are sent with EVALSHA and loaded on NOSCRIPT
+//! (`redis::Script`), so a restarted Redis gets them back by itself.
+//!
+//! Envelopes: a room message's envelope is built by Rust without `offset`/`epoch` and
+//! handed over in two byte strings (everything before the `msg` map's header, and the
+//! map's fields) plus its field count; the publish script appends `offset` and `epoch`
+//! and writes the new header. The application's `data` is never decoded in Lua (cmsgpack
+//! would turn `{}` into `[]` and `1.0` into `1`). Member events, whose fields are all
+//! strings, are built in Lua by `member_envelope`.
+
+use redis::Script;
+
+/// Shared Lua helpers, prepended to the scripts that need them.
+const HELPERS: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function member_envelope(node, kind, room, user)
+  local p = cmsgpack.pack
+  return '\131' .. p('v') .. p(1) .. p('node') .. p(node) .. p('msg') ..
+    '\131' .. p('type') .. p(kind) .. p('room') .. p(room) .. p('user') .. p(user)
+end
+-- Removes expired presence entries (at most `max`), publishing member_left for every
+-- user whose last connection that was. Returns how many entries were removed.
+local function sweep(zset, users, channel, node, room, max)
+  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now_ms(), 'LIMIT', 0, max)
+  for _, m in ipairs(expired) do
+    redis.call('ZREM', zset, m)
+    local user = string.match(m, '^([^\031]*)\031')
+    if user then
+      local n = redis.call('HINCRBY', users, user, -1)
+      if n <= 0 then
+        redis.call('HDEL', users, user)
+        redis.call('PUBLISH', channel, member_envelope(node, 'member_left', room, user))
+      end
+    end
+  end
+  return #expired
+end
+"#;
+
+/// Room publish: dedupe, next offset, history append, expiry, PUBLISH.
+///
+/// KEYS: meta, history, room channel, [dedupe].
+/// ARGV: envelope head, msg field count, msg fields, fresh epoch, history size,
+/// history ttl (ms), dedupe window (ms), volatile ('1'/'0').
+/// Returns {duplicate (0/1), "<offset>:<epoch>"} (offset empty when volatile).
+const PUBLISH: &str = r#"
+if KEYS[4] then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return {1, prev} end
+end
+local n = tonumber(ARGV[2])
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local offset = ''
+local payload
+if ARGV[8] == '1' then
+  epoch = epoch or ''
+  payload = ARGV[1] .. string.char(128 + n) .. ARGV[3]
+else
+  if not epoch then
+    -- a new history (first publish, or the old one was lost): new epoch, offsets from 1
+    epoch = ARGV[4]
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+  end
+  local o = redis.call('HINCRBY', KEYS[1], 's', 1)
+  offset = string.format('%d', o)
+  payload = ARGV[1] .. string.char(128 + n + 2) .. ARGV[3] ..
+    cmsgpack.pack('offset') .. cmsgpack.pack(o) .. cmsgpack.pack('epoch') .. cmsgpack.pack(epoch)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], offset .. '-0', 'd', payload)
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+redis.call('PUBLISH', KEYS[3], payload)
+local result = offset .. ':' .. epoch
+if KEYS[4] then redis.call('SET', KEYS[4], result, 'PX', ARGV[7]) end
+return {0, result}
+"#;
+
+/// Direct message: dedupe, PUBLISH.
+///
+/// KEYS: user channel, [dedupe]. ARGV: envelope, dedupe window (ms).
+/// Returns 1 when it was a duplicate (nothing published), else 0.
+const SEND: &str = r#"
+if KEYS[2] then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+  redis.call('SET', KEYS[2], ':', 'PX', ARGV[2])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 0
+"#;
+
+/// History read, atomic with the room's position. Creates the room's meta (epoch,
+/// offset 0) when it is missing, so that the epoch a joiner sees is the one the next
+/// publish uses.
+///
+/// KEYS: meta, history. ARGV: fresh epoch, history ttl (ms), history size,
+/// since offset ('' for none), since epoch, limit, max recover.
+/// Returns {epoch, offset, recovered (0/1), {envelope, ...}}.
+const HISTORY: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+local first = top + 1
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end
+local size = tonumber(ARGV[3])
+if first < top - size + 1 then first = top - size + 1 end
+local recovered = 0
+local from = top + 1
+if ARGV[4] ~= '' then
+  local since = tonumber(ARGV[4])
+  if ARGV[5] == epoch and since <= top and since + 1 >= first and top - since <= tonumber(ARGV[7]) then
+    recovered = 1
+    from = since + 1
+  end
+end
+if recovered == 0 then
+  local n = tonumber(ARGV[6])
+  if n > 0 then from = math.max(first, top - n + 1) end
+end
+local out = {}
+if from <= top then
+  local range = redis.call('XRANGE', KEYS[2], string.format('%d-0', from), string.format('%d-0', top))
+  for i, e in ipairs(range) do out[i] = e[2][2] end
+end
+return {epoch, top, recovered, out}
+"#;
+
+/// Adds (or refreshes) a presence entry; publishes member_joined on the user's first
+/// connection in the room.
+///
+/// KEYS: presence zset, presence users hash, room channel.
+/// ARGV: entry, user, ttl (ms), member_joined envelope, key ttl (ms).
+/// Returns 1 when the entry was new.
+const PRESENCE_JOIN: &str = r#"
+local added = redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), ARGV[1])
+if added == 1 then
+  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
+    redis.call('PUBLISH', KEYS[3], ARGV[4])
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return added
+"#;
+
+/// Removes a presence entry; publishes member_left when it was the user's last one.
+///
+/// KEYS: presence zset, presence users hash, room channel.
+/// ARGV: entry, user, member_left envelope.
+const PRESENCE_LEAVE: &str = r#"
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then
+  local n = redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+  if n <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    redis.call('PUBLISH', KEYS[3], ARGV[3])
+  end
+end
+return removed
+"#;
+
+/// Removes a room's expired entries (a dead node's).
+///
+/// KEYS: presence zset, presence users hash, room channel.
+/// ARGV: node id, room, max entries.
+const PRESENCE_SWEEP: &str = r#"
+return sweep(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+"#;
+
+/// Sweeps, then reads a room's presence.
+///
+/// KEYS: presence zset, presence users hash, room channel.
+/// ARGV: node id, room, max entries to sweep.
+/// Returns {users, connections, {user, count, user, count, ...}}.
+const PRESENCE_READ: &str = r#"
+sweep(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+return {redis.call('HLEN', KEYS[2]), redis.call('ZCARD', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"#;
+
+/// The loaded scripts.
+pub(crate) struct Scripts {
+    pub(crate) publish: Script,
+    pub(crate) send: Script,
+    pub(crate) history: Script,
+    pub(crate) presence_join: Script,
+    pub(crate) presence_leave: Script,
+    pub(crate) presence_sweep: Script,
+    pub(crate) presence_read: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        let with_helpers = |body: &str| Script::new(&format!("{HELPERS}\n{body}"));
+        Scripts {
+            publish: Script::new(PUBLISH),
+            send: Script::new(SEND),
+            history: Script::new(HISTORY),
+            presence_join: with_helpers(PRESENCE_JOIN),
+            presence_leave: Script::new(PRESENCE_LEAVE),
+            presence_sweep: with_helpers(PRESENCE_SWEEP),
+            presence_read: with_helpers(PRESENCE_READ),
+        }
+    }
+}

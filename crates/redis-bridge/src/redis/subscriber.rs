@@ -1,0 +1,553 @@
+//! The subscriber: the node's one pub/sub connection, what it delivers, and gap repair.
+//!
+//! One task owns the connection: it PSUBSCRIBEs `<prefix>:room:*` and `<prefix>:user:*`,
+//! SUBSCRIBEs `<prefix>:control`, decodes every envelope and hands events to the node's
+//! [`Delivery`] in the order Redis sent them. Room messages carry offsets, so for every
+//! watched room (one with local members) it knows how far it has delivered and repairs
+//! what pub/sub lost (at-most-once: a dropped connection, or Redis cutting a slow
+//! subscriber) from the room's stream before going on (DESIGN-NOTES.md section 3).
+//! When the connection is lost it reconnects with capped exponential backoff and full
+//! jitter, re-subscribes, and checks every watched room against its meta offset.
+
+use super::envelope::{self, RoomMessage};
+use super::keys::Channel;
+use super::{lock, Inner, OpError};
+use crate::bus::{BusError, BusEvent, BusStats, Delivery};
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use roomcast_protocol::{BusMessage, Envelope, RoomName};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// First reconnect delay bound; doubles per failed attempt up to [`BACKOFF_CAP`].
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// How often the pub/sub connection is pinged (a half-open socket shows no EOF).
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// Rooms whose meta is read in one pipeline.
+const META_BATCH: usize = 500;
+
+/// One XRANGE entry: id and field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// How far a watched room has been delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Track {
+    /// Just watched: nothing known yet; the first message (or the room's meta, read
+    /// by the subscriber) sets the baseline.
+    Pending,
+    /// Baseline read from the room's meta. Messages up to `offset` were published
+    /// before that read and may still arrive: they are delivered as they come. The
+    /// next one after must be `offset + 1`.
+    Soft { offset: u64, epoch: Option<String> },
+    /// Every message of `epoch` up to `offset` has been delivered.
+    Known { offset: u64, epoch: String },
+}
+
+/// What to do with a room message.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Deliver; the room's track does not change.
+    Deliver,
+    /// Deliver and record it as the last one.
+    Advance,
+    /// Already delivered (by a repair).
+    Drop,
+    /// Messages `from..offset` are missing: read them from the stream first.
+    Repair { from: u64 },
+    /// The epoch changed: what was missed cannot be known.
+    Gap,
+}
+
+fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
+    match track {
+        None => Plan::Deliver,
+        Some(Track::Pending) => Plan::Advance,
+        Some(Track::Soft {
+            offset: base,
+            epoch: e,
+        }) => {
+            if e.as_deref().is_some_and(|e| e != epoch) {
+                Plan::Gap
+            } else if offset <= *base {
+                Plan::Deliver
+            } else if offset == base + 1 {
+                Plan::Advance
+            } else {
+                Plan::Repair { from: base + 1 }
+            }
+        }
+        Some(Track::Known {
+            offset: last,
+            epoch: e,
+        }) => {
+            if e != epoch {
+                Plan::Gap
+            } else if offset <= *last {
+                Plan::Drop
+            } else if offset == last + 1 {
+                Plan::Advance
+            } else {
+                Plan::Repair { from: last + 1 }
+            }
+        }
+    }
+}
+
+/// Why the connected loop ended.
+enum Exit {
+    Stopped,
+    Lost(&'static str),
+}
+
+/// The subscriber task. `first_up` fires after the first successful subscription.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    delivery: Arc<dyn Delivery>,
+    mut baselines: mpsc::UnboundedReceiver<RoomName>,
+    first_up: oneshot::Sender<()>,
+) {
+    let mut first_up = Some(first_up);
+    let mut ever_up = false;
+    let mut attempt: u32 = 0;
+    loop {
+        let connected = tokio::select! {
+            _ = inner.stop.cancelled() => break,
+            r = tokio::time::timeout(inner.cfg.op_timeout, subscribe(&inner)) => r,
+        };
+        match connected {
+            Ok(Ok((sink, stream))) => {
+                if ever_up {
+                    BusStats::incr(&inner.stats.reconnects);
+                }
+                ever_up = true;
+                // Repair what was missed before saying we are up (and before reading
+                // anything new: new messages wait in the connection meanwhile).
+                let resynced = tokio::select! {
+                    _ = inner.stop.cancelled() => break,
+                    r = resync(&inner, &*delivery) => r,
+                };
+                match resynced {
+                    Ok(()) => {
+                        attempt = 0;
+                        inner.set_sub_up(true);
+                        if let Some(tx) = first_up.take() {
+                            let _ = tx.send(());
+                        }
+                        tracing::info!("subscribed to the redis bus");
+                        match connected_loop(&inner, &*delivery, sink, stream, &mut baselines).await
+                        {
+                            Exit::Stopped => break,
+                            Exit::Lost(why) => {
+                                tracing::warn!(why, "redis subscription lost; reconnecting");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "re-synchronising after subscribe failed"),
+                }
+                inner.set_sub_up(false);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, attempt, "subscribing to redis failed");
+                inner.set_sub_up(false);
+            }
+            Err(_) => {
+                tracing::warn!(attempt, "subscribing to redis timed out");
+                inner.set_sub_up(false);
+            }
+        }
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = inner.stop.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    inner.set_sub_up(false);
+    tracing::debug!("redis subscriber stopped");
+}
+
+/// Capped exponential backoff with full jitter: uniform in `[0, min(cap, base * 2^n)]`.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(rand::random::<f64>())
+}
+
+async fn subscribe(inner: &Inner) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
+    let pubsub = inner.client.get_async_pubsub().await?;
+    let (mut sink, stream) = pubsub.split();
+    sink.psubscribe(&[inner.keys.room_pattern(), inner.keys.user_pattern()])
+        .await?;
+    sink.subscribe(inner.keys.control_channel()).await?;
+    Ok((sink, stream))
+}
+
+async fn connected_loop(
+    inner: &Inner,
+    delivery: &dyn Delivery,
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    baselines: &mut mpsc::UnboundedReceiver<RoomName>,
+) -> Exit {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => return Exit::Stopped,
+            m = stream.next() => match m {
+                Some(m) => on_message(inner, delivery, m.get_channel_name(), m.get_payload_bytes()).await,
+                None => return Exit::Lost("connection closed"),
+            },
+            Some(room) = baselines.recv() => {
+                let mut rooms = vec![room];
+                while let Ok(r) = baselines.try_recv() {
+                    rooms.push(r);
+                }
+                read_baselines(inner, rooms).await;
+            }
+            _ = ping.tick() => {
+                match tokio::time::timeout(inner.cfg.op_timeout, sink.ping::<String>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return Exit::Lost("ping failed"),
+                    Err(_) => return Exit::Lost("ping timed out"),
+                }
+            }
+        }
+    }
+}
+
+/// Decodes one pub/sub message and delivers what it carries.
+async fn on_message(inner: &Inner, delivery: &dyn Delivery, channel: &str, payload: &[u8]) {
+    let env = match Envelope::from_msgpack(payload) {
+        Ok(env) => env,
+        Err(e) => {
+            BusStats::incr(&inner.stats.bad_envelopes);
+            tracing::debug!(channel, error = %e.message, "undecodable envelope skipped");
+            return;
+        }
+    };
+    BusStats::incr(&inner.stats.messages_received);
+    let channel = inner.keys.parse_channel(channel);
+    match (channel, env.msg) {
+        (Channel::Room(name), msg @ BusMessage::Message { .. }) => {
+            let Some(m) = envelope::room_message(msg) else {
+                return;
+            };
+            if m.publication.room.as_str() != name {
+                BusStats::incr(&inner.stats.bad_envelopes);
+                return;
+            }
+            on_room_message(inner, delivery, m).await;
+        }
+        (Channel::Room(name), BusMessage::MemberJoined { room, user }) if room.as_str() == name => {
+            delivery.deliver(BusEvent::MemberJoined { room, user });
+        }
+        (Channel::Room(name), BusMessage::MemberLeft { room, user }) if room.as_str() == name => {
+            delivery.deliver(BusEvent::MemberLeft { room, user });
+        }
+        (Channel::User(name), msg @ BusMessage::Direct { .. }) => {
+            let BusMessage::Direct { ref to, .. } = msg else {
+                return;
+            };
+            if to.as_str() != name {
+                BusStats::incr(&inner.stats.bad_envelopes);
+                return;
+            }
+            let to = to.clone();
+            if let Some(message) = msg.to_direct() {
+                delivery.deliver(BusEvent::Direct {
+                    to,
+                    message: Arc::new(message),
+                });
+            }
+        }
+        (Channel::Control, BusMessage::Disconnect { user, code }) => {
+            delivery.deliver(BusEvent::Disconnect { user, code });
+        }
+        _ => {
+            BusStats::incr(&inner.stats.bad_envelopes);
+        }
+    }
+}
+
+fn deliver_room(delivery: &dyn Delivery, m: RoomMessage) {
+    delivery.deliver(BusEvent::Message {
+        publication: Arc::new(m.publication),
+        skip: m.skip,
+    });
+}
+
+/// Records `offset`/`epoch` as the last delivered of `room`, if it is still watched.
+fn set_track(inner: &Inner, room: &RoomName, track: Track) {
+    if let Some(t) = lock(&inner.watched).get_mut(room) {
+        *t = track;
+    }
+}
+
+fn lost(inner: &Inner, delivery: &dyn Delivery, room: &RoomName, why: &str) {
+    BusStats::incr(&inner.stats.gaps_lost);
+    tracing::warn!(%room, why, "messages lost on the bus cannot be recovered");
+    delivery.deliver(BusEvent::Gap { room: room.clone() });
+}
+
+async fn on_room_message(inner: &Inner, delivery: &dyn Delivery, m: RoomMessage) {
+    let Some(offset) = m.publication.offset else {
+        // volatile or emitter message: no order to keep
+        deliver_room(delivery, m);
+        return;
+    };
+    let epoch = m.epoch.clone().unwrap_or_default();
+    let room = m.publication.room.clone();
+    let plan = plan(lock(&inner.watched).get(&room), offset, &epoch);
+    match plan {
+        Plan::Deliver => deliver_room(delivery, m),
+        Plan::Drop => tracing::trace!(%room, offset, "duplicate dropped"),
+        Plan::Advance => {
+            deliver_room(delivery, m);
+            set_track(inner, &room, Track::Known { offset, epoch });
+        }
+        Plan::Gap => {
+            lost(inner, delivery, &room, "epoch changed");
+            deliver_room(delivery, m);
+            set_track(inner, &room, Track::Known { offset, epoch });
+        }
+        Plan::Repair { from } => {
+            repair(inner, delivery, &room, from, offset - 1, &epoch).await;
+            deliver_room(delivery, m);
+            set_track(inner, &room, Track::Known { offset, epoch });
+        }
+    }
+}
+
+/// Reads `from..=to` of `epoch` from the room's stream and delivers it, or reports a gap.
+async fn repair(
+    inner: &Inner,
+    delivery: &dyn Delivery,
+    room: &RoomName,
+    from: u64,
+    to: u64,
+    epoch: &str,
+) {
+    match read_range(inner, room, from, to, epoch).await {
+        Ok(messages) => {
+            BusStats::incr(&inner.stats.gap_repairs);
+            tracing::info!(%room, from, to, "gap on the bus repaired from history");
+            for m in messages {
+                deliver_room(delivery, m);
+            }
+        }
+        Err(why) => lost(inner, delivery, room, &why),
+    }
+}
+
+/// The messages `from..=to` of `epoch`, complete, or why not.
+async fn read_range(
+    inner: &Inner,
+    room: &RoomName,
+    from: u64,
+    to: u64,
+    epoch: &str,
+) -> Result<Vec<RoomMessage>, String> {
+    let count = to + 1 - from;
+    let most = (inner.cfg.history_size as u64).max(inner.cfg.max_recover as u64);
+    if count > most {
+        return Err(format!("{count} messages missing, more than history holds"));
+    }
+    let key = inner.keys.history(room);
+    let entries: Vec<StreamEntry> = inner
+        .run("gap repair", async {
+            let mut c = inner.conn().await?;
+            let v = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(format!("{from}-0"))
+                .arg(format!("{to}-0"))
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut c)
+                .await?;
+            Ok(v)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if entries.len() as u64 != count {
+        return Err(format!(
+            "history holds {} of {count} missing messages",
+            entries.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, (_, fields)) in entries.into_iter().enumerate() {
+        let expected = from + i as u64;
+        let m = fields
+            .into_iter()
+            .find(|(k, _)| k == "d")
+            .and_then(|(_, d)| Envelope::from_msgpack(&d).ok())
+            .and_then(|env| envelope::room_message(env.msg))
+            .ok_or_else(|| "undecodable history entry".to_string())?;
+        if m.publication.offset != Some(expected) || m.epoch.as_deref() != Some(epoch) {
+            return Err("history does not match (epoch changed)".into());
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Each room's `(offset, epoch)` from its meta hash; `None` when it has no history.
+async fn read_metas(
+    inner: &Inner,
+    rooms: &[RoomName],
+) -> Result<Vec<Option<(u64, String)>>, BusError> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut p = redis::pipe();
+    for r in rooms {
+        p.cmd("HMGET").arg(inner.keys.meta(r)).arg("s").arg("e");
+    }
+    let rows: Vec<(Option<u64>, Option<String>)> = inner
+        .run("read offsets", async {
+            let mut c = inner.conn().await?;
+            p.query_async(&mut c).await.map_err(OpError::from)
+        })
+        .await?;
+    if rows.len() != rooms.len() {
+        return Err(BusError::Internal("read offsets: short reply".into()));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(s, e)| e.map(|e| (s.unwrap_or(0), e)))
+        .collect())
+}
+
+/// Sets the baseline of rooms that are still `Pending`.
+async fn read_baselines(inner: &Inner, rooms: Vec<RoomName>) {
+    for chunk in rooms.chunks(META_BATCH) {
+        match read_metas(inner, chunk).await {
+            Ok(metas) => {
+                let mut w = lock(&inner.watched);
+                for (room, meta) in chunk.iter().zip(metas) {
+                    if let Some(t @ Track::Pending) = w.get_mut(room) {
+                        *t = match meta {
+                            Some((offset, epoch)) => Track::Soft {
+                                offset,
+                                epoch: Some(epoch),
+                            },
+                            None => Track::Soft {
+                                offset: 0,
+                                epoch: None,
+                            },
+                        };
+                    }
+                }
+            }
+            // They stay Pending: the first message sets their baseline instead.
+            Err(e) => tracing::debug!(error = %e, "reading baselines failed"),
+        }
+    }
+}
+
+/// After (re)subscribing: brings every watched room up to its meta offset, repairing
+/// from history what can be repaired and reporting gaps for the rest.
+async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> {
+    let rooms: Vec<RoomName> = lock(&inner.watched).keys().cloned().collect();
+    for chunk in rooms.chunks(META_BATCH) {
+        let metas = read_metas(inner, chunk).await?;
+        for (room, meta) in chunk.iter().zip(metas) {
+            let Some(track) = lock(&inner.watched).get(room).cloned() else {
+                continue;
+            };
+            let (last, known_epoch) = match track {
+                Track::Pending => {
+                    let t = match meta {
+                        Some((offset, epoch)) => Track::Soft {
+                            offset,
+                            epoch: Some(epoch),
+                        },
+                        None => Track::Soft {
+                            offset: 0,
+                            epoch: None,
+                        },
+                    };
+                    set_track(inner, room, t);
+                    continue;
+                }
+                Track::Soft { offset, epoch } => (offset, epoch),
+                Track::Known { offset, epoch } => (offset, Some(epoch)),
+            };
+            match meta {
+                None => {
+                    // The room's history is gone (expired, or Redis lost its data).
+                    if last > 0 {
+                        lost(inner, delivery, room, "history lost");
+                    }
+                    set_track(
+                        inner,
+                        room,
+                        Track::Soft {
+                            offset: 0,
+                            epoch: None,
+                        },
+                    );
+                }
+                Some((offset, epoch)) => {
+                    if known_epoch.as_deref().is_some_and(|e| e != epoch) {
+                        lost(inner, delivery, room, "epoch changed");
+                        set_track(inner, room, Track::Known { offset, epoch });
+                    } else if offset > last {
+                        repair(inner, delivery, room, last + 1, offset, &epoch).await;
+                        set_track(inner, room, Track::Known { offset, epoch });
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(offset: u64) -> Track {
+        Track::Known {
+            offset,
+            epoch: "e".into(),
+        }
+    }
+
+    #[test]
+    fn plans() {
+        assert_eq!(plan(None, 5, "e"), Plan::Deliver);
+        assert_eq!(plan(Some(&Track::Pending), 5, "e"), Plan::Advance);
+        assert_eq!(plan(Some(&known(4)), 5, "e"), Plan::Advance);
+        assert_eq!(plan(Some(&known(5)), 5, "e"), Plan::Drop);
+        assert_eq!(plan(Some(&known(2)), 5, "e"), Plan::Repair { from: 3 });
+        assert_eq!(plan(Some(&known(2)), 1, "f"), Plan::Gap);
+        let soft = Track::Soft {
+            offset: 4,
+            epoch: Some("e".into()),
+        };
+        assert_eq!(plan(Some(&soft), 3, "e"), Plan::Deliver);
+        assert_eq!(plan(Some(&soft), 5, "e"), Plan::Advance);
+        assert_eq!(plan(Some(&soft), 7, "e"), Plan::Repair { from: 5 });
+        assert_eq!(plan(Some(&soft), 5, "f"), Plan::Gap);
+        let empty = Track::Soft {
+            offset: 0,
+            epoch: None,
+        };
+        assert_eq!(plan(Some(&empty), 1, "x"), Plan::Advance);
+        assert_eq!(plan(Some(&empty), 3, "x"), Plan::Repair { from: 1 });
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        for n in 0..40 {
+            assert!(backoff(n) <= BACKOFF_CAP);
+        }
+    }
+}

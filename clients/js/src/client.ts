@@ -670,6 +670,12 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
   }
 
   private onWelcome(msg: WelcomeMsg): void {
+    if (this.welcomed) {
+      // A second welcome on the same connection answers an `auth` refresh: nothing to re-join.
+      this._welcome = msg;
+      this.scheduleTokenRefresh();
+      return;
+    }
     this._welcome = msg;
     this.welcomed = true;
     this.wsEverWelcomed = true;

@@ -94,6 +94,7 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
   private _members = new Map<string, Member>();
   /** Fallback transport: the next offset-bearing message is the first of a fresh stream. */
   private freshStream = false;
+  private lastJoined?: JoinedEvent<E>;
   /** @internal */
   joinId?: string;
 
@@ -161,8 +162,9 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
     return this.host._roomLeave(this);
   }
 
-  /** Resolves when the room is (next) joined. */
+  /** Resolves when the room is joined: at once if it is, else on the next join (rejects if the join is refused). */
   ready(): Promise<JoinedEvent<E>> {
+    if (this._state === 'joined' && this.lastJoined) return Promise.resolve(this.lastJoined);
     return new Promise((resolve, reject) => {
       const offJ = this.once('joined', (ev) => {
         offE();
@@ -241,14 +243,15 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
       if (lastOffsetBefore !== undefined) ev.lastOffset = lastOffsetBefore;
       this.emit('recovery_failed', ev);
     }
-    this.emit('joined', {
+    this.lastJoined = {
       room: this.name,
       epoch: msg.epoch,
       offset: msg.offset,
       recovered,
       wasRecovering,
       messages: history as RoomMessageOf<E>[],
-    });
+    };
+    this.emit('joined', this.lastJoined);
     for (const m of volatile) this._deliver(m);
   }
 

@@ -224,3 +224,30 @@ describe('rooms', () => {
     client.disconnect();
   });
 });
+
+describe('rooms, more', () => {
+  beforeEach(() => vi.useFakeTimers());
+  afterEach(() => vi.useRealTimers());
+
+  it('ready() resolves at once when already joined', async () => {
+    const client = makeClient();
+    const room = client.join('lobby');
+    const ws = FakeWebSocket.last();
+    ws.welcome();
+    const first = room.ready();
+    ws.receive({ type: 'joined', room: 'lobby', offset: 1, epoch: 'e', recovered: false, messages: [msg('lobby', 1)] });
+    await expect(first).resolves.toMatchObject({ offset: 1 });
+    await expect(room.ready()).resolves.toMatchObject({ offset: 1, epoch: 'e' });
+    client.disconnect();
+  });
+
+  it('a second welcome on one connection (an auth reply) does not re-join', () => {
+    const client = makeClient();
+    client.join('lobby');
+    const ws = FakeWebSocket.last();
+    ws.welcome();
+    ws.welcome();
+    expect(ws.ofType('join')).toHaveLength(1);
+    client.disconnect();
+  });
+});

@@ -1,7 +1,8 @@
 // A stand-in for a roomcast node, for trying the demo before the real server is there:
 // --auth none semantics, standalone, JSON over /ws, /demo from demo/dist. A small subset of
 // PROTOCOL.md (welcome, join with history/since, leave, publish with ack/echo/volatile, presence,
-// member events, ping); no SSE, no JWT, no limits. Not a reference: the Rust node is.
+// member events, ping; /sse with since and POST /client/commands); no JWT, no limits.
+// Not a reference: the Rust node is.
 // Usage: node test/e2e/mock-node.mjs [port]   (listens on 127.0.0.1 only, prints "listening on 127.0.0.1:PORT")
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -21,13 +22,94 @@ export function startMockNode(port = 0) {
     if (!r) rooms.set(name, (r = { epoch: 'mock-' + Date.now().toString(36), offset: 0, history: [], members: new Map() }));
     return r;
   };
+  const sse = new Set(); // {res, rooms: Set}
+  const deliverSse = (msg) => {
+    for (const s of sse) {
+      if (s.rooms.has(msg.room) && msg.offset !== undefined) {
+        s.res.write(`id: ${msg.room}:${msg.offset}\nevent: message\ndata: ${JSON.stringify(msg)}\n\n`);
+      } else if (s.rooms.has(msg.room)) s.res.write(`event: message\ndata: ${JSON.stringify(msg)}\n\n`);
+    }
+  };
+  // The commands of POST /client/commands and of /ws share this.
+  let deliverRoom = () => {};
   const server = http.createServer(async (req, res) => {
-    const path = new URL(req.url, 'http://x').pathname;
+    const url = new URL(req.url, 'http://x');
+    const path = url.pathname;
+    if (path === '/sse' && req.method === 'GET') {
+      const names = (url.searchParams.get('rooms') ?? '').split(',').filter(Boolean);
+      const since = new Map(
+        (url.searchParams.get('since') ?? '').split(',').filter(Boolean).map((x) => {
+          const i = x.lastIndexOf(':');
+          return [x.slice(0, i), Number(x.slice(i + 1))];
+        }),
+      );
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+      res.write(': hello\n\n');
+      const s = { res, rooms: new Set(names) };
+      for (const n of names) {
+        if (!since.has(n)) continue;
+        for (const h of room(n).history) if (h.offset > since.get(n)) res.write(`id: ${n}:${h.offset}\nevent: message\ndata: ${JSON.stringify(h)}\n\n`);
+      }
+      sse.add(s);
+      const hb = setInterval(() => res.write(': hb\n\n'), 15_000);
+      req.on('close', () => {
+        clearInterval(hb);
+        sse.delete(s);
+      });
+      return;
+    }
+    if (path === '/client/commands' && req.method === 'POST') {
+      let body = '';
+      for await (const chunk of req) body += chunk;
+      let cmds;
+      try {
+        cmds = JSON.parse(body);
+      } catch {
+        return res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'invalid_message', message: 'not JSON' } }));
+      }
+      const user = `http-${req.socket.remotePort}`;
+      const replies = [];
+      for (const m of Array.isArray(cmds) ? cmds : [cmds]) {
+        const reply = (x) => replies.push(m.id !== undefined ? { ...x, id: m.id } : x);
+        if (m.type === 'publish') {
+          const key = `${user}:${m.id}`;
+          if (m.id !== undefined && acks.has(key)) { replies.push(acks.get(key)); continue; }
+          const offset = deliverRoom(m, user);
+          if (m.id !== undefined) {
+            const ack = { type: 'ack', id: m.id, ...(offset ? { offset } : {}) };
+            acks.set(key, ack);
+            replies.push(ack);
+          }
+        } else if (m.type === 'presence') {
+          const r = room(m.room);
+          const members = [...r.members.entries()].map(([u, c]) => ({ user: u, connections: c.size }));
+          reply({ type: 'presence', room: m.room, members, count: { users: members.length, connections: members.length } });
+        } else if (m.type === 'ping') reply({ type: 'pong' });
+        else reply({ type: 'error', code: 'unknown_type', message: String(m.type) });
+      }
+      return res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(replies));
+    }
+    if (path === '/ws') return res.writeHead(426).end();
     const file = path === '/demo' || path === '/demo/' ? 'index.html' : path.startsWith('/demo/') ? path.slice(6) : '';
     if (!['index.html', 'app.js', 'style.css'].includes(file)) return res.writeHead(404).end();
     res.writeHead(200, { 'content-type': types[file.split('.').pop()] }).end(await readFile(join(dist, file)));
   });
   const wss = new WebSocketServer({ server, path: '/ws', handleProtocols: (p) => (p.has('roomcast.v1.json') ? 'roomcast.v1.json' : false) });
+  const toRoomAll = (r, m, except) => {
+    for (const conns of r.members.values()) for (const c of conns) if (c !== except) c.sendMsg(m);
+    deliverSse(m);
+  };
+  deliverRoom = (m, from, except) => {
+    const r = room(m.room);
+    const msg = { type: 'message', room: m.room, event: m.event, data: m.data, from, ts: Date.now() };
+    if (!m.volatile) {
+      msg.offset = ++r.offset;
+      r.history.push(msg);
+      if (r.history.length > 1000) r.history.shift();
+    }
+    toRoomAll(r, msg, except);
+    return msg.offset;
+  };
   wss.on('connection', (ws) => {
     const user = `c${++nextConn}`;
     const joined = new Set();
@@ -80,16 +162,9 @@ export function startMockNode(port = 0) {
           if (!joined.has(m.room)) return reply({ type: 'error', code: 'not_joined', message: 'join first' });
           const key = `${user}:${m.id}`;
           if (m.id !== undefined && acks.has(key)) return send(acks.get(key));
-          const r = room(m.room);
-          const msg = { type: 'message', room: m.room, event: m.event, data: m.data, from: user, ts: Date.now() };
-          if (!m.volatile) {
-            msg.offset = ++r.offset;
-            r.history.push(msg);
-            if (r.history.length > 1000) r.history.shift();
-          }
-          toRoom(r, msg, m.echo ? undefined : ws);
+          const offset = deliverRoom(m, user, m.echo ? undefined : ws);
           if (m.id !== undefined) {
-            const ack = { type: 'ack', id: m.id, ...(msg.offset ? { offset: msg.offset } : {}) };
+            const ack = { type: 'ack', id: m.id, ...(offset ? { offset } : {}) };
             acks.set(key, ack);
             send(ack);
           }
@@ -110,9 +185,13 @@ export function startMockNode(port = 0) {
       for (const name of [...joined]) leave(name);
     });
   });
-  return new Promise((resolve) =>
-    server.listen(port, '127.0.0.1', () => resolve({ port: server.address().port, close: () => (wss.close(), server.close()) })),
-  );
+  const close = () => {
+    for (const s of sse) s.res.end();
+    for (const c of wss.clients) c.terminate();
+    wss.close();
+    server.close();
+  };
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve({ port: server.address().port, close })));
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

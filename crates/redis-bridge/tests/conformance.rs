@@ -1,0 +1,507 @@
+//! One behavioural suite for every [`Bus`] implementation (as centrifuge runs one suite
+//! against its memory and Redis brokers): each test below runs against `MemoryBus` and
+//! against `RedisBus` on a real `redis-server`.
+
+mod support;
+
+use roomcast_protocol::StreamPosition;
+use roomcast_redis_bridge::{
+    Bus, BusConfig, BusEvent, HistoryQuery, MemoryBus, PublishRequest, RedisBus, SendRequest,
+};
+use serde_json::json;
+use std::sync::Arc;
+use support::*;
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+/// A started bus, its events, and the server behind it (if any).
+struct Harness {
+    bus: Arc<dyn Bus>,
+    events: Events,
+    _server: Option<RedisServer>,
+}
+
+async fn harness(kind: Kind, cfg: BusConfig) -> Harness {
+    let (delivery, mut events) = collector();
+    let (bus, server): (Arc<dyn Bus>, _) = match kind {
+        Kind::Memory => (Arc::new(MemoryBus::new(cfg)), None),
+        Kind::Redis => {
+            let server = RedisServer::start();
+            let bus = RedisBus::connect(&server.url(), cfg)
+                .await
+                .expect("connect");
+            (Arc::new(bus), Some(server))
+        }
+    };
+    bus.start(delivery).await.expect("start");
+    if matches!(kind, Kind::Redis) {
+        assert!(events.state().await, "the Redis bus reports itself up");
+        assert!(bus.is_ready());
+    }
+    Harness {
+        bus,
+        events,
+        _server: server,
+    }
+}
+
+fn req(room: &str, data: serde_json::Value) -> PublishRequest {
+    PublishRequest {
+        publication: publication(room, "alice", data),
+        volatile: false,
+        idempotency_key: None,
+        skip: None,
+    }
+}
+
+async fn offsets_and_order(kind: Kind) {
+    let mut h = harness(kind, config("n1")).await;
+    let mut epoch = None;
+    for i in 1..=3u64 {
+        let r = h
+            .bus
+            .publish(req("r", json!({ "i": i })))
+            .await
+            .expect("publish");
+        assert_eq!(r.offset, Some(i));
+        assert!(!r.duplicate);
+        assert_eq!(epoch.get_or_insert(r.epoch.clone()), &r.epoch, "one epoch");
+    }
+    let got = h.events.messages(3).await;
+    let offsets: Vec<_> = got.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![Some(1), Some(2), Some(3)]);
+    assert_eq!(got[2].data, json!({ "i": 3 }));
+    assert_eq!(got[0].from.as_str(), "alice");
+    // another room has its own sequence
+    let r = h
+        .bus
+        .publish(req("other", json!(null)))
+        .await
+        .expect("publish");
+    assert_eq!(r.offset, Some(1));
+    h.bus.close().await;
+}
+
+async fn skip_is_carried(kind: Kind) {
+    let mut h = harness(kind, config("n1")).await;
+    let mut r = req("r", json!("x"));
+    r.skip = Some("conn-7".into());
+    h.bus.publish(r).await.expect("publish");
+    let (p, skip) = h.events.message().await;
+    assert_eq!(p.offset, Some(1));
+    assert_eq!(skip.as_deref(), Some("conn-7"));
+    h.bus.close().await;
+}
+
+async fn volatile_has_no_offset(kind: Kind) {
+    let mut h = harness(kind, config("n1")).await;
+    h.bus.publish(req("r", json!(1))).await.expect("publish");
+    let mut v = req("r", json!({ "typing": true }));
+    v.volatile = true;
+    let r = h.bus.publish(v).await.expect("volatile publish");
+    assert_eq!(r.offset, None);
+    let got = h.events.messages(2).await;
+    assert_eq!(got[1].offset, None);
+    assert_eq!(got[1].data, json!({ "typing": true }));
+    // not in history, and the sequence goes on
+    let hist = h
+        .bus
+        .history(
+            &room("r"),
+            HistoryQuery {
+                since: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(hist.messages.len(), 1);
+    assert_eq!(
+        h.bus
+            .publish(req("r", json!(2)))
+            .await
+            .expect("publish")
+            .offset,
+        Some(2)
+    );
+    h.bus.close().await;
+}
+
+async fn dedupe_returns_original(kind: Kind) {
+    let mut h = harness(kind, config("n1")).await;
+    let mut first = req("r", json!("once"));
+    first.idempotency_key = Some("alice:1".into());
+    let a = h.bus.publish(first.clone()).await.expect("publish");
+    assert_eq!(a.offset, Some(1));
+    let b = h.bus.publish(first).await.expect("retry");
+    assert!(b.duplicate);
+    assert_eq!(b.offset, Some(1));
+    assert_eq!(b.epoch, a.epoch);
+    // a marker after the retry: the next message delivered must be it
+    h.bus
+        .publish(req("r", json!("marker")))
+        .await
+        .expect("publish");
+    let got = h.events.messages(2).await;
+    assert_eq!(got[0].data, json!("once"));
+    assert_eq!(got[1].data, json!("marker"));
+    assert_eq!(got[1].offset, Some(2));
+    h.bus.close().await;
+}
+
+async fn history_recent(kind: Kind) {
+    let h = harness(kind, config("n1")).await;
+    let empty = h
+        .bus
+        .history(
+            &room("r"),
+            HistoryQuery {
+                since: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(empty.offset, 0);
+    assert!(empty.messages.is_empty());
+    for i in 1..=5 {
+        h.bus.publish(req("r", json!(i))).await.expect("publish");
+    }
+    let hist = h
+        .bus
+        .history(
+            &room("r"),
+            HistoryQuery {
+                since: None,
+                limit: 3,
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(hist.offset, 5);
+    assert_eq!(
+        hist.epoch, empty.epoch,
+        "the epoch a joiner saw is the one publishes use"
+    );
+    assert!(!hist.recovered);
+    let offsets: Vec<_> = hist.messages.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![Some(3), Some(4), Some(5)]);
+    assert_eq!(hist.messages[0].data, json!(3));
+    let none = h
+        .bus
+        .history(
+            &room("r"),
+            HistoryQuery {
+                since: None,
+                limit: 0,
+            },
+        )
+        .await
+        .expect("history");
+    assert!(none.messages.is_empty());
+    h.bus.close().await;
+}
+
+async fn history_since(kind: Kind) {
+    let h = harness(kind, config("n1")).await;
+    let mut epoch = String::new();
+    for i in 1..=5 {
+        epoch = h
+            .bus
+            .publish(req("r", json!(i)))
+            .await
+            .expect("publish")
+            .epoch;
+    }
+    let since = |offset: u64, epoch: &str| HistoryQuery {
+        since: Some(StreamPosition {
+            offset,
+            epoch: epoch.to_string(),
+        }),
+        limit: 2,
+    };
+    let hist = h
+        .bus
+        .history(&room("r"), since(2, &epoch))
+        .await
+        .expect("history");
+    assert!(hist.recovered);
+    let offsets: Vec<_> = hist.messages.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![Some(3), Some(4), Some(5)]);
+    let up_to_date = h
+        .bus
+        .history(&room("r"), since(5, &epoch))
+        .await
+        .expect("history");
+    assert!(up_to_date.recovered);
+    assert!(up_to_date.messages.is_empty());
+    let wrong = h
+        .bus
+        .history(&room("r"), since(2, "not-the-epoch"))
+        .await
+        .expect("history");
+    assert!(!wrong.recovered);
+    let offsets: Vec<_> = wrong.messages.iter().map(|p| p.offset).collect();
+    assert_eq!(
+        offsets,
+        vec![Some(4), Some(5)],
+        "the limit most recent instead"
+    );
+    let ahead = h
+        .bus
+        .history(&room("r"), since(9, &epoch))
+        .await
+        .expect("history");
+    assert!(!ahead.recovered);
+    h.bus.close().await;
+}
+
+async fn history_trimmed(kind: Kind) {
+    let cfg = BusConfig {
+        history_size: 3,
+        max_recover: 4,
+        ..config("n1")
+    };
+    let h = harness(kind, cfg).await;
+    let mut epoch = String::new();
+    for i in 1..=8 {
+        epoch = h
+            .bus
+            .publish(req("r", json!(i)))
+            .await
+            .expect("publish")
+            .epoch;
+    }
+    let q = |offset: u64| HistoryQuery {
+        since: Some(StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        }),
+        limit: 10,
+    };
+    // 6, 7, 8 are held
+    let ok = h.bus.history(&room("r"), q(5)).await.expect("history");
+    assert!(ok.recovered);
+    assert_eq!(ok.messages.len(), 3);
+    let trimmed = h.bus.history(&room("r"), q(3)).await.expect("history");
+    assert!(!trimmed.recovered, "4 and 5 were trimmed");
+    let offsets: Vec<_> = trimmed.messages.iter().map(|p| p.offset).collect();
+    assert_eq!(
+        offsets,
+        vec![Some(6), Some(7), Some(8)],
+        "never more than history_size"
+    );
+    h.bus.close().await;
+}
+
+async fn history_max_recover(kind: Kind) {
+    let cfg = BusConfig {
+        max_recover: 2,
+        ..config("n1")
+    };
+    let h = harness(kind, cfg).await;
+    let mut epoch = String::new();
+    for i in 1..=5 {
+        epoch = h
+            .bus
+            .publish(req("r", json!(i)))
+            .await
+            .expect("publish")
+            .epoch;
+    }
+    let q = |offset: u64| HistoryQuery {
+        since: Some(StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        }),
+        limit: 1,
+    };
+    assert!(
+        h.bus
+            .history(&room("r"), q(3))
+            .await
+            .expect("history")
+            .recovered
+    );
+    let far = h.bus.history(&room("r"), q(2)).await.expect("history");
+    assert!(!far.recovered, "3 missing > max_recover 2");
+    assert_eq!(far.messages.len(), 1);
+    h.bus.close().await;
+}
+
+async fn presence_events_are_per_user(kind: Kind) {
+    let mut h = harness(kind, config("n1")).await;
+    let r = room("r");
+    h.bus.watch_room(&r);
+    h.bus
+        .presence_join(&r, &user("alice"), "c1")
+        .await
+        .expect("join");
+    assert_eq!(h.events.member().await, ("joined", "alice".into()));
+    h.bus
+        .presence_join(&r, &user("alice"), "c2")
+        .await
+        .expect("second tab");
+    h.bus
+        .presence_join(&r, &user("bob"), "c3")
+        .await
+        .expect("join");
+    assert_eq!(
+        h.events.member().await,
+        ("joined", "bob".into()),
+        "alice's second tab is not an event"
+    );
+    h.bus
+        .presence_leave(&r, &user("alice"), "c1")
+        .await
+        .expect("leave");
+    h.bus
+        .presence_leave(&r, &user("alice"), "c2")
+        .await
+        .expect("leave");
+    assert_eq!(
+        h.events.member().await,
+        ("left", "alice".into()),
+        "only the last tab leaving is"
+    );
+    // leaving twice is harmless and silent
+    h.bus
+        .presence_leave(&r, &user("alice"), "c2")
+        .await
+        .expect("leave again");
+    h.bus
+        .presence_leave(&r, &user("bob"), "c3")
+        .await
+        .expect("leave");
+    assert_eq!(h.events.member().await, ("left", "bob".into()));
+    h.bus.close().await;
+}
+
+async fn presence_counts_and_limit(kind: Kind) {
+    let h = harness(kind, config("n1")).await;
+    let r = room("r");
+    for (u, c) in [
+        ("carol", "c4"),
+        ("alice", "c1"),
+        ("bob", "c3"),
+        ("alice", "c2"),
+    ] {
+        h.bus.presence_join(&r, &user(u), c).await.expect("join");
+    }
+    let p = h.bus.presence(&r, 2).await.expect("presence");
+    assert_eq!(p.count.users, 3);
+    assert_eq!(p.count.connections, 4);
+    let members: Vec<_> = p
+        .members
+        .iter()
+        .map(|m| (m.user.to_string(), m.connections))
+        .collect();
+    assert_eq!(
+        members,
+        vec![("alice".to_string(), 2), ("bob".to_string(), 1)]
+    );
+    let empty = h.bus.presence(&room("nobody"), 10).await.expect("presence");
+    assert_eq!(empty.count.users, 0);
+    assert!(empty.members.is_empty());
+    h.bus.close().await;
+}
+
+async fn send_delivers_direct(kind: Kind) {
+    let mut h = harness(kind, config("n1")).await;
+    let send = SendRequest {
+        to: user("bob"),
+        message: direct("alice", json!({ "hi": 1 })),
+        idempotency_key: Some("alice:9".into()),
+    };
+    let r = h.bus.send(send.clone()).await.expect("send");
+    assert!(!r.duplicate);
+    let (to, data) = h
+        .events
+        .until(|e| match e {
+            BusEvent::Direct { to, message } => Some((to.to_string(), message.data.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!((to.as_str(), data), ("bob", json!({ "hi": 1 })));
+    assert!(h.bus.send(send).await.expect("retry").duplicate);
+    let marker = SendRequest {
+        to: user("bob"),
+        message: direct("alice", json!("marker")),
+        idempotency_key: None,
+    };
+    h.bus.send(marker).await.expect("send");
+    let data = h
+        .events
+        .until(|e| match e {
+            BusEvent::Direct { message, .. } => Some(message.data.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(data, json!("marker"), "the retry was not delivered");
+    h.bus.close().await;
+}
+
+async fn disconnect_delivers(kind: Kind) {
+    let mut h = harness(kind, config("n1")).await;
+    h.bus
+        .disconnect_user(&user("mallory"), 4002)
+        .await
+        .expect("disconnect");
+    let got = h
+        .events
+        .until(|e| match e {
+            BusEvent::Disconnect { user, code } => Some((user.to_string(), *code)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, ("mallory".into(), 4002));
+    h.bus.close().await;
+}
+
+async fn close_stops_readiness(kind: Kind) {
+    let h = harness(kind, config("n1")).await;
+    assert!(h.bus.is_ready());
+    h.bus.close().await;
+    assert!(!h.bus.is_ready());
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Kind::Memory).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Redis).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    offsets_and_order,
+    skip_is_carried,
+    volatile_has_no_offset,
+    dedupe_returns_original,
+    history_recent,
+    history_since,
+    history_trimmed,
+    history_max_recover,
+    presence_events_are_per_user,
+    presence_counts_and_limit,
+    send_delivers_direct,
+    disconnect_delivers,
+    close_stops_readiness,
+);

@@ -127,6 +127,10 @@ impl RedisBus {
     /// for TLS) and checks that it answers; fails with [`BusError::Unavailable`] when it
     /// does not within `cfg.op_timeout`, and [`BusError::Internal`] for a bad URL.
     pub async fn connect(url: &str, cfg: BusConfig) -> Result<Self, BusError> {
+        if url.starts_with("rediss") && rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Another thread may win the race to install one: either is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client =
             redis::Client::open(url).map_err(|e| BusError::Internal(format!("redis url: {e}")))?;
         let op = cfg.op_timeout;
@@ -287,6 +291,26 @@ impl Inner {
 
     fn ms(d: Duration) -> u64 {
         (d.as_millis() as u64).max(1)
+    }
+
+    /// Makes sure the publish connection works before the bus says it is up: after an
+    /// outage its old socket is dead, and the first command on it fails (and makes the
+    /// manager reconnect), so a failed ping is retried once.
+    pub(crate) async fn warm_publisher(&self) -> Result<(), BusError> {
+        let ping = || async {
+            let mut c = self.publisher.clone();
+            self.run("ping", async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .map_err(OpError::from)
+            })
+            .await
+        };
+        match ping().await {
+            Ok(_) => Ok(()),
+            Err(_) => ping().await.map(|_| ()),
+        }
     }
 
     /// Pings the command connection every [`HEALTH_EVERY`].

@@ -127,7 +127,10 @@ pub(crate) async fn run(
                 // anything new: new messages wait in the connection meanwhile).
                 let resynced = tokio::select! {
                     _ = inner.stop.cancelled() => break,
-                    r = resync(&inner, &*delivery) => r,
+                    r = async {
+                        inner.warm_publisher().await?;
+                        resync(&inner, &*delivery).await
+                    } => r,
                 };
                 match resynced {
                     Ok(()) => {

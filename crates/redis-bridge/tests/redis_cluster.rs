@@ -1,0 +1,670 @@
+//! Two (or three) `RedisBus` nodes on one real `redis-server`: what only a cluster can
+//! show (cross-node delivery and order, cluster-wide dedupe and presence, gap repair,
+//! Redis outages, dead nodes, auth).
+
+mod support;
+
+use roomcast_protocol::{BusMessage, Envelope, EventName};
+use roomcast_redis_bridge::{
+    Bus, BusConfig, BusError, BusEvent, HistoryQuery, PublishRequest, RedisBus, SendRequest,
+};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A started node and its events.
+struct Node {
+    bus: Arc<RedisBus>,
+    events: Events,
+}
+
+async fn node(server: &RedisServer, cfg: BusConfig) -> Node {
+    let (delivery, mut events) = collector();
+    let bus = RedisBus::connect(&server.url(), cfg)
+        .await
+        .expect("connect");
+    bus.start(delivery).await.expect("start");
+    assert!(events.state().await);
+    Node {
+        bus: Arc::new(bus),
+        events,
+    }
+}
+
+fn req(room: &str, from: &str, data: serde_json::Value) -> PublishRequest {
+    PublishRequest {
+        publication: publication(room, from, data),
+        volatile: false,
+        idempotency_key: None,
+        skip: None,
+    }
+}
+
+fn offsets(ms: &[Arc<roomcast_protocol::Publication>]) -> Vec<u64> {
+    ms.iter().map(|p| p.offset.unwrap_or(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_two_nodes_see_one_order() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let mut b = node(&server, config("b")).await;
+    const EACH: usize = 200;
+    let mut tasks = Vec::new();
+    for (name, bus) in [("a", a.bus.clone()), ("b", b.bus.clone())] {
+        tasks.push(tokio::spawn(async move {
+            let pubs = (0..EACH).map(|i| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish(req("r", name, json!(format!("{name}{i}"))))
+                        .await
+                        .expect("publish")
+                }
+            });
+            futures_util::future::join_all(pubs).await
+        }));
+    }
+    let mut assigned = Vec::new();
+    for t in tasks {
+        assigned.extend(t.await.expect("task").into_iter().filter_map(|r| r.offset));
+    }
+    assigned.sort_unstable();
+    assert_eq!(
+        assigned,
+        (1..=2 * EACH as u64).collect::<Vec<_>>(),
+        "every offset assigned once"
+    );
+    let seen_a = a.events.messages(2 * EACH).await;
+    let seen_b = b.events.messages(2 * EACH).await;
+    assert_eq!(
+        offsets(&seen_a),
+        (1..=2 * EACH as u64).collect::<Vec<_>>(),
+        "node a delivers in offset order"
+    );
+    let data_a: Vec<_> = seen_a.iter().map(|p| p.data.clone()).collect();
+    let data_b: Vec<_> = seen_b.iter().map(|p| p.data.clone()).collect();
+    assert_eq!(data_a, data_b, "both nodes deliver one order");
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_is_cluster_wide() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let b = node(&server, config("b")).await;
+    let mut first = req("r", "alice", json!("once"));
+    first.idempotency_key = Some("alice:42".into());
+    let original = a.bus.publish(first.clone()).await.expect("publish");
+    let retry = b.bus.publish(first).await.expect("retry on another node");
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.offset, retry.epoch.clone()),
+        (original.offset, original.epoch.clone())
+    );
+    b.bus
+        .publish(req("r", "alice", json!("marker")))
+        .await
+        .expect("publish");
+    let got = a.events.messages(2).await;
+    assert_eq!(got[1].data, json!("marker"), "the retry was not delivered");
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_disconnect_and_emitter_reach_every_node() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let mut b = node(&server, config("b")).await;
+    let send = SendRequest {
+        to: user("bob"),
+        message: direct("alice", json!("hi")),
+        idempotency_key: None,
+    };
+    a.bus.send(send).await.expect("send");
+    for n in [&mut a, &mut b] {
+        let to = n
+            .events
+            .until(|e| match e {
+                BusEvent::Direct { to, .. } => Some(to.to_string()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(to, "bob");
+    }
+    b.bus
+        .disconnect_user(&user("bob"), 4002)
+        .await
+        .expect("disconnect");
+    let got = a
+        .events
+        .until(|e| match e {
+            BusEvent::Disconnect { user, code } => Some((user.to_string(), *code)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, ("bob".to_string(), 4002));
+
+    // the emitter path: a backend writes an envelope (no offset) to the room channel;
+    // garbage before it is counted and skipped
+    let mut raw = server.conn().await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("rc:room:r")
+        .arg(b"\x01garbage".as_slice())
+        .query_async(&mut raw)
+        .await
+        .expect("publish");
+    let env = Envelope::new(
+        "backend",
+        BusMessage::Message {
+            room: room("r"),
+            event: EventName::new("news").expect("event"),
+            data: json!({ "from": "backend" }),
+            from: user("server"),
+            offset: None,
+            ts: 0,
+            epoch: None,
+            skip: None,
+        },
+    );
+    let bytes = env.to_msgpack().expect("encode");
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("rc:room:r")
+        .arg(bytes)
+        .query_async(&mut raw)
+        .await
+        .expect("publish");
+    let (p, _) = a.events.message().await;
+    assert_eq!(p.offset, None);
+    assert_eq!(p.data, json!({ "from": "backend" }));
+    assert_eq!(a.bus.stats().bad_envelopes.load(Ordering::Relaxed), 1);
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_cluster_wide_and_per_user() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let mut b = node(&server, config("b")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    b.bus.watch_room(&r);
+    a.bus
+        .presence_join(&r, &user("alice"), "a1")
+        .await
+        .expect("join");
+    b.bus
+        .presence_join(&r, &user("alice"), "b1")
+        .await
+        .expect("join");
+    b.bus
+        .presence_join(&r, &user("bob"), "b2")
+        .await
+        .expect("join");
+    for n in [&mut a, &mut b] {
+        assert_eq!(n.events.member().await, ("joined", "alice".into()));
+        assert_eq!(
+            n.events.member().await,
+            ("joined", "bob".into()),
+            "alice's second connection is no event"
+        );
+    }
+    let p = a.bus.presence(&r, 10).await.expect("presence");
+    assert_eq!((p.count.users, p.count.connections), (2, 3));
+    assert_eq!(p.members[0].connections, 2);
+    a.bus
+        .presence_leave(&r, &user("alice"), "a1")
+        .await
+        .expect("leave");
+    b.bus
+        .presence_leave(&r, &user("alice"), "b1")
+        .await
+        .expect("leave");
+    for n in [&mut a, &mut b] {
+        assert_eq!(n.events.member().await, ("left", "alice".into()));
+    }
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+/// Writes message `offset` of `room` straight into Redis (meta and stream) without
+/// publishing it: a message the bus lost.
+async fn inject_lost_message(
+    server: &RedisServer,
+    room_name: &str,
+    offset: u64,
+    epoch: &str,
+    in_stream: bool,
+) {
+    let mut raw = server.conn().await;
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(format!("rc:meta:{room_name}"))
+        .arg("s")
+        .arg(1)
+        .query_async(&mut raw)
+        .await
+        .expect("hincrby");
+    if in_stream {
+        let env = Envelope::new(
+            "a",
+            BusMessage::Message {
+                room: room(room_name),
+                event: EventName::new("msg").expect("event"),
+                data: json!(format!("lost {offset}")),
+                from: user("alice"),
+                offset: Some(offset),
+                ts: 1,
+                epoch: Some(epoch.to_string()),
+                skip: None,
+            },
+        );
+        let _: String = redis::cmd("XADD")
+            .arg(format!("rc:history:{room_name}"))
+            .arg(format!("{offset}-0"))
+            .arg("d")
+            .arg(env.to_msgpack().expect("encode"))
+            .query_async(&mut raw)
+            .await
+            .expect("xadd");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_message_is_repaired_from_the_stream() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let b = node(&server, config("b")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    let first = b
+        .bus
+        .publish(req("r", "bob", json!(1)))
+        .await
+        .expect("publish");
+    assert_eq!(a.events.message().await.0.offset, Some(1));
+    inject_lost_message(&server, "r", 2, &first.epoch, true).await;
+    inject_lost_message(&server, "r", 3, &first.epoch, true).await;
+    b.bus
+        .publish(req("r", "bob", json!(4)))
+        .await
+        .expect("publish");
+    let got = a.events.messages(3).await;
+    assert_eq!(offsets(&got), vec![2, 3, 4]);
+    assert_eq!(got[0].data, json!("lost 2"));
+    assert_eq!(a.bus.stats().gap_repairs.load(Ordering::Relaxed), 1);
+    // node b does not watch the room: it delivers what it gets, no repair
+    assert_eq!(b.bus.stats().gap_repairs.load(Ordering::Relaxed), 0);
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_history_no_longer_holds_is_reported() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    let first = a
+        .bus
+        .publish(req("r", "bob", json!(1)))
+        .await
+        .expect("publish");
+    assert_eq!(a.events.message().await.0.offset, Some(1));
+    inject_lost_message(&server, "r", 2, &first.epoch, false).await;
+    a.bus
+        .publish(req("r", "bob", json!(3)))
+        .await
+        .expect("publish");
+    let gap = a
+        .events
+        .until(|e| match e {
+            BusEvent::Gap { room } => Some(room.to_string()),
+            BusEvent::Message { .. } => panic!("the gap must be reported before the next message"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(gap, "r");
+    assert_eq!(
+        a.events.message().await.0.offset,
+        Some(3),
+        "delivery goes on after the gap"
+    );
+    assert_eq!(a.bus.stats().gaps_lost.load(Ordering::Relaxed), 1);
+    a.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pubsub_connection_still_delivers_every_offset_in_order() {
+    let server = RedisServer::start();
+    // history must hold what is published while the subscription is down
+    let cfg = |n: &str| BusConfig {
+        history_size: 2000,
+        max_recover: 2000,
+        ..config(n)
+    };
+    let mut a = node(&server, cfg("a")).await;
+    let b = node(&server, cfg("b")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    const N: u64 = 1500;
+    let publisher = {
+        let bus = b.bus.clone();
+        tokio::spawn(async move {
+            for i in 1..=N {
+                bus.publish(req("r", "bob", json!(i)))
+                    .await
+                    .expect("publish");
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    // let some arrive, then cut every pub/sub connection while b keeps publishing
+    while seen.len() < 50 {
+        seen.push(a.events.message().await.0.offset.unwrap_or(0));
+    }
+    let mut raw = server.conn().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .expect("client kill");
+    assert!(killed >= 2, "both nodes' subscriptions were cut");
+    let mut states = Vec::new();
+    while seen.last().copied() != Some(N) {
+        match a.events.next().await {
+            BusEvent::Message { publication, .. } => seen.push(publication.offset.unwrap_or(0)),
+            BusEvent::State { up } => states.push(up),
+            BusEvent::Gap { .. } => panic!("nothing was lost for good"),
+            _ => {}
+        }
+    }
+    publisher.await.expect("publisher");
+    assert_eq!(
+        seen,
+        (1..=N).collect::<Vec<_>>(),
+        "every offset once, in order"
+    );
+    assert_eq!(states, vec![false, true]);
+    assert!(a.bus.stats().reconnects.load(Ordering::Relaxed) >= 1);
+    eprintln!(
+        "gap repairs after CLIENT KILL: {}",
+        a.bus.stats().gap_repairs.load(Ordering::Relaxed)
+    );
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_fails_fast_then_recovers() {
+    let mut server = RedisServer::start();
+    let cfg = |n: &str| BusConfig {
+        op_timeout: Duration::from_secs(1),
+        ..config(n)
+    };
+    let mut a = node(&server, cfg("a")).await;
+    let mut b = node(&server, cfg("b")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    a.bus
+        .publish(req("r", "alice", json!("before")))
+        .await
+        .expect("publish");
+    assert_eq!(a.events.message().await.0.offset, Some(1));
+
+    server.kill();
+    assert!(
+        !a.events.state().await,
+        "State{{up: false}} when Redis goes away"
+    );
+    assert!(!a.bus.is_ready());
+    let started = Instant::now();
+    let err = a
+        .bus
+        .publish(req("r", "alice", json!("during")))
+        .await
+        .expect_err("Redis is down");
+    assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by op_timeout, never hangs"
+    );
+    let err = a
+        .bus
+        .history(
+            &r,
+            HistoryQuery {
+                since: None,
+                limit: 1,
+            },
+        )
+        .await
+        .expect_err("down");
+    assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
+    let err = a
+        .bus
+        .presence_join(&r, &user("x"), "c")
+        .await
+        .expect_err("down");
+    assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
+    assert!(a.bus.stats().publish_errors.load(Ordering::Relaxed) >= 1);
+
+    server.restart();
+    // the history was lost with Redis (no persistence): the watched room reports a gap
+    let mut saw_gap = false;
+    a.events
+        .until(|e| match e {
+            BusEvent::Gap { room } if room.as_str() == "r" => {
+                saw_gap = true;
+                None
+            }
+            BusEvent::State { up: true } => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(saw_gap, "the lost history is reported");
+    b.events
+        .until(|e| matches!(e, BusEvent::State { up: true }).then_some(()))
+        .await;
+    assert!(a.bus.is_ready());
+    let r2 = b
+        .bus
+        .publish(req("r", "bob", json!("after")))
+        .await
+        .expect("publish after restart");
+    assert_eq!(r2.offset, Some(1), "a new epoch starts at 1");
+    for n in [&mut a, &mut b] {
+        let (p, _) = n.events.message().await;
+        assert_eq!(p.data, json!("after"));
+    }
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_presence_expires() {
+    let server = RedisServer::start();
+    let cfg = |n: &str| BusConfig {
+        presence_ttl: Duration::from_millis(600),
+        ..config(n)
+    };
+    let mut a = node(&server, cfg("a")).await;
+    let b = node(&server, cfg("b")).await;
+    let c = node(&server, cfg("c")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    b.bus
+        .presence_join(&r, &user("bob"), "b1")
+        .await
+        .expect("join");
+    assert_eq!(a.events.member().await, ("joined", "bob".into()));
+    c.bus
+        .presence_join(&r, &user("carol"), "c1")
+        .await
+        .expect("join");
+    assert_eq!(a.events.member().await, ("joined", "carol".into()));
+    let p = a.bus.presence(&r, 10).await.expect("presence");
+    assert_eq!(p.count.users, 2);
+
+    // c leaves cleanly: close removes its entries at once
+    c.bus.close().await;
+    assert_eq!(a.events.member().await, ("left", "carol".into()));
+
+    // b dies (dropped without close: no refresh, no cleanup)
+    drop(b);
+    assert_eq!(
+        a.events.member().await,
+        ("left", "bob".into()),
+        "expired and swept by a"
+    );
+    let p = a.bus.presence(&r, 10).await.expect("presence");
+    assert_eq!((p.count.users, p.count.connections), (0, 0));
+    a.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_survives_refresh_periods() {
+    let server = RedisServer::start();
+    let cfg = BusConfig {
+        presence_ttl: Duration::from_millis(300),
+        ..config("a")
+    };
+    let mut a = node(&server, cfg).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    a.bus
+        .presence_join(&r, &user("alice"), "a1")
+        .await
+        .expect("join");
+    assert_eq!(a.events.member().await, ("joined", "alice".into()));
+    // wait on refreshes (observable through the entry's score moving forward) rather
+    // than on a clock: after three refreshes the entry must still be present
+    let mut raw = server.conn().await;
+    let mut last: f64 = 0.0;
+    let mut moved = 0;
+    let deadline = Instant::now() + WAIT;
+    while moved < 3 {
+        assert!(Instant::now() < deadline, "the entry was not refreshed");
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg("rc:presence:r")
+            .arg("alice\x1fa1\x1fa")
+            .query_async(&mut raw)
+            .await
+            .expect("zscore");
+        let score = score.expect("the entry is alive");
+        if score > last {
+            if last > 0.0 {
+                moved += 1;
+            }
+            last = score;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = a.bus.presence(&r, 10).await.expect("presence");
+    assert_eq!(p.count.users, 1);
+    assert!(a
+        .events
+        .drain()
+        .iter()
+        .all(|e| !matches!(e, BusEvent::MemberLeft { .. })));
+    a.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_auth() {
+    let server = RedisServer::start_with_password("s3cret");
+    let mut a = node(&server, config("a")).await;
+    a.bus
+        .publish(req("r", "alice", json!("authed")))
+        .await
+        .expect("publish");
+    assert_eq!(a.events.message().await.0.data, json!("authed"));
+    a.bus.close().await;
+    let anon = format!("redis://127.0.0.1:{}/", server.port);
+    let err = RedisBus::connect(&anon, config("b"))
+        .await
+        .err()
+        .expect("no password, no bus");
+    assert!(
+        matches!(err, BusError::Unavailable(_) | BusError::Internal(_)),
+        "{err:?}"
+    );
+    let wrong = format!("redis://:nope@127.0.0.1:{}/", server.port);
+    assert!(RedisBus::connect(&wrong, config("c")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls() {
+    // rediss:// is understood (TLS is built in): against a plain-text server the
+    // handshake fails, as unavailability, not as a bad URL
+    let server = RedisServer::start();
+    let tls = format!("rediss://127.0.0.1:{}/", server.port);
+    let err = RedisBus::connect(&tls, config("a"))
+        .await
+        .err()
+        .expect("not a TLS server");
+    assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
+    let err = RedisBus::connect("nonsense://x", config("a"))
+        .await
+        .err()
+        .expect("bad url");
+    assert!(matches!(err, BusError::Internal(_)), "{err:?}");
+    // nothing listening: unavailable, within the timeout
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let err = RedisBus::connect(&format!("redis://127.0.0.1:{closed}/"), config("a"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
+}
+
+/// Publish throughput of one node (run with `--release --ignored --nocapture`); compare
+/// with `redis-benchmark -t publish` on the same machine.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn publish_throughput() {
+    let server = RedisServer::start();
+    let a = node(
+        &server,
+        BusConfig {
+            history_size: 1000,
+            ..config("a")
+        },
+    )
+    .await;
+    const TASKS: usize = 256;
+    const PER_TASK: usize = 400;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let bus = a.bus.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_TASK {
+                    let room_name = format!("room{}", t % 64);
+                    bus.publish(req(&room_name, "alice", json!({ "i": i })))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = (TASKS * PER_TASK) as f64;
+    eprintln!(
+        "{} publishes (Lua: offset + XADD + PUBLISH) in {secs:.2}s: {:.0}/s",
+        n,
+        n / secs
+    );
+    a.bus.close().await;
+}

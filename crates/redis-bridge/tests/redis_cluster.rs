@@ -401,6 +401,67 @@ async fn killed_pubsub_connection_still_delivers_every_offset_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_cut_for_its_output_buffer_recovers_what_it_missed() {
+    let server = RedisServer::start();
+    let cfg = |n: &str| BusConfig {
+        history_size: 1000,
+        ..config(n)
+    };
+    let mut a = node(&server, cfg("a")).await;
+    let b = node(&server, cfg("b")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    b.bus
+        .publish(req("r", "bob", json!("small")))
+        .await
+        .expect("publish");
+    assert_eq!(a.events.message().await.0.offset, Some(1));
+    // a message bigger than the pub/sub hard limit makes Redis cut every subscriber
+    let mut raw = server.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("pubsub 16kb 0 0")
+        .query_async(&mut raw)
+        .await
+        .expect("config set");
+    let big = "x".repeat(64 * 1024);
+    b.bus
+        .publish(req("r", "bob", json!(big)))
+        .await
+        .expect("publish");
+    assert!(!a.events.state().await, "cut by Redis: down");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("pubsub 32mb 8mb 60")
+        .query_async(&mut raw)
+        .await
+        .expect("config set");
+    b.bus
+        .publish(req("r", "bob", json!("after")))
+        .await
+        .expect("publish");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match a.events.next().await {
+            BusEvent::Message { publication, .. } => seen.push(publication),
+            BusEvent::Gap { .. } => panic!("the stream holds what was missed"),
+            _ => {}
+        }
+    }
+    assert_eq!(offsets(&seen), vec![2, 3]);
+    assert_eq!(
+        seen[0].data,
+        json!(big),
+        "the big one came back from history"
+    );
+    assert!(a.bus.stats().reconnects.load(Ordering::Relaxed) >= 1);
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_fails_fast_then_recovers() {
     let mut server = RedisServer::start();
     let cfg = |n: &str| BusConfig {

@@ -18,6 +18,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
+    /// TLS only (`--port 0 --tls-port`): the directory holding `cert.pem` and `key.pem`.
+    tls: Option<std::path::PathBuf>,
     child: Option<Child>,
 }
 
@@ -37,12 +39,92 @@ impl RedisServer {
         Self::start_with(Some(password.to_string()))
     }
 
+    /// Starts a TLS-only server with a fresh self-signed certificate (for 127.0.0.1);
+    /// returns it and the path of the CA certificate that signed it, for `SSL_CERT_FILE`.
+    pub fn start_tls() -> (Self, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("roomcast-redis-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cert dir");
+        // a CA, and a leaf certificate for 127.0.0.1 signed by it
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext file");
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .current_dir(&dir)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl must be installed");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=roomcast-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        for _ in 0..10 {
+            let mut s = RedisServer {
+                port: free_port(),
+                password: None,
+                tls: Some(dir.clone()),
+                child: None,
+            };
+            if s.spawn() {
+                return (s, dir.join("ca.pem"));
+            }
+        }
+        panic!("could not start a TLS redis-server");
+    }
+
     fn start_with(password: Option<String>) -> Self {
         for _ in 0..10 {
             let port = free_port();
             let mut s = RedisServer {
                 port,
                 password: password.clone(),
+                tls: None,
                 child: None,
             };
             if s.spawn() {
@@ -55,27 +137,34 @@ impl RedisServer {
     /// Spawns the process on `self.port`; false when it exited (port taken).
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args([
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-            "--dir",
-            &std::env::temp_dir().to_string_lossy(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(dir) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &self.port.to_string(),
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("key.pem")),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+                "--dir",
+                &std::env::temp_dir().to_string_lossy(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
@@ -103,6 +192,9 @@ impl RedisServer {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls.is_some() {
+            return true; // listening is all we can tell without a handshake
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
@@ -113,6 +205,9 @@ impl RedisServer {
 
     /// `redis://` URL of this server (with its password).
     pub fn url(&self) -> String {
+        if self.tls.is_some() {
+            return format!("rediss://127.0.0.1:{}/", self.port);
+        }
         match &self.password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
             None => format!("redis://127.0.0.1:{}/", self.port),

@@ -6,7 +6,10 @@
 //                                              http://127.0.0.1:8080; the demo is at <base>/demo. B defaults to A.
 //   ROOMCAST_E2E_WS_A / ROOMCAST_E2E_WS_B      explicit WebSocket URLs, passed to the page as ?ws=
 //   ROOMCAST_E2E_KILL_A                        a shell command that kills the node behind page A: then page A must
-//                                              reconnect (through the load balancer) and show what it missed
+//                                              reconnect (through the load balancer) to another node and show what it
+//                                              missed. It runs with ROOMCAST_E2E_NODE_A / _B = the pages' node ids
+//                                              (from the welcome), to find which node to kill.
+//   ROOMCAST_E2E_EXPECT_DIFFERENT_NODES        1: fail unless pages A and B are on different nodes
 //   ROOMCAST_E2E_FALLBACK                      1: also test the SSE + HTTP fallback with WebSocket blocked in the page;
 //                                              0: skip it; unset: test it when <base>/sse answers
 //   ROOMCAST_E2E_ARTIFACTS                     screenshots go here (default test/e2e/artifacts)
@@ -237,6 +240,16 @@ async function main() {
     await Promise.all([connected(a), connected(b)]);
   });
 
+  const nodeOf = (p) => p.evaluate(() => window.roomcast?.welcome?.node ?? '').catch(() => '');
+  const nodeA = await nodeOf(a);
+  const nodeB = await nodeOf(b);
+  log(`page A is on node ${nodeA || '?'}, page B on node ${nodeB || '?'}`);
+  if (env.ROOMCAST_E2E_EXPECT_DIFFERENT_NODES === '1') {
+    await step('the two pages are on different nodes', async () => {
+      if (!nodeA || nodeA === nodeB) throw new Error(`both pages on node ${nodeA}`);
+    });
+  }
+
   await step('alice and bob chat in one room', async () => {
     await b.waitForFunction(() => document.querySelector('#messages')?.textContent?.includes('joined'), null, { timeout: STEP_TIMEOUT });
     await say(a, 'hello from alice');
@@ -273,7 +286,10 @@ async function main() {
     await step('page A reconnects after its node is killed and shows what it missed', async () => {
       await withTimeout(
         new Promise((res, rej) => {
-          const k = spawn('sh', ['-c', env.ROOMCAST_E2E_KILL_A], { stdio: 'inherit' });
+          const k = spawn('sh', ['-c', env.ROOMCAST_E2E_KILL_A], {
+            stdio: 'inherit',
+            env: { ...process.env, ROOMCAST_E2E_NODE_A: nodeA, ROOMCAST_E2E_NODE_B: nodeB },
+          });
           k.on('exit', (code) => (code === 0 ? res() : rej(new Error(`kill command exited with ${code}`))));
         }),
         30_000,
@@ -283,6 +299,9 @@ async function main() {
       await say(b, 'sent while alice was away');
       await connected(a);
       await sees(a, 'sent while alice was away');
+      const now = await nodeOf(a);
+      log(`page A reconnected to node ${now || '?'}`);
+      if (nodeA && now === nodeA) throw new Error(`page A came back to the killed node ${nodeA}`);
       await a.screenshot({ path: join(artifacts, 'demo-alice-after-failover.png') });
     });
   } else {

@@ -40,6 +40,8 @@ use tokio_util::task::TaskTracker;
 
 /// How often the command connection is pinged (readiness, and reconnecting it early).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Publishes queued on the publish connection before callers wait for room.
+const PUBLISH_QUEUE: usize = 1024;
 /// Connections in the command pool.
 const POOL_SIZE: usize = 16;
 
@@ -139,7 +141,10 @@ impl RedisBus {
             .set_response_timeout(Some(op))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
+            .set_max_delay(Duration::from_secs(1))
+            // many concurrent publishes queue here before they pipeline on the socket
+            .set_pipeline_buffer_size(PUBLISH_QUEUE)
+            .set_write_backpressure_boundary(64 * 1024);
         let publisher = match tokio::time::timeout(
             op,
             client.get_connection_manager_with_config(mgr_cfg),

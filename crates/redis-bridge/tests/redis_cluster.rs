@@ -729,3 +729,75 @@ async fn publish_throughput() {
     );
     a.bus.close().await;
 }
+
+/// The pub/sub connection is pinged (a half-open socket shows no EOF); the ping must not
+/// be taken for a failure. Observed through Redis: the subscriber connection's last
+/// command becomes `ping`, and it is still the same connection afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinging_the_subscription_keeps_it() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let mut raw = server.conn().await;
+    let pubsub_clients = |list: String| -> Vec<(String, String)> {
+        list.lines()
+            .filter_map(|l| {
+                let field = |k: &str| {
+                    l.split(' ')
+                        .find_map(|f| f.strip_prefix(k))
+                        .map(str::to_string)
+                };
+                Some((field("id=")?, field("cmd=")?))
+            })
+            .collect()
+    };
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .expect("client list");
+    let first = pubsub_clients(list);
+    assert_eq!(first.len(), 1);
+    let id = first[0].0.clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut raw)
+            .await
+            .expect("client list");
+        let now = pubsub_clients(list);
+        assert_eq!(
+            now.first().map(|c| c.0.clone()),
+            Some(id.clone()),
+            "the subscription was not replaced"
+        );
+        if now[0].1 == "ping" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription is never pinged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a message after the pong: once it is delivered, the pong has been handled
+    a.bus
+        .publish(req("r", "alice", json!("after ping")))
+        .await
+        .expect("publish");
+    assert_eq!(a.events.message().await.0.data, json!("after ping"));
+    assert_eq!(a.bus.stats().reconnects.load(Ordering::Relaxed), 0);
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .expect("client list");
+    assert_eq!(pubsub_clients(list)[0].0, id);
+    a.bus.close().await;
+}

@@ -214,7 +214,8 @@ async fn connected_loop(
                 read_baselines(inner, rooms).await;
             }
             _ = ping.tick() => {
-                match tokio::time::timeout(inner.cfg.op_timeout, sink.ping::<String>()).await {
+                match tokio::time::timeout(inner.cfg.op_timeout, sink.ping::<redis::Value>()).await {
+                    // in subscribed mode the answer is ["pong", ""], not +PONG
                     Ok(Ok(_)) => {}
                     Ok(Err(_)) => return Exit::Lost("ping failed"),
                     Err(_) => return Exit::Lost("ping timed out"),

@@ -1,1 +1,172 @@
-//! roomcast gateway
+//! The roomcast node as a library: [`run`] serves clients on a listener until the
+//! shutdown token is cancelled, then drains. The `roomcast` binary is a thin wrapper;
+//! tests call the same function on port 0.
+
+pub mod api;
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod session;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::limits::{parse_cidrs, IpLimiter, Origins};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus, RedisBus};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config as NodeConfig;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration cannot run.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The bus could not be set up.
+    #[error("cluster bus: {0}")]
+    Bus(#[from] roomcast_redis_bridge::BusError),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn bus_config(cfg: &Config, node_id: &str) -> BusConfig {
+    BusConfig {
+        node_id: node_id.to_string(),
+        prefix: cfg.prefix.clone(),
+        history_size: cfg.history_size,
+        history_ttl: Duration::from_secs(cfg.history_ttl),
+        dedupe_window: Duration::from_secs(cfg.dedupe_window),
+        presence_ttl: Duration::from_secs(cfg.presence_ttl),
+        max_recover: cfg.max_recover,
+        op_timeout: Duration::from_secs(cfg.bus_timeout),
+    }
+}
+
+/// Serves clients on `listener` until `shutdown` is cancelled, then drains: readiness
+/// turns 503, new upgrades are refused, every client gets close 1001 (spread over
+/// `--drain-spread-ms`), sessions get `--drain-timeout` to finish, the bus closes.
+pub async fn run(
+    listener: TcpListener,
+    cfg: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let node_id = cfg.node_id();
+    let auth = Authenticator::from_config(&cfg).map_err(RunError::Config)?;
+    let trusted_proxies = parse_cidrs(&cfg.trusted_proxies).map_err(RunError::Config)?;
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new(metrics.clone());
+    let bus_cfg = bus_config(&cfg, &node_id);
+    let bus: Arc<dyn Bus> = match &cfg.redis_url {
+        Some(url) => Arc::new(RedisBus::connect(url, bus_cfg).await?),
+        None => Arc::new(MemoryBus::new(bus_cfg)),
+    };
+    hub.attach_bus(bus.clone());
+    bus.start(hub.clone()).await?;
+    let node = Arc::new(Node {
+        node_id: node_id.clone(),
+        auth,
+        hub,
+        bus: bus.clone(),
+        metrics,
+        origins: Origins::parse(&cfg.allowed_origins),
+        trusted_proxies,
+        ip_limiter: IpLimiter::new(cfg.max_connections_per_ip),
+        api_keys: cfg.api_key_list(),
+        draining: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        drain: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        cfg,
+    });
+    let addr = listener.local_addr()?;
+    let mode = if node.cfg.redis_url.is_some() {
+        "cluster"
+    } else {
+        "standalone"
+    };
+    tracing::info!(%addr, node = %node_id, mode, "roomcast ready: listening on http://{addr}");
+
+    let conns = TaskTracker::new();
+    let stop_http = CancellationToken::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let stop = stop_http.clone();
+        conns.spawn(async move {
+            let svc = service_fn(move |req| http::route(node.clone(), peer, req));
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(true);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!(error = %e, "http connection ended");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(node = %node_id, "draining");
+    node.draining.store(true, Ordering::Relaxed);
+    node.metrics.draining.set(1);
+    node.drain.cancel();
+    stop_http.cancel();
+    node.sessions.close();
+    conns.close();
+    let deadline = Duration::from_secs(node.cfg.drain_timeout);
+    if tokio::time::timeout(deadline, async {
+        node.sessions.wait().await;
+        conns.wait().await;
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            left = node.connections.load(Ordering::Relaxed),
+            "drain deadline passed; dropping the rest"
+        );
+    }
+    bus.close().await;
+    tracing::info!(node = %node_id, "stopped");
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! The client commands that do not depend on a socket (publish, send, presence, ping),
+//! shared by WebSocket sessions and the HTTP fallback (`POST /client/commands`).
+
+use crate::auth::Identity;
+use crate::hub::now_ms;
+use crate::node::Node;
+use roomcast_protocol::{
+    DirectMessage, ErrorCode, EventName, Publication, ReqId, RoomName, ServerMessage, UserId,
+};
+use roomcast_redis_bridge::{BusError, PublishRequest, SendRequest};
+
+/// The PROTOCOL.md code for a bus failure.
+pub fn bus_error(e: &BusError, id: Option<ReqId>) -> ServerMessage {
+    match e {
+        BusError::Unavailable(m) => ServerMessage::error(ErrorCode::Unavailable, m.clone(), id),
+        BusError::Internal(m) => {
+            tracing::error!(error = %m, "bus error");
+            ServerMessage::error(ErrorCode::Internal, "internal error", id)
+        }
+    }
+}
+
+fn idempotency_key(user: &UserId, id: &Option<ReqId>) -> Option<String> {
+    id.as_ref().map(|id| format!("{user}\u{1f}{}", id.key()))
+}
+
+/// A `publish` command. Returns the reply (an ack or an error), or `None` when there is
+/// nothing to say (success without an id).
+#[allow(clippy::too_many_arguments)]
+pub async fn publish(
+    node: &Node,
+    who: &Identity,
+    conn: Option<&str>,
+    room: RoomName,
+    event: EventName,
+    data: serde_json::Value,
+    id: Option<ReqId>,
+    volatile: bool,
+    echo: bool,
+) -> Option<ServerMessage> {
+    if !who.publish {
+        return Some(ServerMessage::error(
+            ErrorCode::Forbidden,
+            "this token may not publish",
+            id,
+        ));
+    }
+    if !who.may_access(&room, node.auth.default_policy) {
+        return Some(ServerMessage::error(
+            ErrorCode::Forbidden,
+            format!("not allowed in room {room}"),
+            id,
+        ));
+    }
+    let req = PublishRequest {
+        publication: Publication {
+            room,
+            event,
+            data,
+            from: who.user.clone(),
+            offset: None,
+            ts: now_ms(),
+        },
+        volatile,
+        idempotency_key: idempotency_key(&who.user, &id),
+        skip: if echo { None } else { conn.map(str::to_string) },
+    };
+    match node.bus.publish(req).await {
+        Ok(res) => id.map(|id| ServerMessage::Ack {
+            id,
+            offset: res.offset,
+        }),
+        Err(e) => {
+            node.metrics.bus_publish_errors.inc();
+            Some(bus_error(&e, id))
+        }
+    }
+}
+
+/// A `send` command.
+pub async fn send(
+    node: &Node,
+    who: &Identity,
+    to: UserId,
+    event: EventName,
+    data: serde_json::Value,
+    id: Option<ReqId>,
+) -> Option<ServerMessage> {
+    if !who.publish {
+        return Some(ServerMessage::error(
+            ErrorCode::Forbidden,
+            "this token may not publish",
+            id,
+        ));
+    }
+    let req = SendRequest {
+        to,
+        message: DirectMessage {
+            from: who.user.clone(),
+            event,
+            data,
+            ts: now_ms(),
+        },
+        idempotency_key: idempotency_key(&who.user, &id),
+    };
+    match node.bus.send(req).await {
+        Ok(_) => id.map(|id| ServerMessage::Ack { id, offset: None }),
+        Err(e) => {
+            node.metrics.bus_publish_errors.inc();
+            Some(bus_error(&e, id))
+        }
+    }
+}
+
+/// The default and largest member list of a presence reply.
+pub const PRESENCE_LIMIT: u32 = 1000;
+
+/// A `presence` command.
+pub async fn presence(
+    node: &Node,
+    who: &Identity,
+    room: RoomName,
+    limit: Option<u32>,
+    id: Option<ReqId>,
+) -> ServerMessage {
+    if !who.presence {
+        return ServerMessage::error(ErrorCode::Forbidden, "this token may not see presence", id);
+    }
+    if !who.may_access(&room, node.auth.default_policy) {
+        return ServerMessage::error(
+            ErrorCode::Forbidden,
+            format!("not allowed in room {room}"),
+            id,
+        );
+    }
+    let limit = limit.unwrap_or(PRESENCE_LIMIT) as usize;
+    match node.bus.presence(&room, limit).await {
+        Ok(p) => ServerMessage::Presence {
+            room,
+            members: p.members,
+            count: p.count,
+            id,
+        },
+        Err(e) => bus_error(&e, id),
+    }
+}

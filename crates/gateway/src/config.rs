@@ -1,0 +1,345 @@
+//! Node configuration: every setting is a flag, an environment variable
+//! `ROOMCAST_<NAME>` and a key of the optional TOML file given by `--config`;
+//! flags win over the environment, the environment over the file (PROTOCOL.md §7).
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// JWTs (HS256 secret or RS256/ES256/EdDSA public key).
+    Jwt,
+    /// No authentication (development): the user id is the connection id.
+    None,
+}
+
+/// What a token without a `rooms` claim may join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoomPolicy {
+    /// Any room.
+    Allow,
+    /// No room.
+    Deny,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting of a node.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "roomcast",
+    version,
+    about = "roomcast: a real-time WebSocket gateway that runs as a cluster"
+)]
+pub struct Config {
+    /// TOML file with any of these settings (keys named like the flags).
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Redis to form a cluster through (redis:// or rediss://); absent: standalone.
+    #[arg(long, env = "ROOMCAST_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "ROOMCAST_PREFIX", default_value = "roomcast")]
+    pub prefix: String,
+    /// This node's name in the cluster (default: host name and a random suffix).
+    #[arg(long, env = "ROOMCAST_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Authentication: jwt or none.
+    #[arg(long, env = "ROOMCAST_AUTH", value_enum, default_value = "jwt")]
+    pub auth: AuthMode,
+    /// HS256 shared secret.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256, ES256 or EdDSA.
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Accepted algorithms, comma-separated (default: the one that fits the key).
+    #[arg(long, env = "ROOMCAST_JWT_ALGORITHMS")]
+    pub jwt_algorithms: Option<String>,
+    /// Required `aud` (not checked when absent).
+    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` (not checked when absent).
+    #[arg(long, env = "ROOMCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Clock leeway for exp/nbf, seconds.
+    #[arg(long, env = "ROOMCAST_JWT_LEEWAY", default_value_t = 5)]
+    pub jwt_leeway: u64,
+    /// What a token without a `rooms` claim may join: allow or deny.
+    #[arg(
+        long,
+        env = "ROOMCAST_DEFAULT_ROOM_POLICY",
+        value_enum,
+        default_value = "allow"
+    )]
+    pub default_room_policy: RoomPolicy,
+    /// Comma-separated keys for the backend API (none: the API answers 401).
+    #[arg(long, env = "ROOMCAST_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// Comma-separated Origins allowed to open /ws and /sse; `*` for any.
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", default_value = "*")]
+    pub allowed_origins: String,
+    /// Log format: text or json.
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "ROOMCAST_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Heartbeat interval, seconds: pings go out this often; two silent intervals close.
+    #[arg(long, env = "ROOMCAST_HEARTBEAT", default_value_t = 25)]
+    pub heartbeat: u64,
+    /// Seconds a connection has to authenticate with an `auth` message.
+    #[arg(long, env = "ROOMCAST_AUTH_TIMEOUT", default_value_t = 5)]
+    pub auth_timeout: u64,
+    /// Seconds a client has to complete the HTTP request and upgrade.
+    #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Largest accepted frame or HTTP body, bytes.
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_SIZE", default_value_t = 65536)]
+    pub max_message_size: usize,
+    /// Most client connections (WebSocket and SSE) this node holds; beyond: 1013 / 503.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Most connections from one client IP (0: unlimited).
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// Comma-separated CIDRs whose X-Forwarded-For is trusted.
+    #[arg(
+        long,
+        env = "ROOMCAST_TRUSTED_PROXIES",
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub trusted_proxies: String,
+    /// Requests per second a connection may make (token bucket rate).
+    #[arg(long, env = "ROOMCAST_RATE_LIMIT", default_value_t = 100.0)]
+    pub rate_limit: f64,
+    /// Token bucket size (burst).
+    #[arg(long, env = "ROOMCAST_RATE_BURST", default_value_t = 200.0)]
+    pub rate_burst: f64,
+    /// `rate_limited` errors in a row that close the connection with 4029.
+    #[arg(long, env = "ROOMCAST_RATE_LIMIT_STRIKES", default_value_t = 20)]
+    pub rate_limit_strikes: u32,
+    /// Most rooms one connection may join.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS", default_value_t = 100)]
+    pub max_rooms: usize,
+    /// Outbound queue per connection, messages; overflow closes with 4008.
+    #[arg(long, env = "ROOMCAST_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Messages of history kept per room.
+    #[arg(long, env = "ROOMCAST_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+    /// Seconds a room's history lives after its last publish.
+    #[arg(long, env = "ROOMCAST_HISTORY_TTL", default_value_t = 86_400)]
+    pub history_ttl: u64,
+    /// Most messages a join may replay (history or recovery).
+    #[arg(long, env = "ROOMCAST_MAX_RECOVER", default_value_t = 1000)]
+    pub max_recover: usize,
+    /// Seconds a publish/send id is remembered for deduplication.
+    #[arg(long, env = "ROOMCAST_DEDUPE_WINDOW", default_value_t = 120)]
+    pub dedupe_window: u64,
+    /// Seconds a presence entry lives without its node refreshing it.
+    #[arg(long, env = "ROOMCAST_PRESENCE_TTL", default_value_t = 30)]
+    pub presence_ttl: u64,
+    /// Seconds a bus (Redis) operation may take before it fails as `unavailable`.
+    #[arg(long, env = "ROOMCAST_BUS_TIMEOUT", default_value_t = 5)]
+    pub bus_timeout: u64,
+    /// Seconds the drain may take on shutdown before remaining connections are dropped.
+    #[arg(long, env = "ROOMCAST_DRAIN_TIMEOUT", default_value_t = 10)]
+    pub drain_timeout: u64,
+    /// Milliseconds over which drain closes (1001) are spread, to avoid a reconnect storm.
+    #[arg(long, env = "ROOMCAST_DRAIN_SPREAD_MS", default_value_t = 1000)]
+    pub drain_spread_ms: u64,
+}
+
+/// A configuration that cannot run, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A setting is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads flags, environment and the `--config` file, in that order of precedence.
+    pub fn load() -> Result<Config, ConfigError> {
+        let args: Vec<String> = std::env::args().collect();
+        if let Some(path) = config_path(&args) {
+            apply_file_to_env(&path)?;
+        }
+        let cfg = Config::parse_from(args);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A configuration from flags only (tests and embedding); environment applies too.
+    pub fn from_args<I: IntoIterator<Item = S>, S: Into<String>>(
+        args: I,
+    ) -> Result<Config, ConfigError> {
+        let mut v = vec!["roomcast".to_string()];
+        v.extend(args.into_iter().map(Into::into));
+        let cfg = Config::try_parse_from(v).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the settings together; the message says what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.auth == AuthMode::Jwt && self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+        {
+            return bad("--auth jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256/ES256/EdDSA); use --auth none for development");
+        }
+        if self.heartbeat == 0 {
+            return bad("--heartbeat must be at least 1 second");
+        }
+        if self.max_message_size < 256 {
+            return bad("--max-message-size must be at least 256 bytes");
+        }
+        if self.outbound_queue == 0 {
+            return bad("--outbound-queue must be at least 1");
+        }
+        if !(self.rate_limit > 0.0) || !(self.rate_burst >= 1.0) {
+            return bad("--rate-limit must be > 0 and --rate-burst >= 1");
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['*', '?', '[', ' ']) {
+            return bad("--prefix must be non-empty and hold no glob characters or spaces");
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                return bad("--redis-url must start with redis://, rediss:// or unix://");
+            }
+        }
+        crate::limits::parse_cidrs(&self.trusted_proxies).map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+
+    /// This node's id: the configured one, or the host name and a random suffix.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "roomcast".into());
+        format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat)
+    }
+
+    /// The API keys, split.
+    pub fn api_key_list(&self) -> Vec<String> {
+        split_list(self.api_keys.as_deref().unwrap_or(""))
+    }
+}
+
+/// Splits a comma-separated list, trimming and dropping empty items.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+fn config_path(args: &[String]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(p) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    std::env::var_os("ROOMCAST_CONFIG").map(PathBuf::from)
+}
+
+/// File values become environment variables where none is set, so that clap's
+/// precedence (flag, then environment) puts the file below both.
+fn apply_file_to_env(path: &PathBuf) -> Result<(), ConfigError> {
+    let err = |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let known: Vec<String> = <Config as clap::CommandFactory>::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| l.to_string()))
+        .collect();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        if !known.contains(&flag) || flag == "config" {
+            return Err(err(format!("unknown setting {key:?}")));
+        }
+        let var = format!("ROOMCAST_{}", flag.replace('-', "_").to_uppercase());
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        if std::env::var_os(&var).is_none() {
+            // Single-threaded here: called before the runtime starts.
+            std::env::set_var(var, text);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_needs_a_key() {
+        let e = Config::from_args(["--auth", "jwt"]).unwrap_err();
+        assert!(e.to_string().contains("--jwt-secret"), "{e}");
+        assert!(Config::from_args(["--auth", "none"]).is_ok());
+        assert!(Config::from_args(["--jwt-secret", "s"]).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(Config::from_args(["--auth", "none", "--heartbeat", "0"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--redis-url", "http://x"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--trusted-proxies", "nonsense"]).is_err());
+        assert!(Config::from_args(["--auth", "bogus"]).is_err());
+    }
+}

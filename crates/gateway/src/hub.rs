@@ -1,0 +1,471 @@
+//! The room hub: which local connections are in which rooms and which belong to which
+//! user, and the fan-out of bus events to them. Each message is encoded once per wire
+//! format and the same bytes go to every recipient; a recipient whose queue is full is
+//! never awaited: volatile messages are dropped for it, anything else closes it (4008).
+
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use roomcast_protocol::{
+    close, Encoding, MessageFrame, Publication, RoomName, ServerMessage, UserId,
+};
+use roomcast_redis_bridge::{Bus, BusEvent, Delivery};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// How a connection wants its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// WebSocket, JSON text frames.
+    Json,
+    /// WebSocket, MessagePack binary frames.
+    MsgPack,
+    /// Server-Sent Events (JSON data lines).
+    Sse,
+}
+
+impl From<Encoding> for Wire {
+    fn from(e: Encoding) -> Self {
+        match e {
+            Encoding::Json => Wire::Json,
+            Encoding::MsgPack => Wire::MsgPack,
+        }
+    }
+}
+
+/// Encoded bytes ready for one wire format, cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A text frame (JSON) or an SSE event.
+    Text(Utf8Bytes),
+    /// A binary frame (MessagePack).
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Text(t) => t.len(),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One item of a connection's outbound queue.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A room message; `offset` lets a recovering join drop what it already replayed.
+    Room {
+        /// The room.
+        room: RoomName,
+        /// The message's offset (none when volatile).
+        offset: Option<u64>,
+        /// The frame.
+        payload: Payload,
+    },
+    /// Any other frame (direct messages, member events).
+    Other(Payload),
+}
+
+/// Tells a session to close, from outside its task.
+#[derive(Debug, Default)]
+pub struct Kick {
+    code: AtomicU16,
+    notify: Notify,
+}
+
+impl Kick {
+    /// Asks the session to close with `code` (the first code asked wins).
+    pub fn kick(&self, code: u16) {
+        if self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits until kicked; returns the code.
+    pub async fn kicked(&self) -> u16 {
+        loop {
+            let c = self.code.load(Ordering::Acquire);
+            if c != 0 {
+                return c;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// The hub's handle on one local connection.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Connection id (cluster-unique).
+    pub id: Arc<str>,
+    /// The user.
+    pub user: UserId,
+    /// Its wire format.
+    pub wire: Wire,
+    tx: mpsc::Sender<Outbound>,
+    kick: Arc<Kick>,
+}
+
+impl Member {
+    /// A handle and the receiving end of its bounded queue.
+    pub fn new(
+        id: Arc<str>,
+        user: UserId,
+        wire: Wire,
+        queue: usize,
+    ) -> (Member, mpsc::Receiver<Outbound>, Arc<Kick>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let kick = Arc::new(Kick::default());
+        (
+            Member {
+                id,
+                user,
+                wire,
+                tx,
+                kick: kick.clone(),
+            },
+            rx,
+            kick,
+        )
+    }
+
+    /// Queues an item without waiting. A full queue drops a volatile item and closes the
+    /// connection (4008) for anything else. Returns whether it was queued.
+    fn push(&self, item: Outbound, volatile: bool, metrics: &Metrics) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !volatile {
+                    metrics.slow_consumer_closes.inc();
+                    self.kick.kick(close::SLOW_CONSUMER);
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks this connection to close with `code`.
+    pub fn kick(&self, code: u16) {
+        self.kick.kick(code);
+    }
+}
+
+#[derive(Default)]
+struct Room {
+    members: HashMap<Arc<str>, Member>,
+    /// Rebuilt lazily after a change, so a join is O(1) and fan-out reads an immutable list.
+    snapshot: Option<Arc<[Member]>>,
+}
+
+/// Encodes a value once per wire format on first use.
+struct Encoded<'a, F: Fn(Wire) -> Option<Payload>> {
+    make: &'a F,
+    cache: [OnceLock<Option<Payload>>; 3],
+}
+
+impl<'a, F: Fn(Wire) -> Option<Payload>> Encoded<'a, F> {
+    fn new(make: &'a F) -> Self {
+        Encoded {
+            make,
+            cache: Default::default(),
+        }
+    }
+
+    fn get(&self, wire: Wire) -> Option<Payload> {
+        let i = wire as usize;
+        self.cache[i].get_or_init(|| (self.make)(wire)).clone()
+    }
+}
+
+/// Encodes a server message for one wire format; `None` if it cannot be encoded.
+pub fn encode_for(
+    wire: Wire,
+    msg: &impl serde::Serialize,
+    sse_id: Option<&str>,
+) -> Option<Payload> {
+    match wire {
+        Wire::Json => serde_json::to_string(msg)
+            .ok()
+            .map(|s| Payload::Text(s.into())),
+        Wire::MsgPack => Encoding::MsgPack.encode(msg).ok().map(Payload::Binary),
+        Wire::Sse => {
+            let json = serde_json::to_string(msg).ok()?;
+            let mut s = String::with_capacity(json.len() + 48);
+            if let Some(id) = sse_id {
+                s.push_str("id: ");
+                s.push_str(id);
+                s.push('\n');
+            }
+            s.push_str("event: message\ndata: ");
+            s.push_str(&json);
+            s.push_str("\n\n");
+            Some(Payload::Text(s.into()))
+        }
+    }
+}
+
+/// Local membership and fan-out.
+pub struct Hub {
+    rooms: Mutex<HashMap<RoomName, Room>>,
+    users: Mutex<HashMap<UserId, Vec<Member>>>,
+    metrics: Arc<Metrics>,
+    bus: OnceLock<Arc<dyn Bus>>,
+    bus_up: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Hub {
+            rooms: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            metrics,
+            bus: OnceLock::new(),
+            bus_up: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// Connects the hub to the bus it tells about local interest in rooms.
+    pub fn attach_bus(&self, bus: Arc<dyn Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Whether the bus last reported itself up.
+    pub fn bus_up(&self) -> bool {
+        self.bus_up.load(Ordering::Relaxed)
+    }
+
+    /// Registers a connection for its user's direct messages and disconnects.
+    pub fn add_user(&self, m: &Member) {
+        lock(&self.users)
+            .entry(m.user.clone())
+            .or_default()
+            .push(m.clone());
+    }
+
+    /// Removes a connection from its user's list.
+    pub fn remove_user(&self, m: &Member) {
+        let mut users = lock(&self.users);
+        if let Some(list) = users.get_mut(&m.user) {
+            list.retain(|x| x.id != m.id);
+            if list.is_empty() {
+                users.remove(&m.user);
+            }
+        }
+    }
+
+    /// Adds a member to a room; from now on it receives the room's messages.
+    pub fn join(&self, room: &RoomName, m: &Member) {
+        let first = {
+            let mut rooms = lock(&self.rooms);
+            let first = !rooms.contains_key(room);
+            let r = rooms.entry(room.clone()).or_default();
+            r.members.insert(m.id.clone(), m.clone());
+            r.snapshot = None;
+            self.metrics.rooms.set(rooms.len() as i64);
+            first
+        };
+        if first {
+            if let Some(bus) = self.bus.get() {
+                bus.watch_room(room);
+            }
+        }
+    }
+
+    /// Removes a member from a room.
+    pub fn leave(&self, room: &RoomName, id: &str) {
+        let last = {
+            let mut rooms = lock(&self.rooms);
+            let Some(r) = rooms.get_mut(room) else { return };
+            r.members.remove(id);
+            r.snapshot = None;
+            let last = r.members.is_empty();
+            if last {
+                rooms.remove(room);
+            }
+            self.metrics.rooms.set(rooms.len() as i64);
+            last
+        };
+        if last {
+            if let Some(bus) = self.bus.get() {
+                bus.unwatch_room(room);
+            }
+        }
+    }
+
+    fn members(&self, room: &RoomName) -> Option<Arc<[Member]>> {
+        let mut rooms = lock(&self.rooms);
+        let r = rooms.get_mut(room)?;
+        Some(
+            r.snapshot
+                .get_or_insert_with(|| r.members.values().cloned().collect())
+                .clone(),
+        )
+    }
+
+    /// Local connections of a user.
+    fn user_members(&self, user: &UserId) -> Vec<Member> {
+        lock(&self.users).get(user).cloned().unwrap_or_default()
+    }
+
+    /// Closes every local connection of `user` with `code`.
+    pub fn kick_user(&self, user: &UserId, code: u16) {
+        for m in self.user_members(user) {
+            m.kick(code);
+        }
+    }
+
+    /// Closes every local connection in `room` with `code`.
+    pub fn kick_room(&self, room: &RoomName, code: u16) {
+        if let Some(ms) = self.members(room) {
+            for m in ms.iter() {
+                m.kick(code);
+            }
+        }
+    }
+
+    fn fanout_message(&self, p: &Publication, skip: Option<&str>) {
+        let Some(members) = self.members(&p.room) else {
+            return;
+        };
+        let start = Instant::now();
+        let sse_id = p.offset.map(|o| format!("{}:{}", p.room, o));
+        let make = |w: Wire| encode_for(w, &MessageFrame(p), sse_id.as_deref());
+        let frames = Encoded::new(&make);
+        let volatile = p.offset.is_none();
+        let mut sent = 0u64;
+        let mut bytes = 0u64;
+        for m in members.iter() {
+            if skip == Some(&*m.id) {
+                continue;
+            }
+            let Some(payload) = frames.get(m.wire) else {
+                continue;
+            };
+            bytes += payload.len() as u64;
+            if m.push(
+                Outbound::Room {
+                    room: p.room.clone(),
+                    offset: p.offset,
+                    payload,
+                },
+                volatile,
+                &self.metrics,
+            ) {
+                sent += 1;
+            }
+        }
+        self.metrics
+            .messages_out
+            .with_label_values(&["message"])
+            .inc_by(sent);
+        self.metrics.bytes_out.inc_by(bytes);
+        self.metrics
+            .fanout_seconds
+            .observe(start.elapsed().as_secs_f64());
+        if p.ts > 0 {
+            self.metrics
+                .bus_delivery_seconds
+                .observe(now_ms().saturating_sub(p.ts) as f64 / 1000.0);
+        }
+    }
+
+    fn fanout_other(&self, targets: &[Member], msg: &ServerMessage, skip_user: Option<&UserId>) {
+        let make = |w: Wire| encode_for(w, msg, None);
+        let frames = Encoded::new(&make);
+        let mut sent = 0;
+        for m in targets {
+            if skip_user == Some(&m.user) {
+                continue;
+            }
+            let Some(payload) = frames.get(m.wire) else {
+                continue;
+            };
+            self.metrics.bytes_out.inc_by(payload.len() as u64);
+            if m.push(Outbound::Other(payload), false, &self.metrics) {
+                sent += 1;
+            }
+        }
+        self.metrics
+            .messages_out
+            .with_label_values(&[msg.kind()])
+            .inc_by(sent);
+    }
+}
+
+impl Delivery for Hub {
+    fn deliver(&self, event: BusEvent) {
+        match event {
+            BusEvent::Message { publication, skip } => {
+                self.fanout_message(&publication, skip.as_deref())
+            }
+            BusEvent::MemberJoined { room, user } => {
+                if let Some(ms) = self.members(&room) {
+                    let msg = ServerMessage::MemberJoined {
+                        room,
+                        user: user.clone(),
+                    };
+                    self.fanout_other(&ms, &msg, Some(&user));
+                }
+            }
+            BusEvent::MemberLeft { room, user } => {
+                if let Some(ms) = self.members(&room) {
+                    let msg = ServerMessage::MemberLeft {
+                        room,
+                        user: user.clone(),
+                    };
+                    self.fanout_other(&ms, &msg, Some(&user));
+                }
+            }
+            BusEvent::Direct { to, message } => {
+                let targets = self.user_members(&to);
+                if !targets.is_empty() {
+                    self.fanout_other(&targets, &ServerMessage::Direct((*message).clone()), None);
+                }
+            }
+            BusEvent::Disconnect { user, code } => self.kick_user(&user, code),
+            BusEvent::Gap { room } => {
+                // Messages were lost for good: the members must re-join to learn it
+                // (`recovered: false`). 1013 asks them to reconnect after a backoff.
+                tracing::warn!(%room, "unrecoverable gap on the bus; asking local members to reconnect");
+                self.kick_room(&room, close::OVERLOADED);
+            }
+            BusEvent::State { up } => {
+                self.bus_up.store(up, Ordering::Relaxed);
+                self.metrics.bus_up.set(i64::from(up));
+                if up {
+                    tracing::info!("bus up");
+                } else {
+                    tracing::warn!("bus down");
+                }
+            }
+        }
+    }
+}

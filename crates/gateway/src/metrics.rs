@@ -1,0 +1,240 @@
+//! Prometheus metrics of a node, served at `/metrics`. Names are listed in
+//! docs/operations.md; the Grafana dashboard and alert rules use only these.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use roomcast_redis_bridge::BusStats;
+use std::sync::atomic::Ordering;
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections by transport (`ws`, `sse`).
+    pub connections: IntGaugeVec,
+    /// Connections accepted since start.
+    pub connections_accepted: IntCounter,
+    /// Client messages received, by type.
+    pub messages_in: IntCounterVec,
+    /// Messages sent to clients, by type.
+    pub messages_out: IntCounterVec,
+    /// Bytes received from clients.
+    pub bytes_in: IntCounter,
+    /// Bytes queued to clients.
+    pub bytes_out: IntCounter,
+    /// Errors sent to clients, by code.
+    pub errors: IntCounterVec,
+    /// Connections closed by the server, by close code.
+    pub closes: IntCounterVec,
+    /// Requests refused by the rate limiter.
+    pub rate_limited: IntCounter,
+    /// Connections closed because their outbound queue overflowed.
+    pub slow_consumer_closes: IntCounter,
+    /// Refused tokens, by reason.
+    pub auth_failures: IntCounterVec,
+    /// Time to hand one room message to every local member.
+    pub fanout_seconds: Histogram,
+    /// Rooms with local members.
+    pub rooms: IntGauge,
+    /// 1 while the bus is connected.
+    pub bus_up: IntGauge,
+    /// Bus reconnects.
+    pub bus_reconnects: IntCounter,
+    /// Failed bus publishes.
+    pub bus_publish_errors: IntCounter,
+    /// Envelopes received from the bus.
+    pub bus_messages_received: IntCounter,
+    /// Gaps on the bus repaired from history.
+    pub bus_gap_repairs: IntCounter,
+    /// Time from a message's server timestamp to its local delivery.
+    pub bus_delivery_seconds: Histogram,
+    /// Backend API requests, by route and status.
+    pub api_requests: IntCounterVec,
+    /// 1 while the node drains.
+    pub draining: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    let buckets = vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry. Names are constants, so a failure
+    /// here is a programming error caught by the first test run.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "roomcast_connections",
+                "Open client connections by transport",
+            ),
+            &["transport"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        r.register(Box::new(connections.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        let m = Metrics {
+            connections,
+            connections_accepted: counter(
+                &r,
+                "roomcast_connections_accepted_total",
+                "Client connections accepted",
+            ),
+            messages_in: counter_vec(
+                &r,
+                "roomcast_messages_in_total",
+                "Client messages received, by type",
+                &["type"],
+            ),
+            messages_out: counter_vec(
+                &r,
+                "roomcast_messages_out_total",
+                "Messages sent to clients, by type",
+                &["type"],
+            ),
+            bytes_in: counter(&r, "roomcast_bytes_in_total", "Bytes received from clients"),
+            bytes_out: counter(&r, "roomcast_bytes_out_total", "Bytes queued to clients"),
+            errors: counter_vec(
+                &r,
+                "roomcast_errors_total",
+                "Errors sent to clients, by code",
+                &["code"],
+            ),
+            closes: counter_vec(
+                &r,
+                "roomcast_closes_total",
+                "Connections closed by the server, by close code",
+                &["code"],
+            ),
+            rate_limited: counter(
+                &r,
+                "roomcast_rate_limited_total",
+                "Requests refused by the rate limiter",
+            ),
+            slow_consumer_closes: counter(
+                &r,
+                "roomcast_slow_consumer_closes_total",
+                "Connections closed because their outbound queue overflowed",
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "roomcast_auth_failures_total",
+                "Refused tokens, by reason",
+                &["reason"],
+            ),
+            fanout_seconds: histogram(
+                &r,
+                "roomcast_fanout_seconds",
+                "Time to hand one room message to every local member",
+            ),
+            rooms: gauge(&r, "roomcast_rooms", "Rooms with local members"),
+            bus_up: gauge(
+                &r,
+                "roomcast_bus_up",
+                "1 while the cluster bus is connected",
+            ),
+            bus_reconnects: counter(&r, "roomcast_bus_reconnects_total", "Bus reconnects"),
+            bus_publish_errors: counter(
+                &r,
+                "roomcast_bus_publish_errors_total",
+                "Failed bus publishes",
+            ),
+            bus_messages_received: counter(
+                &r,
+                "roomcast_bus_messages_received_total",
+                "Envelopes received from the bus",
+            ),
+            bus_gap_repairs: counter(
+                &r,
+                "roomcast_bus_gap_repairs_total",
+                "Gaps on the bus repaired from history",
+            ),
+            bus_delivery_seconds: histogram(
+                &r,
+                "roomcast_bus_delivery_seconds",
+                "Time from a message's server timestamp to its local delivery",
+            ),
+            api_requests: counter_vec(
+                &r,
+                "roomcast_api_requests_total",
+                "Backend API requests, by route and status",
+                &["route", "status"],
+            ),
+            draining: gauge(&r, "roomcast_draining", "1 while the node drains"),
+            registry: r,
+        };
+        for t in ["ws", "sse"] {
+            m.connections.with_label_values(&[t]).set(0);
+        }
+        for c in roomcast_protocol::ErrorCode::ALL {
+            m.errors.with_label_values(&[c.as_str()]);
+        }
+        m
+    }
+
+    /// The text exposition, with the bus counters brought up to date first.
+    pub fn render(&self, bus: &BusStats, bus_up: bool) -> String {
+        catch_up(&self.bus_reconnects, bus.reconnects.load(Ordering::Relaxed));
+        catch_up(
+            &self.bus_publish_errors,
+            bus.publish_errors.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_messages_received,
+            bus.messages_received.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_gap_repairs,
+            bus.gap_repairs.load(Ordering::Relaxed),
+        );
+        self.bus_up.set(i64::from(bus_up));
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn catch_up(c: &IntCounter, total: u64) {
+    let have = c.get();
+    if total > have {
+        c.inc_by(total - have);
+    }
+}

@@ -1,0 +1,91 @@
+//! The state one node shares between its listeners, sessions and routes.
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::limits::{Cidr, IpLimiter, Origins};
+use crate::metrics::Metrics;
+use roomcast_redis_bridge::Bus;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything a node's tasks share. Immutable but for atomics; cheap to read.
+pub struct Node {
+    /// Settings.
+    pub cfg: Config,
+    /// This node's cluster name.
+    pub node_id: String,
+    /// Token verification.
+    pub auth: Authenticator,
+    /// Local membership and fan-out.
+    pub hub: Arc<Hub>,
+    /// The cluster bus (in-process or Redis).
+    pub bus: Arc<dyn Bus>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Allowed Origins.
+    pub origins: Origins,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Connections per client IP.
+    pub ip_limiter: Arc<IpLimiter>,
+    /// Backend API keys.
+    pub api_keys: Vec<String>,
+    /// Set when the drain starts: readiness fails, upgrades are refused.
+    pub draining: AtomicBool,
+    /// Open client connections (WebSocket and SSE).
+    pub connections: AtomicUsize,
+    /// Cancelled when the drain starts: every session closes with 1001.
+    pub drain: CancellationToken,
+    /// Every session task, so that shutdown can wait for them.
+    pub sessions: TaskTracker,
+}
+
+impl Node {
+    /// Whether the node accepts clients: not draining, bus connected.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.bus.is_ready() && self.hub.bus_up()
+    }
+
+    /// Takes a connection slot, or `None` when the node is full.
+    pub fn try_connect(self: &Arc<Self>, transport: &'static str) -> Option<ConnSlot> {
+        let n = self.connections.fetch_add(1, Ordering::AcqRel);
+        if n >= self.cfg.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics
+            .connections
+            .with_label_values(&[transport])
+            .inc();
+        self.metrics.connections_accepted.inc();
+        Some(ConnSlot {
+            node: self.clone(),
+            transport,
+        })
+    }
+
+    /// A new cluster-unique connection id.
+    pub fn new_conn_id(&self) -> Arc<str> {
+        Arc::from(format!("{:016x}", rand::random::<u64>()))
+    }
+}
+
+/// One connection's place in the node's count; released on drop.
+pub struct ConnSlot {
+    node: Arc<Node>,
+    transport: &'static str,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.node.connections.fetch_sub(1, Ordering::AcqRel);
+        self.node
+            .metrics
+            .connections
+            .with_label_values(&[self.transport])
+            .dec();
+    }
+}

@@ -1,0 +1,604 @@
+//! A WebSocket session: one task per connection, with explicit state (awaiting auth,
+//! authenticated, draining), selecting over the socket, its bounded outbound queue, its
+//! deadlines (heartbeat, auth timeout, token expiry) and the node's drain signal.
+
+use crate::auth::{AuthError, Identity};
+use crate::commands;
+use crate::hub::{Kick, Member, Outbound, Payload, Wire};
+use crate::limits::{IpGuard, TokenBucket};
+use crate::node::{ConnSlot, Node};
+use futures_util::{SinkExt, StreamExt};
+use roomcast_protocol::{
+    close, ClientMessage, Encoding, ErrorCode, ReqId, RoomName, ServerMessage,
+};
+use roomcast_redis_bridge::HistoryQuery;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// What the upgrade handed to the session.
+pub struct Setup {
+    /// Connection id.
+    pub conn_id: Arc<str>,
+    /// Negotiated encoding.
+    pub encoding: Encoding,
+    /// A token from the query or the Authorization header.
+    pub token: Option<String>,
+    /// The connection's slot in the node count.
+    pub slot: ConnSlot,
+    /// The connection's slot in its IP's count.
+    pub ip_guard: Option<IpGuard>,
+}
+
+/// Where a session is in its life.
+enum State {
+    /// Waiting for an `auth` message until the deadline.
+    AwaitingAuth { deadline: Instant },
+    /// Authenticated.
+    Active(Active),
+}
+
+struct Active {
+    who: Identity,
+    member: Member,
+    /// Joined rooms and the last offset delivered in each (drops replays and repeats).
+    rooms: HashMap<RoomName, u64>,
+    /// When the token stops being valid (exp plus leeway).
+    expires: Option<Instant>,
+}
+
+/// Why the loop ended.
+enum End {
+    Close(u16, &'static str),
+    Drop,
+}
+
+struct Session<S> {
+    node: Arc<Node>,
+    ws: WebSocketStream<S>,
+    conn_id: Arc<str>,
+    encoding: Encoding,
+    bucket: TokenBucket,
+    strikes: u32,
+    last_seen: Instant,
+    /// Created at authentication; before it the queue does not exist.
+    rx: Option<mpsc::Receiver<Outbound>>,
+    kick: Option<Arc<Kick>>,
+}
+
+/// Runs a session to its end.
+pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, setup: Setup)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Setup {
+        conn_id,
+        encoding,
+        token,
+        slot,
+        ip_guard,
+    } = setup;
+    let now = Instant::now();
+    let mut s = Session {
+        bucket: TokenBucket::new(node.cfg.rate_limit, node.cfg.rate_burst, now.into_std()),
+        node,
+        ws,
+        conn_id,
+        encoding,
+        strikes: 0,
+        last_seen: now,
+        rx: None,
+        kick: None,
+    };
+    let mut state = State::AwaitingAuth {
+        deadline: now + Duration::from_secs(s.node.cfg.auth_timeout),
+    };
+    // Authenticate at once from the token of the upgrade request, or with --auth none.
+    let initial = match token {
+        Some(t) => Some(s.node.auth.verify(&t)),
+        None => s.node.auth.anonymous(&s.conn_id).map(Ok),
+    };
+    let end = match initial {
+        Some(Ok(who)) => match s.authenticate(who, None).await {
+            Ok(active) => {
+                state = State::Active(active);
+                s.run_loop(&mut state).await
+            }
+            Err(end) => end,
+        },
+        Some(Err(e)) => s.auth_failed(&e),
+        None => s.run_loop(&mut state).await,
+    };
+    s.finish(state, end).await;
+    drop(slot);
+    drop(ip_guard);
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn auth_failed(&self, e: &AuthError) -> End {
+        self.node
+            .metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        tracing::debug!(conn = %self.conn_id, error = %e, "authentication failed");
+        End::Close(close::INVALID_TOKEN, "invalid or expired token")
+    }
+
+    fn expiry_deadline(&self, who: &Identity) -> Option<Instant> {
+        let exp = who.exp?;
+        let now_s = crate::hub::now_ms() / 1000;
+        let left = (exp + self.node.auth.leeway()).saturating_sub(now_s);
+        Some(Instant::now() + Duration::from_secs(left))
+    }
+
+    async fn authenticate(&mut self, who: Identity, id: Option<ReqId>) -> Result<Active, End> {
+        let (member, rx, kick) = Member::new(
+            self.conn_id.clone(),
+            who.user.clone(),
+            Wire::from(self.encoding),
+            self.node.cfg.outbound_queue,
+        );
+        self.node.hub.add_user(&member);
+        self.rx = Some(rx);
+        self.kick = Some(kick);
+        let welcome = ServerMessage::Welcome {
+            session: self.conn_id.to_string(),
+            node: self.node.node_id.clone(),
+            user: who.user.clone(),
+            heartbeat: self.node.cfg.heartbeat,
+            auth: self.node.auth.mode_name().to_string(),
+            id,
+        };
+        let expires = self.expiry_deadline(&who);
+        let active = Active {
+            who,
+            member,
+            rooms: HashMap::new(),
+            expires,
+        };
+        if self.reply(&welcome).await.is_err() {
+            // Undo what authentication registered; `finish` sees an Active state only
+            // when this returns Ok.
+            self.node.hub.remove_user(&active.member);
+            return Err(End::Drop);
+        }
+        Ok(active)
+    }
+
+    async fn run_loop(&mut self, state: &mut State) -> End {
+        let node = self.node.clone();
+        let hb = node.cfg.heartbeat_interval();
+        let mut ticker = tokio::time::interval_at(Instant::now() + hb, hb);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain_at: Option<Instant> = None;
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let auth_deadline = match state {
+                State::AwaitingAuth { deadline } => *deadline,
+                State::Active(_) => far,
+            };
+            let expires = match state {
+                State::Active(a) => a.expires.unwrap_or(far),
+                State::AwaitingAuth { .. } => far,
+            };
+            let kick = self.kick.clone();
+            tokio::select! {
+                biased;
+                code = async { match &kick { Some(k) => k.kicked().await, None => std::future::pending().await } } => {
+                    return End::Close(code, kick_reason(code));
+                }
+                _ = node.drain.cancelled(), if drain_at.is_none() => {
+                    // Spread the closes so that the other nodes do not get every client at once.
+                    let spread = node.cfg.drain_spread_ms.max(1);
+                    drain_at = Some(Instant::now() + Duration::from_millis(rand::random::<u64>() % spread));
+                }
+                _ = sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
+                    return End::Close(close::GOING_AWAY, "node is draining; reconnect");
+                }
+                _ = sleep_until(auth_deadline) => {
+                    return End::Close(close::AUTH_TIMEOUT, "authentication timeout");
+                }
+                _ = sleep_until(expires) => {
+                    node.metrics.auth_failures.with_label_values(&["expired"]).inc();
+                    return End::Close(close::INVALID_TOKEN, "token expired");
+                }
+                item = recv(&mut self.rx) => {
+                    let Some(item) = item else { return End::Drop };
+                    if let Err(end) = self.write_batch(state, item).await {
+                        return end;
+                    }
+                }
+                frame = self.ws.next() => {
+                    self.last_seen = Instant::now();
+                    match frame {
+                        None => return End::Drop,
+                        Some(Err(WsError::Capacity(_))) => return End::Close(close::TOO_BIG, "message too big"),
+                        Some(Err(e)) => {
+                            tracing::debug!(conn = %self.conn_id, error = %e, "socket error");
+                            return End::Drop;
+                        }
+                        Some(Ok(msg)) => {
+                            if let Err(end) = self.on_frame(state, msg).await {
+                                return end;
+                            }
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    if self.last_seen.elapsed() >= hb * 2 {
+                        tracing::debug!(conn = %self.conn_id, "heartbeat missed; closing");
+                        return End::Drop;
+                    }
+                    if self.ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        return End::Drop;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one queued item and whatever else is queued (up to a batch), then flushes once.
+    async fn write_batch(&mut self, state: &mut State, first: Outbound) -> Result<(), End> {
+        let State::Active(active) = state else {
+            return Ok(());
+        };
+        let mut item = Some(first);
+        let mut n = 0;
+        while let Some(it) = item.take() {
+            if let Some(payload) = admit(active, it) {
+                let msg = match payload {
+                    Payload::Text(t) => Message::Text(t),
+                    Payload::Binary(b) => Message::Binary(b),
+                };
+                if self.ws.feed(msg).await.is_err() {
+                    return Err(End::Drop);
+                }
+                n += 1;
+            }
+            if n < 64 {
+                item = self.rx.as_mut().and_then(|rx| rx.try_recv().ok());
+            }
+        }
+        self.flush().await
+    }
+
+    /// Flushes, giving up on a socket that accepts nothing for two heartbeats.
+    async fn flush(&mut self) -> Result<(), End> {
+        let limit = self.node.cfg.heartbeat_interval() * 2;
+        match tokio::time::timeout(limit, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Drop),
+        }
+    }
+
+    async fn reply(&mut self, msg: &ServerMessage) -> Result<(), End> {
+        let Some(payload) = crate::hub::encode_for(Wire::from(self.encoding), msg, None) else {
+            return Err(End::Close(close::INTERNAL, "encoding failed"));
+        };
+        let m = &self.node.metrics;
+        m.messages_out.with_label_values(&[msg.kind()]).inc();
+        m.bytes_out.inc_by(payload.len() as u64);
+        if let ServerMessage::Error { code, .. } = msg {
+            m.errors.with_label_values(&[code.as_str()]).inc();
+        }
+        let frame = match payload {
+            Payload::Text(t) => Message::Text(t),
+            Payload::Binary(b) => Message::Binary(b),
+        };
+        if self.ws.feed(frame).await.is_err() {
+            return Err(End::Drop);
+        }
+        self.flush().await
+    }
+
+    async fn on_frame(&mut self, state: &mut State, msg: Message) -> Result<(), End> {
+        let (bytes, binary): (&[u8], bool) = match &msg {
+            Message::Text(t) => (t.as_bytes(), false),
+            Message::Binary(b) => (b.as_ref(), true),
+            Message::Close(_) => return Err(End::Drop),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+        };
+        self.node.metrics.bytes_in.inc_by(bytes.len() as u64);
+        if !self.bucket.try_take(Instant::now().into_std()) {
+            self.node.metrics.rate_limited.inc();
+            self.strikes += 1;
+            if self.strikes >= self.node.cfg.rate_limit_strikes {
+                return Err(End::Close(close::RATE_LIMIT_ABUSE, "rate limit abused"));
+            }
+            let id = self
+                .encoding
+                .decode_client(bytes)
+                .ok()
+                .and_then(|m| m.id().cloned());
+            return self
+                .reply(&ServerMessage::error(
+                    ErrorCode::RateLimited,
+                    "too many requests; slow down",
+                    id,
+                ))
+                .await;
+        }
+        self.strikes = 0;
+        if bytes.len() > self.node.cfg.max_message_size {
+            return self
+                .reply(&ServerMessage::error(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "message larger than {} bytes",
+                        self.node.cfg.max_message_size
+                    ),
+                    None,
+                ))
+                .await;
+        }
+        if binary != self.encoding.is_binary() {
+            let what = if binary {
+                "binary frame on the JSON subprotocol"
+            } else {
+                "text frame on the MessagePack subprotocol"
+            };
+            return self
+                .reply(&ServerMessage::error(ErrorCode::InvalidMessage, what, None))
+                .await;
+        }
+        let cmd = match self.encoding.decode_client(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(state, State::AwaitingAuth { .. }) {
+                    return Err(End::Close(close::NOT_AUTHENTICATED, "authenticate first"));
+                }
+                return self
+                    .reply(&ServerMessage::error(e.code, e.message, e.id))
+                    .await;
+            }
+        };
+        self.node
+            .metrics
+            .messages_in
+            .with_label_values(&[cmd.kind()])
+            .inc();
+        match state {
+            State::AwaitingAuth { .. } => match cmd {
+                ClientMessage::Auth { token, id } => match self.node.auth.verify(&token) {
+                    Ok(who) => {
+                        *state = State::Active(self.authenticate(who, id).await?);
+                        Ok(())
+                    }
+                    Err(e) => Err(self.auth_failed(&e)),
+                },
+                _ => Err(End::Close(close::NOT_AUTHENTICATED, "authenticate first")),
+            },
+            State::Active(active) => self.on_command(active, cmd).await,
+        }
+    }
+
+    async fn on_command(&mut self, active: &mut Active, cmd: ClientMessage) -> Result<(), End> {
+        let node = self.node.clone();
+        let reply = match cmd {
+            ClientMessage::Auth { token, id } => {
+                if !node.auth.enabled() {
+                    Some(ServerMessage::AuthOk { exp: 0, id })
+                } else {
+                    match node.auth.verify(&token) {
+                        Ok(who) if who.user != active.who.user => {
+                            return Err(self.auth_failed(&AuthError::OtherUser))
+                        }
+                        Ok(who) => {
+                            active.expires = self.expiry_deadline(&who);
+                            let exp = who.exp.unwrap_or(0);
+                            active.who = who;
+                            Some(ServerMessage::AuthOk { exp, id })
+                        }
+                        Err(e) => return Err(self.auth_failed(&e)),
+                    }
+                }
+            }
+            ClientMessage::Join {
+                room,
+                history,
+                since,
+                id,
+            } => Some(self.join(active, room, history, since, id).await),
+            ClientMessage::Leave { room, id } => {
+                if active.rooms.remove(&room).is_none() {
+                    Some(ServerMessage::error(
+                        ErrorCode::NotJoined,
+                        format!("not in room {room}"),
+                        id,
+                    ))
+                } else {
+                    node.hub.leave(&room, &self.conn_id);
+                    if let Err(e) = node
+                        .bus
+                        .presence_leave(&room, &active.who.user, &self.conn_id)
+                        .await
+                    {
+                        tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire");
+                    }
+                    Some(ServerMessage::Left { room, id })
+                }
+            }
+            ClientMessage::Publish {
+                room,
+                event,
+                data,
+                id,
+                volatile,
+                echo,
+            } => {
+                commands::publish(
+                    &node,
+                    &active.who,
+                    Some(&self.conn_id),
+                    room,
+                    event,
+                    data,
+                    id,
+                    volatile,
+                    echo,
+                )
+                .await
+            }
+            ClientMessage::Send {
+                to,
+                event,
+                data,
+                id,
+            } => commands::send(&node, &active.who, to, event, data, id).await,
+            ClientMessage::Presence { room, limit, id } => {
+                Some(commands::presence(&node, &active.who, room, limit, id).await)
+            }
+            ClientMessage::Ping { id } => Some(ServerMessage::Pong { id }),
+        };
+        match reply {
+            Some(r) => self.reply(&r).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn join(
+        &mut self,
+        active: &mut Active,
+        room: RoomName,
+        history: Option<u32>,
+        since: Option<roomcast_protocol::StreamPosition>,
+        id: Option<ReqId>,
+    ) -> ServerMessage {
+        let node = self.node.clone();
+        if !active.who.may_access(&room, node.auth.default_policy) {
+            return ServerMessage::error(
+                ErrorCode::Forbidden,
+                format!("not allowed in room {room}"),
+                id,
+            );
+        }
+        let rejoin = active.rooms.contains_key(&room);
+        if !rejoin && active.rooms.len() >= node.cfg.max_rooms {
+            return ServerMessage::error(
+                ErrorCode::RoomLimit,
+                format!("at most {} rooms per connection", node.cfg.max_rooms),
+                id,
+            );
+        }
+        let limit = (history.unwrap_or(0) as usize).min(node.cfg.max_recover);
+        if !rejoin {
+            // Live delivery starts first (into the queue, which this task does not read
+            // until the join is answered); history is read after; what both hold is
+            // dropped by offset when the queue is read (DESIGN-NOTES §2).
+            node.hub.join(&room, &active.member);
+            if let Err(e) = node
+                .bus
+                .presence_join(&room, &active.who.user, &self.conn_id)
+                .await
+            {
+                node.hub.leave(&room, &self.conn_id);
+                return commands::bus_error(&e, id);
+            }
+        }
+        match node.bus.history(&room, HistoryQuery { since, limit }).await {
+            Ok(h) => {
+                let floor = active.rooms.entry(room.clone()).or_insert(0);
+                *floor = (*floor).max(h.offset);
+                ServerMessage::Joined {
+                    room,
+                    offset: h.offset,
+                    epoch: h.epoch,
+                    recovered: h.recovered,
+                    messages: h.messages,
+                    id,
+                }
+            }
+            Err(e) => {
+                if !rejoin {
+                    node.hub.leave(&room, &self.conn_id);
+                    let _ = node
+                        .bus
+                        .presence_leave(&room, &active.who.user, &self.conn_id)
+                        .await;
+                }
+                commands::bus_error(&e, id)
+            }
+        }
+    }
+
+    async fn finish(mut self, state: State, end: End) {
+        if let End::Close(code, reason) = end {
+            self.node
+                .metrics
+                .closes
+                .with_label_values(&[&code.to_string()])
+                .inc();
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
+        }
+        if let State::Active(active) = state {
+            let node = &self.node;
+            node.hub.remove_user(&active.member);
+            for room in active.rooms.keys() {
+                node.hub.leave(room, &self.conn_id);
+            }
+            let leaves = active.rooms.keys().map(|room| {
+                node.bus
+                    .presence_leave(room, &active.who.user, &self.conn_id)
+            });
+            for r in futures_util::future::join_all(leaves).await {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "presence leave failed at close; the entry will expire");
+                }
+            }
+        }
+    }
+}
+
+/// Decides whether a queued item goes out: room messages only for joined rooms and
+/// only past the last offset delivered there.
+fn admit(active: &mut Active, item: Outbound) -> Option<Payload> {
+    match item {
+        Outbound::Other(p) => Some(p),
+        Outbound::Room {
+            room,
+            offset,
+            payload,
+        } => {
+            let last = active.rooms.get_mut(&room)?;
+            if let Some(o) = offset {
+                if o <= *last {
+                    return None;
+                }
+                *last = o;
+            }
+            Some(payload)
+        }
+    }
+}
+
+async fn recv(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn kick_reason(code: u16) -> &'static str {
+    match code {
+        close::SLOW_CONSUMER => "slow consumer: outbound queue overflowed",
+        close::INVALID_TOKEN => "disconnected by the server",
+        close::OVERLOADED => "messages were lost; reconnect and re-join",
+        close::GOING_AWAY => "node is draining; reconnect",
+        _ => "closed by the server",
+    }
+}

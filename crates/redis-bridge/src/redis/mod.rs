@@ -250,10 +250,10 @@ impl Inner {
         }
     }
 
-    /// A pooled command connection (multiplexed: clones of it pipeline).
-    pub(crate) async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, OpError> {
-        let c = self.pool.get().await?;
-        Ok((*c).clone())
+    /// A pooled command connection, back in the pool when dropped. It is multiplexed:
+    /// batches clone it so that their commands pipeline.
+    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection, OpError> {
+        Ok(self.pool.get().await?)
     }
 
     pub(crate) fn deliver(&self, event: BusEvent) {

@@ -10,6 +10,9 @@
 //                                              missed. It runs with ROOMCAST_E2E_NODE_A / _B = the pages' node ids
 //                                              (from the welcome), to find which node to kill.
 //   ROOMCAST_E2E_EXPECT_DIFFERENT_NODES        1: fail unless pages A and B are on different nodes
+//   ROOMCAST_E2E_NODE_WS                       node-1=ws://127.0.0.1:P1/ws,node-2=...: the nodes' own /ws URLs; page B
+//                                              then connects straight to a node other than page A's (a load balancer
+//                                              with ip_hash puts every loopback client on one node)
 //   ROOMCAST_E2E_FALLBACK                      1: also test the SSE + HTTP fallback with WebSocket blocked in the page;
 //                                              0: skip it; unset: test it when <base>/sse answers
 //   ROOMCAST_E2E_ARTIFACTS                     screenshots go here (default test/e2e/artifacts)
@@ -192,6 +195,14 @@ async function main() {
     }
   }
   baseB ??= baseA;
+  if (sameOrigin && (await httpStatus(`${baseA.replace(/\/$/, '')}/demo`)) === 404) {
+    // The nodes do not serve /demo (yet): serve demo/dist here and point the pages at the nodes.
+    log(`${baseA}/demo is 404: serving demo/dist from here`);
+    wsA ??= wsOf(baseA);
+    wsB ??= wsOf(baseB);
+    baseA = baseB = await startStaticDemo();
+    sameOrigin = false;
+  }
   if (!wsA && !sameOrigin) wsA = wsOf(baseA);
   wsB ??= wsA && baseB === baseA ? wsA : undefined;
 
@@ -223,6 +234,7 @@ async function main() {
     p.on('pageerror', (e) => log(`page ${n} error: ${e.message}`));
   }
   const connected = (p) => p.waitForSelector('#state[data-state="connected"]', { timeout: STEP_TIMEOUT });
+  // Background pages may not run requestAnimationFrame: poll on a timer.
   const say = async (p, text) => {
     await p.fill('#text', text);
     await p.press('#text', 'Enter');
@@ -231,16 +243,25 @@ async function main() {
     p.waitForFunction(
       (t) => [...document.querySelectorAll('#messages li.chat .text')].some((e) => e.textContent === t),
       text,
-      { timeout: STEP_TIMEOUT },
+      { timeout: STEP_TIMEOUT, polling: 100 },
     );
 
+  const nodeOf = (p) => p.evaluate(() => window.roomcast?.welcome?.node ?? '').catch(() => '');
   await step('both pages load the demo and connect', async () => {
     await a.goto(demoUrl(baseA, 'alice', room, { ws: wsA }), { timeout: STEP_TIMEOUT });
+    await connected(a);
+    if (env.ROOMCAST_E2E_NODE_WS) {
+      // node-1=ws://...,node-2=ws://...: put page B on a node other than page A's.
+      const a0 = await nodeOf(a);
+      const other = env.ROOMCAST_E2E_NODE_WS.split(',')
+        .map((x) => x.split('='))
+        .find(([id, u]) => id && u && id !== a0);
+      if (other) wsB = other[1];
+    }
     await b.goto(demoUrl(baseB, 'bob', room, { ws: wsB }), { timeout: STEP_TIMEOUT });
-    await Promise.all([connected(a), connected(b)]);
+    await connected(b);
   });
 
-  const nodeOf = (p) => p.evaluate(() => window.roomcast?.welcome?.node ?? '').catch(() => '');
   const nodeA = await nodeOf(a);
   const nodeB = await nodeOf(b);
   log(`page A is on node ${nodeA || '?'}, page B on node ${nodeB || '?'}`);
@@ -251,7 +272,7 @@ async function main() {
   }
 
   await step('alice and bob chat in one room', async () => {
-    await b.waitForFunction(() => document.querySelector('#messages')?.textContent?.includes('joined'), null, { timeout: STEP_TIMEOUT });
+    await b.waitForFunction(() => document.querySelector('#messages')?.textContent?.includes('joined'), null, { timeout: STEP_TIMEOUT, polling: 100 });
     await say(a, 'hello from alice');
     await sees(b, 'hello from alice');
     await say(b, 'hi alice, bob here');
@@ -260,13 +281,13 @@ async function main() {
 
   await step('presence lists both users', async () => {
     for (const p of [a, b]) {
-      await p.waitForFunction(() => document.querySelectorAll('#members li').length >= 2, null, { timeout: STEP_TIMEOUT });
+      await p.waitForFunction(() => document.querySelectorAll('#members li').length >= 2, null, { timeout: STEP_TIMEOUT, polling: 100 });
     }
   });
 
   await step('typing indicator reaches the other page', async () => {
     await a.type('#text', 'typing…', { delay: 20 });
-    await b.waitForFunction(() => document.querySelector('#typing')?.textContent?.includes('alice'), null, { timeout: STEP_TIMEOUT });
+    await b.waitForFunction(() => document.querySelector('#typing')?.textContent?.includes('alice'), null, { timeout: STEP_TIMEOUT, polling: 100 });
     await a.fill('#text', '');
   });
 
@@ -284,6 +305,11 @@ async function main() {
 
   if (env.ROOMCAST_E2E_KILL_A) {
     await step('page A reconnects after its node is killed and shows what it missed', async () => {
+      // Record page A's connection states in the page: the reconnect may be quicker than any polling.
+      await a.evaluate(() => {
+        window.__states = [];
+        window.roomcast.on('state', (s) => window.__states.push(s));
+      });
       await withTimeout(
         new Promise((res, rej) => {
           const k = spawn('sh', ['-c', env.ROOMCAST_E2E_KILL_A], {
@@ -295,9 +321,10 @@ async function main() {
         30_000,
         'kill command',
       );
-      await a.waitForFunction(() => document.querySelector('#state')?.dataset.state !== 'connected', null, { timeout: STEP_TIMEOUT });
+      await a.waitForFunction(() => window.__states.length > 0, null, { timeout: STEP_TIMEOUT, polling: 100 });
       await say(b, 'sent while alice was away');
-      await connected(a);
+      await a.waitForFunction(() => window.roomcast.state === 'connected', null, { timeout: STEP_TIMEOUT, polling: 100 });
+      log(`page A went through: ${(await a.evaluate(() => window.__states)).join(' -> ')}`);
       await sees(a, 'sent while alice was away');
       const now = await nodeOf(a);
       log(`page A reconnected to node ${now || '?'}`);
@@ -319,7 +346,7 @@ async function main() {
       }
       const extra = typeof d.routeWebSocket === 'function' ? {} : { transport: 'http' };
       await d.goto(demoUrl(baseA, 'dave', room, { ws: wsA, ...extra }), { timeout: STEP_TIMEOUT });
-      await d.waitForFunction(() => document.querySelector('#transport')?.textContent === 'SSE + HTTP', null, { timeout: 30_000 });
+      await d.waitForFunction(() => document.querySelector('#transport')?.textContent === 'SSE + HTTP', null, { timeout: 30_000, polling: 100 });
       await connected(d);
       await say(d, 'dave over http');
       await sees(a, 'dave over http');

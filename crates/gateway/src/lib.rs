@@ -105,9 +105,31 @@ pub async fn run(
 
     let conns = TaskTracker::new();
     let stop_http = CancellationToken::new();
+    // Accepting goes on while the node drains, so that probes see /readyz 503 and new
+    // upgrades get 503 rather than a refused connection; it ends when every session is
+    // gone or the drain deadline passes.
+    let drained = CancellationToken::new();
+    let mut draining = false;
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                tracing::info!(node = %node_id, sessions = node.connections.load(Ordering::Relaxed), "draining");
+                node.draining.store(true, Ordering::Relaxed);
+                node.metrics.draining.set(1);
+                node.drain.cancel();
+                node.sessions.close();
+                let (n, done) = (node.clone(), drained.clone());
+                tokio::spawn(async move {
+                    let deadline = Duration::from_secs(n.cfg.drain_timeout);
+                    if tokio::time::timeout(deadline, n.sessions.wait()).await.is_err() {
+                        tracing::warn!(left = n.connections.load(Ordering::Relaxed), "drain deadline passed; dropping the rest");
+                    }
+                    done.cancel();
+                });
+                continue;
+            }
+            _ = drained.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -121,12 +143,13 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         let stop = stop_http.clone();
+        let header_timeout = Duration::from_secs(node.cfg.handshake_timeout);
         conns.spawn(async move {
             let svc = service_fn(move |req| http::route(node.clone(), peer, req));
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(header_timeout)
                 .keep_alive(true);
             let conn = builder
                 .serve_connection(TokioIo::new(stream), svc)
@@ -140,32 +163,15 @@ pub async fn run(
                 }
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
                 }
             }
         });
     }
     drop(listener);
-    tracing::info!(node = %node_id, "draining");
-    node.draining.store(true, Ordering::Relaxed);
-    node.metrics.draining.set(1);
-    node.drain.cancel();
     stop_http.cancel();
-    node.sessions.close();
     conns.close();
-    let deadline = Duration::from_secs(node.cfg.drain_timeout);
-    if tokio::time::timeout(deadline, async {
-        node.sessions.wait().await;
-        conns.wait().await;
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!(
-            left = node.connections.load(Ordering::Relaxed),
-            "drain deadline passed; dropping the rest"
-        );
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(3), conns.wait()).await;
     bus.close().await;
     tracing::info!(node = %node_id, "stopped");
     Ok(())

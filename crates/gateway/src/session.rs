@@ -331,6 +331,12 @@ where
         }
         self.strikes = 0;
         if bytes.len() > self.node.cfg.max_message_size {
+            // Bounded by the hard frame cap, so reading the id for the reply is cheap enough.
+            let id = self
+                .encoding
+                .decode_client(bytes)
+                .ok()
+                .and_then(|m| m.id().cloned());
             return self
                 .reply(&ServerMessage::error(
                     ErrorCode::TooLarge,
@@ -338,7 +344,7 @@ where
                         "message larger than {} bytes",
                         self.node.cfg.max_message_size
                     ),
-                    None,
+                    id,
                 ))
                 .await;
         }

@@ -338,6 +338,58 @@ async fn a_gap_history_no_longer_holds_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_lost_while_subscribed_starts_a_new_epoch_without_a_gap() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    let first = a
+        .bus
+        .publish(req("r", "bob", json!(1)))
+        .await
+        .expect("publish");
+    a.bus
+        .publish(req("r", "bob", json!(2)))
+        .await
+        .expect("publish");
+    assert_eq!(offsets(&a.events.messages(2).await), vec![1, 2]);
+    // the history expires (as after history_ttl without publishes)
+    let mut raw = server.conn().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg("rc:meta:r")
+        .arg("rc:history:r")
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+    let next = a
+        .bus
+        .publish(req("r", "bob", json!("new")))
+        .await
+        .expect("publish");
+    assert_ne!(next.epoch, first.epoch);
+    assert_eq!(next.offset, Some(1));
+    let got = a
+        .events
+        .until(|e| match e {
+            BusEvent::Gap { .. } => panic!("nothing was lost: the node was subscribed throughout"),
+            BusEvent::Message { publication, .. } => Some(publication.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((got.offset, got.data.clone()), (Some(1), json!("new")));
+    a.bus
+        .publish(req("r", "bob", json!("new 2")))
+        .await
+        .expect("publish");
+    assert_eq!(
+        a.events.message().await.0.offset,
+        Some(2),
+        "and goes on in the new epoch"
+    );
+    a.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_pubsub_connection_still_delivers_every_offset_in_order() {
     let server = RedisServer::start();
     // history must hold what is published while the subscription is down

@@ -57,8 +57,18 @@ enum Plan {
     Drop,
     /// Messages `from..offset` are missing: read them from the stream first.
     Repair { from: u64 },
-    /// The epoch changed: what was missed cannot be known.
-    Gap,
+}
+
+/// A message of a new epoch seen live: the room's history was lost and started again
+/// (expired after `history_ttl` without publishes, or flushed). The subscription was up
+/// all along, so nothing of the old epoch was missed (pub/sub loses messages only across
+/// a disconnect, and `resync` judges those); the new epoch must be complete from 1.
+fn new_epoch(offset: u64) -> Plan {
+    if offset == 1 {
+        Plan::Advance
+    } else {
+        Plan::Repair { from: 1 }
+    }
 }
 
 fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
@@ -70,7 +80,7 @@ fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
             epoch: e,
         }) => {
             if e.as_deref().is_some_and(|e| e != epoch) {
-                Plan::Gap
+                new_epoch(offset)
             } else if offset <= *base {
                 Plan::Deliver
             } else if offset == base + 1 {
@@ -84,7 +94,7 @@ fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
             epoch: e,
         }) => {
             if e != epoch {
-                Plan::Gap
+                new_epoch(offset)
             } else if offset <= *last {
                 Plan::Drop
             } else if offset == last + 1 {
@@ -315,11 +325,6 @@ async fn on_room_message(inner: &Inner, delivery: &dyn Delivery, m: RoomMessage)
             deliver_room(delivery, m);
             set_track(inner, &room, Track::Known { offset, epoch });
         }
-        Plan::Gap => {
-            lost(inner, delivery, &room, "epoch changed");
-            deliver_room(delivery, m);
-            set_track(inner, &room, Track::Known { offset, epoch });
-        }
         Plan::Repair { from } => {
             repair(inner, delivery, &room, from, offset - 1, &epoch).await;
             deliver_room(delivery, m);
@@ -531,7 +536,12 @@ mod tests {
         assert_eq!(plan(Some(&known(4)), 5, "e"), Plan::Advance);
         assert_eq!(plan(Some(&known(5)), 5, "e"), Plan::Drop);
         assert_eq!(plan(Some(&known(2)), 5, "e"), Plan::Repair { from: 3 });
-        assert_eq!(plan(Some(&known(2)), 1, "f"), Plan::Gap);
+        assert_eq!(
+            plan(Some(&known(2)), 1, "f"),
+            Plan::Advance,
+            "a new history"
+        );
+        assert_eq!(plan(Some(&known(9)), 3, "f"), Plan::Repair { from: 1 });
         let soft = Track::Soft {
             offset: 4,
             epoch: Some("e".into()),
@@ -539,7 +549,7 @@ mod tests {
         assert_eq!(plan(Some(&soft), 3, "e"), Plan::Deliver);
         assert_eq!(plan(Some(&soft), 5, "e"), Plan::Advance);
         assert_eq!(plan(Some(&soft), 7, "e"), Plan::Repair { from: 5 });
-        assert_eq!(plan(Some(&soft), 5, "f"), Plan::Gap);
+        assert_eq!(plan(Some(&soft), 5, "f"), Plan::Repair { from: 1 });
         let empty = Track::Soft {
             offset: 0,
             epoch: None,

@@ -536,17 +536,12 @@ async fn redis_restart_fails_fast_then_recovers() {
         "State{{up: false}} when Redis goes away"
     );
     assert!(!a.bus.is_ready());
-    let started = Instant::now();
-    let err = a
-        .bus
-        .publish(req("r", "alice", json!("during")))
+    // it answers (bounded by op_timeout: never hangs until Redis is back)
+    let err = tokio::time::timeout(WAIT, a.bus.publish(req("r", "alice", json!("during"))))
         .await
+        .expect("a publish while Redis is down does not hang")
         .expect_err("Redis is down");
     assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "bounded by op_timeout, never hangs"
-    );
     let err = a
         .bus
         .history(

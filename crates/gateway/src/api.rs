@@ -1,16 +1,454 @@
-//! The backend API (PROTOCOL.md §5).
+//! The backend API (PROTOCOL.md §5) and the HTTP fallback for client commands
+//! (`POST /client/commands`). Errors are `{"error": {"code", "message"}}` with a
+//! 4xx/5xx status; the OpenAPI document is docs/openapi.json.
 
+use crate::commands;
 use crate::http::{json, Body};
 use crate::node::Node;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
+use roomcast_protocol::{
+    close, ClientMessage, Encoding, ErrorCode, EventName, Publication, RoomName, ServerMessage,
+    StreamPosition, UserId, SERVER_USER,
+};
+use roomcast_redis_bridge::{BusError, HistoryQuery, PublishRequest, SendRequest};
+use serde::Deserialize;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Routes `/api/*`; anything else is 404.
-pub async fn route(_node: Arc<Node>, _peer: SocketAddr, _req: Request<Incoming>) -> Response<Body> {
-    json(
-        StatusCode::NOT_FOUND,
-        &serde_json::json!({"error": {"code": "not_found", "message": "no such route"}}),
-    )
+/// An API failure: status, PROTOCOL-style code, message.
+struct ApiError(StatusCode, &'static str, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidMessage.as_str(),
+            msg.into(),
+        )
+    }
+
+    fn response(self) -> Response<Body> {
+        json(
+            self.0,
+            &json!({"error": {"code": self.1, "message": self.2}}),
+        )
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::Unavailable(m) => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable.as_str(),
+                m,
+            ),
+            BusError::Internal(m) => ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal.as_str(),
+                m,
+            ),
+        }
+    }
+}
+
+type ApiResult = Result<Response<Body>, ApiError>;
+
+/// Routes `/api/*` and `/client/commands`; anything else is 404.
+pub async fn route(node: Arc<Node>, _peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let (label, result): (&'static str, ApiResult) = match (method.clone(), path.as_str()) {
+        (Method::POST, "/client/commands") => {
+            ("client_commands", client_commands(&node, req).await)
+        }
+        (_, p) if p.starts_with("/api/") => {
+            let label = api_label(&method, p);
+            if let Err(e) = check_key(&node, &req) {
+                (label, Err(e))
+            } else {
+                (label, api(&node, method, p, req).await)
+            }
+        }
+        _ => (
+            "other",
+            Err(ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route {path}"),
+            )),
+        ),
+    };
+    let resp = result.unwrap_or_else(ApiError::response);
+    if label != "other" {
+        node.metrics
+            .api_requests
+            .with_label_values(&[label, resp.status().as_str()])
+            .inc();
+    }
+    resp
+}
+
+fn api_label(method: &Method, path: &str) -> &'static str {
+    match (method, path) {
+        (_, "/api/publish") => "publish",
+        (_, "/api/send") => "send",
+        (_, "/api/disconnect") => "disconnect",
+        (_, p) if p.ends_with("/presence") => "presence",
+        (_, p) if p.ends_with("/history") => "history",
+        _ => "unknown",
+    }
+}
+
+fn check_key(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
+    if node.api_keys.is_empty() {
+        return Err(unauthorized(
+            "the backend API is disabled: no --api-keys configured",
+        ));
+    }
+    let Some(key) = crate::http::bearer(req) else {
+        return Err(unauthorized("Authorization: Bearer <api key> is required"));
+    };
+    // Compare every key in full so timing does not tell how much of a key matched.
+    let ok = node.api_keys.iter().fold(false, |acc, k| {
+        acc | constant_eq(k.as_bytes(), key.as_bytes())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(unauthorized("unknown api key"))
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_json(node: &Node, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let limit = node.cfg.max_message_size.saturating_mul(16);
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Err(ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::TooLarge.as_str(),
+                    format!("body larger than {limit} bytes"),
+                ));
+            }
+            return Err(ApiError::bad(format!("cannot read body: {e}")));
+        }
+    };
+    parse_json(&body)
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("body is not JSON: {e}")))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    room: RoomName,
+    event: EventName,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    volatile: bool,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    user: UserId,
+    event: EventName,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: UserId,
+}
+
+fn server_user() -> UserId {
+    UserId::new(SERVER_USER).unwrap_or_else(|_| unreachable!("\"server\" is a valid user id"))
+}
+
+async fn publish_one(node: &Node, v: Value) -> Result<Value, ApiError> {
+    let b: PublishBody =
+        serde_json::from_value(v).map_err(|e| ApiError::bad(format!("publish: {e}")))?;
+    let size = serde_json::to_vec(&b.data).map(|v| v.len()).unwrap_or(0);
+    if size > node.cfg.max_message_size {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge.as_str(),
+            format!("data larger than {} bytes", node.cfg.max_message_size),
+        ));
+    }
+    let req = PublishRequest {
+        publication: Publication {
+            room: b.room,
+            event: b.event,
+            data: b.data,
+            from: server_user(),
+            offset: None,
+            ts: crate::hub::now_ms(),
+        },
+        volatile: b.volatile,
+        idempotency_key: b.id.map(|id| format!("{SERVER_USER}\u{1f}api\u{1f}{id}")),
+        skip: None,
+    };
+    let res = node
+        .bus
+        .publish(req)
+        .await
+        .inspect_err(|_| node.metrics.bus_publish_errors.inc())?;
+    Ok(match res.offset {
+        Some(o) => json!({"offset": o, "epoch": res.epoch}),
+        None => json!({}),
+    })
+}
+
+async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) -> ApiResult {
+    match (method, path) {
+        (Method::POST, "/api/publish") => {
+            let body = read_json(node, req).await?;
+            match body {
+                // The batch form: a list in, a list of results out, in order.
+                Value::Array(items) => {
+                    let mut out = Vec::with_capacity(items.len());
+                    for item in items {
+                        out.push(match publish_one(node, item).await {
+                            Ok(v) => v,
+                            Err(e) => json!({"error": {"code": e.1, "message": e.2}}),
+                        });
+                    }
+                    Ok(json(StatusCode::OK, &json!({"results": out})))
+                }
+                v => Ok(json(StatusCode::OK, &publish_one(node, v).await?)),
+            }
+        }
+        (Method::POST, "/api/send") => {
+            let b: SendBody = serde_json::from_value(read_json(node, req).await?)
+                .map_err(|e| ApiError::bad(format!("send: {e}")))?;
+            let req = SendRequest {
+                to: b.user,
+                message: roomcast_protocol::DirectMessage {
+                    from: server_user(),
+                    event: b.event,
+                    data: b.data,
+                    ts: crate::hub::now_ms(),
+                },
+                idempotency_key: b.id.map(|id| format!("{SERVER_USER}\u{1f}api\u{1f}{id}")),
+            };
+            node.bus.send(req).await?;
+            Ok(json(StatusCode::OK, &json!({})))
+        }
+        (Method::POST, "/api/disconnect") => {
+            let b: DisconnectBody = serde_json::from_value(read_json(node, req).await?)
+                .map_err(|e| ApiError::bad(format!("disconnect: {e}")))?;
+            node.bus
+                .disconnect_user(&b.user, close::INVALID_TOKEN)
+                .await?;
+            Ok(json(StatusCode::OK, &json!({})))
+        }
+        (Method::GET, p) if p.starts_with("/api/rooms/") => {
+            let rest = &p["/api/rooms/".len()..];
+            let (room, what) = rest.rsplit_once('/').ok_or_else(|| {
+                ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+            })?;
+            let room = RoomName::new(&crate::http::percent_decode(room))
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            match what {
+                "presence" => {
+                    let limit = crate::http::query_param(&req, "limit")
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(commands::PRESENCE_LIMIT)
+                        as usize;
+                    let p = node.bus.presence(&room, limit).await?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &json!({"room": room, "members": p.members, "count": p.count}),
+                    ))
+                }
+                "history" => {
+                    let limit = crate::http::query_param(&req, "limit")
+                        .and_then(|l| l.parse::<usize>().ok())
+                        .unwrap_or(100)
+                        .min(node.cfg.max_recover);
+                    let since = match crate::http::query_param(&req, "since") {
+                        Some(s) => Some(
+                            s.parse::<u64>()
+                                .map_err(|_| ApiError::bad("since must be an offset (integer)"))?,
+                        ),
+                        None => None,
+                    };
+                    let h = match since {
+                        Some(offset) => {
+                            let top = node
+                                .bus
+                                .history(
+                                    &room,
+                                    HistoryQuery {
+                                        since: None,
+                                        limit: 0,
+                                    },
+                                )
+                                .await?;
+                            let mut h = node
+                                .bus
+                                .history(
+                                    &room,
+                                    HistoryQuery {
+                                        since: Some(StreamPosition {
+                                            offset,
+                                            epoch: top.epoch,
+                                        }),
+                                        limit: 0,
+                                    },
+                                )
+                                .await?;
+                            h.messages.truncate(limit);
+                            h
+                        }
+                        None => {
+                            node.bus
+                                .history(&room, HistoryQuery { since: None, limit })
+                                .await?
+                        }
+                    };
+                    Ok(json(
+                        StatusCode::OK,
+                        &json!({"room": room, "epoch": h.epoch, "offset": h.offset, "recovered": h.recovered, "messages": h.messages}),
+                    ))
+                }
+                _ => Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such route".into(),
+                )),
+            }
+        }
+        (_, "/api/publish" | "/api/send" | "/api/disconnect") => Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST".into(),
+        )),
+        _ => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route".into(),
+        )),
+    }
+}
+
+/// `POST /client/commands`: one client message or a list, as the user of the JWT,
+/// under the same room rules and rate limits as /ws; answers the list of replies.
+async fn client_commands(node: &Node, req: Request<Incoming>) -> ApiResult {
+    let who = match crate::sse::http_identity(node, &req) {
+        Ok(w) => w,
+        Err(_) => {
+            node.metrics.errors.with_label_values(&["forbidden"]).inc();
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid user token is required (Authorization: Bearer)".into(),
+            ));
+        }
+    };
+    let body = read_json(node, req).await?;
+    let items = match body {
+        Value::Array(items) => items,
+        v => vec![v],
+    };
+    if items.len() > 100 {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge.as_str(),
+            "at most 100 commands per request".into(),
+        ));
+    }
+    let mut replies = Vec::new();
+    for item in items {
+        let bytes = serde_json::to_vec(&item).unwrap_or_default();
+        let cmd = match Encoding::Json.decode_client(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                replies.push(ServerMessage::error(e.code, e.message, e.id));
+                continue;
+            }
+        };
+        node.metrics
+            .messages_in
+            .with_label_values(&[cmd.kind()])
+            .inc();
+        if !node.http_rate.allow(&who.user) {
+            node.metrics.rate_limited.inc();
+            replies.push(ServerMessage::error(
+                ErrorCode::RateLimited,
+                "too many requests; slow down",
+                cmd.id().cloned(),
+            ));
+            continue;
+        }
+        if bytes.len() > node.cfg.max_message_size {
+            replies.push(ServerMessage::error(
+                ErrorCode::TooLarge,
+                format!("message larger than {} bytes", node.cfg.max_message_size),
+                cmd.id().cloned(),
+            ));
+            continue;
+        }
+        let reply = match cmd {
+            ClientMessage::Publish {
+                room,
+                event,
+                data,
+                id,
+                volatile,
+                echo: _,
+            } => commands::publish(node, &who, None, room, event, data, id, volatile, true).await,
+            ClientMessage::Send {
+                to,
+                event,
+                data,
+                id,
+            } => commands::send(node, &who, to, event, data, id).await,
+            ClientMessage::Presence { room, limit, id } => {
+                Some(commands::presence(node, &who, room, limit, id).await)
+            }
+            ClientMessage::Ping { id } => Some(ServerMessage::Pong { id }),
+            other => Some(ServerMessage::error(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "{} is not available over HTTP: receive with /sse?rooms=",
+                    other.kind()
+                ),
+                other.id().cloned(),
+            )),
+        };
+        if let Some(r) = reply {
+            if let ServerMessage::Error { code, .. } = &r {
+                node.metrics
+                    .errors
+                    .with_label_values(&[code.as_str()])
+                    .inc();
+            }
+            replies.push(r);
+        }
+    }
+    Ok(json(StatusCode::OK, &replies))
 }

@@ -6,7 +6,7 @@ use crate::limits::client_ip;
 use crate::node::Node;
 use crate::session;
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -21,11 +21,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 /// The response body type of every route.
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// A complete body.
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).boxed()
+    Full::new(b.into()).boxed_unsync()
 }
 
 /// A plain-text response.
@@ -134,10 +134,15 @@ pub async fn route(
             );
             r
         }
+        (&Method::GET, "/sse") => crate::sse::open(node, peer, req).await,
         (&Method::GET, "/") => text(
             StatusCode::OK,
             format!("roomcast node {} ({} ms)\n", node.node_id, now_ms()),
         ),
+        (&Method::GET, p) if p.starts_with("/demo") => match crate::demo::serve(p) {
+            Some(r) => r,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         _ => return Ok(crate::api::route(node, peer, req).await),
     };
     Ok(resp)

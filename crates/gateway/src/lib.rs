@@ -6,12 +6,14 @@ pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod session;
+pub mod sse;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -89,6 +91,7 @@ pub async fn run(
         trusted_proxies,
         ip_limiter: IpLimiter::new(cfg.max_connections_per_ip),
         api_keys: cfg.api_key_list(),
+        http_rate: crate::limits::UserRateLimiter::new(cfg.rate_limit, cfg.rate_burst),
         draining: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         drain: CancellationToken::new(),

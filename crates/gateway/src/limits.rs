@@ -94,6 +94,39 @@ impl Drop for IpGuard {
     }
 }
 
+/// Token buckets per user, for requests that have no connection (the HTTP fallback).
+#[derive(Debug)]
+pub struct UserRateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<roomcast_protocol::UserId, TokenBucket>>,
+}
+
+impl UserRateLimiter {
+    /// Buckets of `rate` per second and `burst` tokens.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        UserRateLimiter {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `user`.
+    pub fn allow(&self, user: &roomcast_protocol::UserId) -> bool {
+        let now = Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() > 100_000 {
+            // Forget buckets idle long enough to be full again: bounded memory.
+            let full_after = std::time::Duration::from_secs_f64(self.burst / self.rate);
+            b.retain(|_, bucket| now.saturating_duration_since(bucket.last) < full_after);
+        }
+        b.entry(user.clone())
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now))
+            .try_take(now)
+    }
+}
+
 /// A network in CIDR notation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {

@@ -31,6 +31,8 @@ pub struct Node {
     pub trusted_proxies: Vec<Cidr>,
     /// Connections per client IP.
     pub ip_limiter: Arc<IpLimiter>,
+    /// Rate limits of the HTTP fallback, per user.
+    pub http_rate: crate::limits::UserRateLimiter,
     /// Backend API keys.
     pub api_keys: Vec<String>,
     /// Set when the drain starts: readiness fails, upgrades are refused.

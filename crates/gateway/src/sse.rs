@@ -1,0 +1,301 @@
+//! The Server-Sent Events transport (`GET /sse?rooms=a,b`): the same auth, room rules,
+//! queue and limits as a WebSocket session, server to client only. Every event has
+//! `id: <room>:<offset>`; a reconnect resumes with `Last-Event-ID` or `?since=`.
+
+use crate::auth::Identity;
+use crate::http::{bearer, query_param, text, Body};
+use crate::hub::{Member, Outbound, Payload, Wire};
+use crate::limits::client_ip;
+use crate::node::{ConnSlot, Node};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use roomcast_protocol::{RoomName, StreamPosition};
+use roomcast_redis_bridge::HistoryQuery;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Parses `room:offset,room:offset` (the room may itself hold `:`; the offset is after the last one).
+fn parse_positions(s: &str) -> HashMap<RoomName, u64> {
+    s.split(',')
+        .filter_map(|item| {
+            let (room, off) = item.trim().rsplit_once(':')?;
+            Some((RoomName::new(room).ok()?, off.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The identity of an HTTP client: its JWT (query `token` or Authorization), or with
+/// `--auth none` the `user` query parameter or a fresh id.
+pub fn http_identity(node: &Node, req: &Request<Incoming>) -> Result<Identity, Response<Body>> {
+    if !node.auth.enabled() {
+        let user = query_param(req, "user")
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| node.new_conn_id().to_string());
+        return node
+            .auth
+            .anonymous(&user)
+            .ok_or_else(|| text(StatusCode::BAD_REQUEST, "invalid user\n"));
+    }
+    let Some(token) = query_param(req, "token")
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(req))
+    else {
+        return Err(text(
+            StatusCode::UNAUTHORIZED,
+            "a token is required (token query parameter or Authorization: Bearer)\n",
+        ));
+    };
+    node.auth.verify(&token).map_err(|e| {
+        node.metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        text(StatusCode::UNAUTHORIZED, format!("{e}\n"))
+    })
+}
+
+/// Opens an event stream.
+pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let h = req.headers();
+    if !node
+        .origins
+        .allows(h.get(header::ORIGIN).and_then(|v| v.to_str().ok()))
+    {
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    if node.draining.load(Ordering::Relaxed) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "node is draining\n");
+    }
+    let who = match http_identity(&node, &req) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let rooms_param = query_param(&req, "rooms").unwrap_or_default();
+    let mut rooms = Vec::new();
+    for name in crate::config::split_list(&rooms_param) {
+        let Ok(room) = RoomName::new(&name) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid room name {name:?}\n"),
+            );
+        };
+        if !who.may_access(&room, node.auth.default_policy) {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("not allowed in room {room}\n"),
+            );
+        }
+        rooms.push(room);
+    }
+    if rooms.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "rooms=a,b is required\n");
+    }
+    if rooms.len() > node.cfg.max_rooms {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("at most {} rooms per connection\n", node.cfg.max_rooms),
+        );
+    }
+    let mut since = parse_positions(&query_param(&req, "since").unwrap_or_default());
+    if let Some(last) = h.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        since.extend(parse_positions(last));
+    }
+    let xff = h.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let Some(ip_guard) = node
+        .ip_limiter
+        .acquire(client_ip(peer.ip(), xff, &node.trusted_proxies))
+    else {
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address\n",
+        );
+    };
+    let Some(slot) = node.try_connect("sse") else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "node is full\n");
+    };
+
+    let conn_id = node.new_conn_id();
+    let (member, rx, kick) = Member::new(
+        conn_id.clone(),
+        who.user.clone(),
+        Wire::Sse,
+        node.cfg.outbound_queue,
+    );
+    node.hub.add_user(&member);
+    let mut guard = Guard {
+        node: node.clone(),
+        member,
+        rooms: Vec::new(),
+        _slot: slot,
+        _ip: ip_guard,
+    };
+    let mut prelude = String::from(":ok\n\n");
+    let mut floors: HashMap<RoomName, u64> = HashMap::new();
+    for room in rooms {
+        // Live first, history after, repeats dropped by offset (as for a WebSocket join).
+        node.hub.join(&room, &guard.member);
+        guard.rooms.push(room.clone());
+        if let Err(e) = node.bus.presence_join(&room, &who.user, &conn_id).await {
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+        }
+        let query = match since.get(&room) {
+            Some(&offset) => {
+                // SSE ids carry no epoch: resume within the room's current epoch.
+                match node
+                    .bus
+                    .history(
+                        &room,
+                        HistoryQuery {
+                            since: None,
+                            limit: 0,
+                        },
+                    )
+                    .await
+                {
+                    Ok(h) => HistoryQuery {
+                        since: Some(StreamPosition {
+                            offset,
+                            epoch: h.epoch,
+                        }),
+                        limit: 0,
+                    },
+                    Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                }
+            }
+            None => HistoryQuery {
+                since: None,
+                limit: 0,
+            },
+        };
+        match node.bus.history(&room, query).await {
+            Ok(h) => {
+                for p in &h.messages {
+                    let id = p.offset.map(|o| format!("{}:{}", p.room, o));
+                    if let Some(Payload::Text(t)) = crate::hub::encode_for(
+                        Wire::Sse,
+                        &roomcast_protocol::MessageFrame(p),
+                        id.as_deref(),
+                    ) {
+                        prelude.push_str(&t);
+                    }
+                }
+                floors.insert(room, h.offset);
+            }
+            Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        }
+    }
+
+    let hb = node.cfg.heartbeat_interval();
+    let expires = who.exp.map(|exp| {
+        let left = (exp + node.auth.leeway()).saturating_sub(crate::hub::now_ms() / 1000);
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
+    let state = Pump {
+        guard,
+        rx,
+        kick,
+        floors,
+        hb: tokio::time::interval_at(tokio::time::Instant::now() + hb, hb),
+        expires,
+        prelude: Some(prelude),
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let b = st.next().await?;
+        Some((b, st))
+    });
+    let body = StreamBody::new(stream.map(|b| Ok::<_, Infallible>(Frame::data(b)))).boxed_unsync();
+    let mut resp = Response::new(body);
+    let hs = resp.headers_mut();
+    hs.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    hs.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// Releases an SSE client's membership when its stream ends.
+struct Guard {
+    node: Arc<Node>,
+    member: Member,
+    rooms: Vec<RoomName>,
+    _slot: ConnSlot,
+    _ip: crate::limits::IpGuard,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let node = self.node.clone();
+        node.hub.remove_user(&self.member);
+        for room in &self.rooms {
+            node.hub.leave(room, &self.member.id);
+        }
+        let rooms = std::mem::take(&mut self.rooms);
+        let (user, conn) = (self.member.user.clone(), self.member.id.clone());
+        // Presence removal needs the bus: done in the background, bounded by the bus timeout.
+        tokio::spawn(async move {
+            for room in rooms {
+                let _ = node.bus.presence_leave(&room, &user, &conn).await;
+            }
+        });
+    }
+}
+
+struct Pump {
+    guard: Guard,
+    rx: tokio::sync::mpsc::Receiver<Outbound>,
+    kick: Arc<crate::hub::Kick>,
+    floors: HashMap<RoomName, u64>,
+    hb: tokio::time::Interval,
+    expires: Option<tokio::time::Instant>,
+    prelude: Option<String>,
+}
+
+impl Pump {
+    /// The next chunk of the stream, or `None` when it ends (drain, kick, expiry).
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some(p) = self.prelude.take() {
+            return Some(Bytes::from(p));
+        }
+        let node = self.guard.node.clone();
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            tokio::select! {
+                biased;
+                code = self.kick.kicked() => {
+                    node.metrics.closes.with_label_values(&[&code.to_string()]).inc();
+                    return None;
+                }
+                _ = node.drain.cancelled() => return None,
+                _ = tokio::time::sleep_until(self.expires.unwrap_or(far)) => return None,
+                item = self.rx.recv() => {
+                    let payload = match item? {
+                        Outbound::Other(p) => p,
+                        Outbound::Room { room, offset, payload } => {
+                            let Some(last) = self.floors.get_mut(&room) else { continue };
+                            if let Some(o) = offset {
+                                if o <= *last { continue; }
+                                *last = o;
+                            }
+                            payload
+                        }
+                    };
+                    match payload {
+                        Payload::Text(t) => return Some(Bytes::from(t)),
+                        Payload::Binary(_) => continue,
+                    }
+                }
+                _ = self.hb.tick() => return Some(Bytes::from_static(b": hb\n\n")),
+            }
+        }
+    }
+}

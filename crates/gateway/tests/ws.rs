@@ -1,4 +1,5 @@
-//! PROTOCOL.md sections 2 to 4 over real WebSockets against a standalone node.
+//! PROTOCOL.md sections 2 to 4 over real WebSockets against one node; the tests about
+//! publish, history, recovery, send and presence run on both buses (in-process and Redis).
 
 mod support;
 
@@ -6,6 +7,34 @@ use roomcast_protocol::{Encoding, ErrorCode, ReqId, ServerMessage};
 use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
+
+/// Runs a behavioural test on the in-process bus and on the Redis bus (a real
+/// redis-server), as centrifuge does for its brokers: `<name>::memory`, `<name>::redis`.
+macro_rules! both_buses {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::support::Mode;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(Mode::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(Mode::Redis).await
+            }
+        }
+    )*};
+}
+
+both_buses!(
+    publish_reaches_json_and_msgpack_members_alike,
+    echo_volatile_and_idempotent_publish,
+    join_since_recovers_exactly_what_was_missed,
+    joining_while_publishing_has_no_gap_and_no_duplicate,
+    send_reaches_every_connection_of_a_user,
+    presence_and_member_events_are_per_user,
+    health_and_metrics,
+);
 
 fn err_code(m: &ServerMessage) -> ErrorCode {
     match m {
@@ -176,9 +205,9 @@ async fn rooms_claim_and_publish_claim() {
     deny.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_reaches_json_and_msgpack_members_alike() {
-    let node = TestNode::open().await;
+async fn publish_reaches_json_and_msgpack_members_alike(mode: Mode) {
+    let b = Backend::new(mode);
+    let node = b.node("n1", &["--auth", "none"]).await;
     let (mut pubr, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let (mut j, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let (mut m, _) = Client::welcomed(&node.ws_url(), Encoding::MsgPack).await;
@@ -207,9 +236,9 @@ async fn publish_reaches_json_and_msgpack_members_alike() {
     node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_volatile_and_idempotent_publish() {
-    let node = TestNode::open().await;
+async fn echo_volatile_and_idempotent_publish(mode: Mode) {
+    let b = Backend::new(mode);
+    let node = b.node("n1", &["--auth", "none"]).await;
     let (mut a, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let (mut b, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     a.join("r").await;
@@ -304,9 +333,9 @@ async fn futures_collect(c: &mut Client, n: usize) -> Vec<roomcast_protocol::Pub
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_since_recovers_exactly_what_was_missed() {
-    let node = TestNode::open().await;
+async fn join_since_recovers_exactly_what_was_missed(mode: Mode) {
+    let b = Backend::new(mode);
+    let node = b.node("n1", &["--auth", "none"]).await;
     let (mut p, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let (mut r, _) = Client::welcomed(&node.ws_url(), Encoding::MsgPack).await;
     let joined = r.join("news").await;
@@ -363,17 +392,21 @@ async fn join_since_recovers_exactly_what_was_missed() {
     node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn joining_while_publishing_has_no_gap_and_no_duplicate() {
-    let node = TestNode::start(&[
-        "--auth",
-        "none",
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-    ])
-    .await;
+async fn joining_while_publishing_has_no_gap_and_no_duplicate(mode: Mode) {
+    let b = Backend::new(mode);
+    let node = b
+        .node(
+            "n1",
+            &[
+                "--auth",
+                "none",
+                "--rate-limit",
+                "100000",
+                "--rate-burst",
+                "100000",
+            ],
+        )
+        .await;
     let (mut p, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     p.join("busy").await;
     let total = 400u64;
@@ -426,9 +459,9 @@ async fn joining_while_publishing_has_no_gap_and_no_duplicate() {
     node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_reaches_every_connection_of_a_user() {
-    let node = TestNode::jwt(&[]).await;
+async fn send_reaches_every_connection_of_a_user(mode: Mode) {
+    let b = Backend::new(mode);
+    let node = b.node("n1", &["--jwt-secret", SECRET]).await;
     let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
     let (mut tab1, _) = Client::welcomed(&url("erin"), Encoding::Json).await;
     let (mut tab2, _) = Client::welcomed(&url("erin"), Encoding::MsgPack).await;
@@ -476,9 +509,9 @@ async fn send_reaches_every_connection_of_a_user() {
     node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_and_member_events_are_per_user() {
-    let node = TestNode::jwt(&[]).await;
+async fn presence_and_member_events_are_per_user(mode: Mode) {
+    let b = Backend::new(mode);
+    let node = b.node("n1", &["--jwt-secret", SECRET]).await;
     let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
     let (mut watcher, _) = Client::welcomed(&url("watcher"), Encoding::Json).await;
     watcher.join("room").await;
@@ -817,9 +850,9 @@ async fn drain_closes_1001_and_refuses_new_upgrades() {
     assert!(res.expect("join").is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_metrics() {
-    let node = TestNode::open().await;
+async fn health_and_metrics(mode: Mode) {
+    let b = Backend::new(mode);
+    let node = b.node("n1", &["--auth", "none"]).await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     c.join("m").await;
     c.request(

@@ -345,3 +345,424 @@ pub fn body_of(resp: &str) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------
+// Redis, bus modes, nodes as child processes, SSE
+// ---------------------------------------------------------------------------------
+
+/// Polls `f` (with a short pause between tries) until it returns `Some`, for at most
+/// [`WAIT`]; panics with `what` otherwise. For states that have no event to await
+/// (readiness, presence expiry).
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {:?}",
+            WAIT * 2
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A `redis-server` child process on a free loopback port, without persistence,
+/// killed on drop (the approach of crates/redis-bridge/tests/support).
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        for _ in 0..10 {
+            let mut s = RedisServer {
+                port: free_port(),
+                child: None,
+            };
+            if s.spawn() {
+                return s;
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    fn spawn(&mut self) -> bool {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if self.answers() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn answers(&self) -> bool {
+        self.command(&["PING"]).is_some_and(|r| r.contains("PONG"))
+    }
+
+    /// Runs one command over a fresh plain connection; the raw RESP reply.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL: every connection drops, all data is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("could not restart redis-server on port {}", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Which bus a behavioural test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Standalone: the in-process bus.
+    Memory,
+    /// Cluster mode: a real redis-server of the test's own.
+    Redis,
+}
+
+/// The bus of one test: nothing, or a redis-server that lives as long as this value.
+pub struct Backend {
+    pub mode: Mode,
+    pub redis: Option<RedisServer>,
+}
+
+impl Backend {
+    pub fn new(mode: Mode) -> Backend {
+        Backend {
+            mode,
+            redis: (mode == Mode::Redis).then(RedisServer::start),
+        }
+    }
+
+    /// Starts a node on this bus (`node_id` names it in the cluster) with `extra` flags.
+    pub async fn node(&self, node_id: &str, extra: &[&str]) -> TestNode {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(["--node-id".into(), node_id.into()]);
+        if let Some(r) = &self.redis {
+            args.extend(["--redis-url".into(), r.url()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        TestNode::start(&refs).await
+    }
+}
+
+/// A node run as the real `roomcast` binary, so that it can be killed with SIGKILL.
+pub struct ChildNode {
+    pub addr: SocketAddr,
+    child: Option<std::process::Child>,
+}
+
+impl ChildNode {
+    /// Starts `target/.../roomcast` with these flags (plus `--listen 127.0.0.1:0`) and
+    /// waits for its ready line, which names the address.
+    pub fn start(args: &[&str]) -> ChildNode {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env_remove("ROOMCAST_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn roomcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads every line (so the pipe never fills), reporting the ready line's address.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    if let (Some(tx), Ok(a)) = (tx.take(), addr.parse::<SocketAddr>()) {
+                        let _ = tx.send(a);
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("roomcast did not print its ready line within {WAIT:?}");
+            }
+        };
+        ChildNode {
+            addr,
+            child: Some(child),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).expect("SSE data is JSON")
+    }
+}
+
+/// An SSE stream read over a raw TCP socket, incrementally, de-chunking as it goes.
+pub struct SseStream {
+    pub status: u16,
+    pub head: String,
+    sock: TcpStream,
+    raw: Vec<u8>,
+    /// Bytes left in the current chunk (`None`: a size line comes next).
+    chunk_left: Option<usize>,
+    chunked: bool,
+    body: Vec<u8>,
+    pub eof: bool,
+}
+
+impl SseStream {
+    /// `GET path` with headers; reads the response head.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseStream {
+        use tokio::io::AsyncWriteExt;
+        let mut sock = TcpStream::connect(addr).await.expect("connect");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        sock.write_all(req.as_bytes()).await.expect("write");
+        let mut s = SseStream {
+            status: 0,
+            head: String::new(),
+            sock,
+            raw: Vec::new(),
+            chunk_left: None,
+            chunked: false,
+            body: Vec::new(),
+            eof: false,
+        };
+        loop {
+            if let Some(i) = s.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                s.head = String::from_utf8_lossy(&s.raw[..i]).into_owned();
+                s.raw.drain(..i + 4);
+                break;
+            }
+            assert!(
+                s.read_more().await,
+                "connection closed before the response head"
+            );
+        }
+        s.status = s
+            .head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        s.chunked = s
+            .head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        s.decode();
+        s
+    }
+
+    async fn read_more(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 8192];
+        match tokio::time::timeout(WAIT, self.sock.read(&mut buf))
+            .await
+            .expect("SSE data in time")
+        {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                true
+            }
+        }
+    }
+
+    /// Moves what `raw` holds into `body`, removing chunk framing.
+    fn decode(&mut self) {
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return;
+        }
+        loop {
+            match self.chunk_left {
+                Some(0) => {
+                    if self.raw.len() < 2 {
+                        return;
+                    }
+                    self.raw.drain(..2); // CRLF after the chunk
+                    self.chunk_left = None;
+                }
+                Some(n) => {
+                    if self.raw.is_empty() {
+                        return;
+                    }
+                    let k = n.min(self.raw.len());
+                    self.body.extend(self.raw.drain(..k));
+                    self.chunk_left = Some(n - k);
+                }
+                None => {
+                    let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                        return;
+                    };
+                    let line = String::from_utf8_lossy(&self.raw[..i]).into_owned();
+                    self.raw.drain(..i + 2);
+                    let size =
+                        usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                            .expect("chunk size");
+                    if size == 0 {
+                        self.eof = true;
+                        return;
+                    }
+                    self.chunk_left = Some(size);
+                }
+            }
+        }
+    }
+
+    /// The next block (an event or a comment, without its blank line); `None` at the end
+    /// of the stream.
+    pub async fn next_block(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8_lossy(&self.body[..i]).into_owned();
+                self.body.drain(..i + 2);
+                return Some(block);
+            }
+            if self.eof || !self.read_more().await {
+                self.eof = true;
+                return None;
+            }
+            self.decode();
+        }
+    }
+
+    /// The next event, skipping comments; `None` at the end of the stream.
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let block = self.next_block().await?;
+            let mut ev = SseEvent::default();
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if line.starts_with(':') {
+                    continue;
+                }
+                let (k, v) = line.split_once(':').unwrap_or((line, ""));
+                let v = v.strip_prefix(' ').unwrap_or(v);
+                match k {
+                    "id" => ev.id = Some(v.to_string()),
+                    "event" => ev.event = Some(v.to_string()),
+                    "data" => data.push(v.to_string()),
+                    _ => {}
+                }
+            }
+            if ev.id.is_none() && ev.event.is_none() && data.is_empty() {
+                continue; // a comment block
+            }
+            ev.data = data.join("\n");
+            return Some(ev);
+        }
+    }
+
+    /// Reads until the stream ends; true when it does within [`WAIT`].
+    pub async fn ended(&mut self) -> bool {
+        while self.next_block().await.is_some() {}
+        true
+    }
+}

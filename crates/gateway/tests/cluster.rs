@@ -1,0 +1,861 @@
+//! Cluster mode (issue 3, PROTOCOL.md §6) at the WebSocket level: nodes started on port
+//! 0 and bridged by a real redis-server, real WebSocket clients on several nodes.
+
+mod support;
+
+use roomcast_protocol::{Encoding, ErrorCode, ServerMessage};
+use serde_json::{json, Value};
+use support::*;
+
+/// Flags every cluster node gets: JWT auth, no rate limit in the way of bursts.
+const COMMON: &[&str] = &[
+    "--jwt-secret",
+    SECRET,
+    "--rate-limit",
+    "100000",
+    "--rate-burst",
+    "100000",
+];
+
+/// Starts `n` nodes named n1..nN on `redis`, with `extra` flags.
+async fn cluster(redis: &RedisServer, n: usize, extra: &[&str]) -> Vec<TestNode> {
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let id = format!("n{i}");
+        let mut args: Vec<&str> = COMMON.to_vec();
+        args.extend_from_slice(&["--redis-url", &url, "--node-id", &id]);
+        args.extend_from_slice(extra);
+        nodes.push(TestNode::start(&args).await);
+    }
+    nodes
+}
+
+async fn stop_all(nodes: Vec<TestNode>) {
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+fn user_url(ws_url: &str, user: &str) -> String {
+    format!("{ws_url}?token={}", token(user, json!({})))
+}
+
+/// A welcomed client of `user` on the node at `ws_url`.
+async fn connect(ws_url: &str, user: &str, enc: Encoding) -> Client {
+    Client::welcomed(&user_url(ws_url, user), enc).await.0
+}
+
+fn is_message(m: &ServerMessage) -> bool {
+    matches!(m, ServerMessage::Message(_))
+}
+
+fn is_member_event(m: &ServerMessage) -> bool {
+    matches!(
+        m,
+        ServerMessage::MemberJoined { .. } | ServerMessage::MemberLeft { .. }
+    )
+}
+
+/// The next `n` room messages as (offset, from, data).
+async fn messages(c: &mut Client, n: usize) -> Vec<(u64, String, Value)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let m = c.recv_match(is_message).await;
+        let p = publication(&m);
+        out.push((
+            p.offset.expect("durable message has an offset"),
+            p.from.to_string(),
+            p.data.clone(),
+        ));
+    }
+    out
+}
+
+fn epoch_of(j: &ServerMessage) -> String {
+    match j {
+        ServerMessage::Joined { epoch, .. } => epoch.clone(),
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+fn err_code(m: &ServerMessage) -> ErrorCode {
+    match m {
+        ServerMessage::Error { code, .. } => *code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// `GET /readyz` status.
+async fn ready(node: std::net::SocketAddr) -> u16 {
+    http(node, "GET", "/readyz", &[], "").await.0
+}
+
+/// The value of a metric line (`name value`) in a node's /metrics.
+async fn metric(node: std::net::SocketAddr, name: &str) -> f64 {
+    let (_, text) = http(node, "GET", "/metrics", &[], "").await;
+    body_of(&text)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_publish_and_ack() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let mut alice = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
+    let mut bob = connect(&nodes[1].ws_url(), "bob", Encoding::Json).await;
+    let mut carl = connect(&nodes[1].ws_url(), "carl", Encoding::MsgPack).await;
+    for c in [&mut alice, &mut bob, &mut carl] {
+        c.join("x").await;
+    }
+    let ack = alice
+        .request(
+            json!({"type": "publish", "room": "x", "event": "chat", "data": {"hi": "from n1"}}),
+            "m1",
+        )
+        .await;
+    assert!(
+        matches!(
+            ack,
+            ServerMessage::Ack {
+                offset: Some(1),
+                ..
+            }
+        ),
+        "{ack:?}"
+    );
+    for c in [&mut bob, &mut carl] {
+        let m = c.recv_match(is_message).await;
+        let p = publication(&m);
+        assert_eq!(
+            (p.offset, p.from.as_str(), &p.data),
+            (Some(1), "alice", &json!({"hi": "from n1"}))
+        );
+        assert_eq!(p.event.as_str(), "chat");
+    }
+    // The other way round, with echo: the sender on n2 gets its own message too.
+    let ack = bob
+        .request(
+            json!({"type": "publish", "room": "x", "event": "chat", "data": 2, "echo": true}),
+            "m2",
+        )
+        .await;
+    assert!(
+        matches!(
+            ack,
+            ServerMessage::Ack {
+                offset: Some(2),
+                ..
+            }
+        ),
+        "{ack:?}"
+    );
+    for c in [&mut alice, &mut bob, &mut carl] {
+        assert_eq!(messages(c, 1).await, vec![(2, "bob".to_string(), json!(2))]);
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_different_nodes_give_every_client_one_order() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 3, &[]).await;
+    let per_publisher = 100u64;
+    let publishers = ["p1", "p2", "p3", "p4", "p5", "p6"];
+    let total = per_publisher as usize * publishers.len();
+    // Two publishers and one listener per node; publishers echo so they record too.
+    let mut pubs = Vec::new();
+    for (i, name) in publishers.iter().enumerate() {
+        let mut c = connect(&nodes[i % 3].ws_url(), name, Encoding::Json).await;
+        c.join("order").await;
+        pubs.push((name.to_string(), c));
+    }
+    let mut listeners = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let enc = if i % 2 == 0 {
+            Encoding::Json
+        } else {
+            Encoding::MsgPack
+        };
+        let mut c = connect(&node.ws_url(), &format!("l{i}"), enc).await;
+        c.join("order").await;
+        listeners.push(c);
+    }
+    let mut tasks = Vec::new();
+    for (name, mut c) in pubs {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_publisher {
+                c.send(json!({"type": "publish", "room": "order", "event": "e",
+                    "data": {"p": name, "i": i}, "echo": true}))
+                    .await;
+            }
+            messages(&mut c, total).await
+        }));
+    }
+    for mut c in listeners {
+        tasks.push(tokio::spawn(async move { messages(&mut c, total).await }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.expect("client task"));
+    }
+    let first = &seen[0];
+    assert_eq!(
+        first.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=total as u64).collect::<Vec<_>>(),
+        "offsets are contiguous from 1"
+    );
+    for (k, s) in seen.iter().enumerate() {
+        assert_eq!(s, first, "client {k} sees the same sequence as client 0");
+    }
+    // Each publisher's messages keep the order it sent them in.
+    for name in publishers {
+        let own: Vec<u64> = first
+            .iter()
+            .filter(|m| m.2["p"] == name)
+            .map(|m| m.2["i"].as_u64().expect("i"))
+            .collect();
+        assert_eq!(own, (0..per_publisher).collect::<Vec<_>>(), "{name}");
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_reach_a_user_on_two_nodes_once() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let mut tab1 = connect(&nodes[0].ws_url(), "erin", Encoding::Json).await;
+    let mut tab2 = connect(&nodes[1].ws_url(), "erin", Encoding::MsgPack).await;
+    let mut frank = connect(&nodes[0].ws_url(), "frank", Encoding::Json).await;
+    let ack = frank
+        .request(
+            json!({"type": "send", "to": "erin", "event": "hi", "data": {"x": 1}}),
+            "s1",
+        )
+        .await;
+    assert!(
+        matches!(ack, ServerMessage::Ack { offset: None, .. }),
+        "{ack:?}"
+    );
+    let direct = |m: &ServerMessage| matches!(m, ServerMessage::Direct(_));
+    for t in [&mut tab1, &mut tab2] {
+        let ServerMessage::Direct(d) = t.recv_match(direct).await else {
+            unreachable!()
+        };
+        assert_eq!((d.from.as_str(), d.event.as_str()), ("frank", "hi"));
+        assert_eq!(d.data, json!({"x": 1}));
+    }
+    // frank retries the same id from the other node: acknowledged, not delivered again.
+    drop(frank);
+    let mut frank = connect(&nodes[1].ws_url(), "frank", Encoding::Json).await;
+    let ack = frank
+        .request(
+            json!({"type": "send", "to": "erin", "event": "hi", "data": {"x": 1}}),
+            "s1",
+        )
+        .await;
+    assert!(matches!(ack, ServerMessage::Ack { .. }), "{ack:?}");
+    frank
+        .request(
+            json!({"type": "send", "to": "erin", "event": "bye", "data": 2}),
+            "s2",
+        )
+        .await;
+    for t in [&mut tab1, &mut tab2] {
+        let d = t.recv_match(direct).await;
+        assert!(
+            matches!(d, ServerMessage::Direct(ref d) if d.event.as_str() == "bye"),
+            "the retried send was not delivered twice: {d:?}"
+        );
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_member_events_are_per_user_across_nodes() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let mut watcher = connect(&nodes[0].ws_url(), "watcher", Encoding::Json).await;
+    watcher.join("room").await;
+    let mut g1 = connect(&nodes[1].ws_url(), "gina", Encoding::Json).await;
+    let mut g2 = connect(&nodes[0].ws_url(), "gina", Encoding::Json).await;
+    g1.join("room").await;
+    let ev = watcher.recv_match(is_member_event).await;
+    assert!(
+        matches!(ev, ServerMessage::MemberJoined { ref user, .. } if user.as_str() == "gina"),
+        "{ev:?}"
+    );
+    // gina's second tab, on the other node, is not a new member.
+    g2.join("room").await;
+    // Presence is the same from either node: 2 users, 3 connections, gina with 2.
+    for c in [&mut watcher, &mut g1] {
+        let p = c
+            .request(json!({"type": "presence", "room": "room"}), "p")
+            .await;
+        let ServerMessage::Presence { members, count, .. } = &p else {
+            panic!("{p:?}")
+        };
+        assert_eq!((count.users, count.connections), (2, 3), "{p:?}");
+        let gina = members
+            .iter()
+            .find(|m| m.user.as_str() == "gina")
+            .expect("gina present");
+        assert_eq!(gina.connections, 2);
+    }
+    // The tab on n2 leaves: still a member. The last one (n1) closes: member_left.
+    let left = g1
+        .request(json!({"type": "leave", "room": "room"}), "l")
+        .await;
+    assert!(matches!(left, ServerMessage::Left { .. }), "{left:?}");
+    drop(g2);
+    let ev = watcher.recv_match(is_member_event).await;
+    assert!(
+        matches!(ev, ServerMessage::MemberLeft { ref user, .. } if user.as_str() == "gina"),
+        "the next member event after gina's second tab is her leaving: {ev:?}"
+    );
+    let p = g1
+        .request(json!({"type": "presence", "room": "room"}), "p2")
+        .await;
+    assert!(
+        matches!(p, ServerMessage::Presence { count, .. } if count.users == 1 && count.connections == 1),
+        "{p:?}"
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_reconnecting_to_another_node() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let mut p = connect(&nodes[0].ws_url(), "pub", Encoding::Json).await;
+    let mut r = connect(&nodes[0].ws_url(), "reader", Encoding::MsgPack).await;
+    let epoch = epoch_of(&r.join("news").await);
+    p.request(
+        json!({"type": "publish", "room": "news", "event": "e", "data": 1}),
+        "1",
+    )
+    .await;
+    let seen = messages(&mut r, 1).await[0].0;
+    drop(r);
+    for i in 2..=4 {
+        p.request(
+            json!({"type": "publish", "room": "news", "event": "e", "data": i}),
+            &i.to_string(),
+        )
+        .await;
+    }
+    let mut back = connect(&nodes[1].ws_url(), "reader", Encoding::MsgPack).await;
+    let j = back
+        .request(
+            json!({"type": "join", "room": "news", "since": {"offset": seen, "epoch": epoch}}),
+            "j",
+        )
+        .await;
+    match j {
+        ServerMessage::Joined {
+            recovered,
+            messages: ms,
+            offset,
+            epoch: e,
+            ..
+        } => {
+            assert!(recovered);
+            assert_eq!((offset, e), (4, epoch.clone()));
+            assert_eq!(
+                ms.iter()
+                    .map(|m| (m.offset, m.data.clone()))
+                    .collect::<Vec<_>>(),
+                vec![
+                    (Some(2), json!(2)),
+                    (Some(3), json!(3)),
+                    (Some(4), json!(4))
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Live delivery goes on from there, without a repeat.
+    p.request(
+        json!({"type": "publish", "room": "news", "event": "e", "data": 5}),
+        "5",
+    )
+    .await;
+    assert_eq!(
+        messages(&mut back, 1).await,
+        vec![(5, "pub".to_string(), json!(5))]
+    );
+    // An epoch the cluster never had cannot be recovered.
+    let mut other = connect(&nodes[1].ws_url(), "other", Encoding::Json).await;
+    let j = other
+        .request(
+            json!({"type": "join", "room": "news", "since": {"offset": 1, "epoch": "nope"}}),
+            "j",
+        )
+        .await;
+    assert!(
+        matches!(
+            j,
+            ServerMessage::Joined {
+                recovered: false,
+                ..
+            }
+        ),
+        "{j:?}"
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_with_since_or_history_while_another_node_publishes() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let total = 400u64;
+    let mut probe = connect(&nodes[1].ws_url(), "probe", Encoding::Json).await;
+    let mut p = connect(&nodes[0].ws_url(), "pub", Encoding::Json).await;
+    p.join("busy").await;
+    // The room's epoch exists from its first message on.
+    p.request(
+        json!({"type": "publish", "room": "busy", "event": "e", "data": 0}),
+        "first",
+    )
+    .await;
+    let epoch = epoch_of(&probe.join("busy").await);
+    // The publisher is kept (returned) until the end: dropping a socket with unread
+    // input resets it, and the node would lose the publishes still in flight.
+    let publisher = tokio::spawn(async move {
+        for i in 1..total {
+            p.send(json!({"type": "publish", "room": "busy", "event": "e", "data": i}))
+                .await;
+        }
+        p
+    });
+    let url = nodes[1].ws_url();
+    let mut joiners = Vec::new();
+    for k in 0..8 {
+        let (url, epoch) = (url.clone(), epoch.clone());
+        joiners.push(tokio::spawn(async move {
+            let mut c = connect(&url, &format!("j{k}"), Encoding::Json).await;
+            let join = if k % 2 == 0 {
+                json!({"type": "join", "room": "busy", "history": 1000})
+            } else {
+                json!({"type": "join", "room": "busy", "since": {"offset": 0, "epoch": epoch}})
+            };
+            let j = c.request(join, &format!("j{k}")).await;
+            let ServerMessage::Joined {
+                messages: ms,
+                offset,
+                ..
+            } = j
+            else {
+                panic!("{j:?}")
+            };
+            let mut offsets: Vec<u64> = ms.iter().filter_map(|m| m.offset).collect();
+            assert_eq!(offsets.last().copied().unwrap_or(0), offset);
+            while offsets.last().copied().unwrap_or(0) < total {
+                let m = c.recv_match(is_message).await;
+                offsets.push(publication(&m).offset.expect("offset"));
+            }
+            assert_eq!(
+                offsets,
+                (1..=total).collect::<Vec<_>>(),
+                "joiner {k}: history + live is every offset once, in order"
+            );
+        }));
+    }
+    for j in joiners {
+        j.await.expect("joiner");
+    }
+    let _p = publisher.await.expect("publisher");
+    // The probe, joined from the start, saw it all live too.
+    let live: Vec<u64> = messages(&mut probe, total as usize - 1)
+        .await
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(live, (2..=total).collect::<Vec<_>>());
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retry_on_another_node() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let mut listener = connect(&nodes[1].ws_url(), "listener", Encoding::Json).await;
+    listener.join("r").await;
+    let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
+    let ack = a
+        .request(
+            json!({"type": "publish", "room": "r", "event": "e", "data": "once"}),
+            "m1",
+        )
+        .await;
+    assert!(
+        matches!(
+            ack,
+            ServerMessage::Ack {
+                offset: Some(1),
+                ..
+            }
+        ),
+        "{ack:?}"
+    );
+    drop(a);
+    // alice lost her connection before the ack (say) and resends on another node.
+    let mut a = connect(&nodes[1].ws_url(), "alice", Encoding::MsgPack).await;
+    let dup = a
+        .request(
+            json!({"type": "publish", "room": "r", "event": "e", "data": "once"}),
+            "m1",
+        )
+        .await;
+    assert!(
+        matches!(
+            dup,
+            ServerMessage::Ack {
+                offset: Some(1),
+                ..
+            }
+        ),
+        "same id, same offset: {dup:?}"
+    );
+    let next = a
+        .request(
+            json!({"type": "publish", "room": "r", "event": "e", "data": "next"}),
+            "m2",
+        )
+        .await;
+    assert!(
+        matches!(
+            next,
+            ServerMessage::Ack {
+                offset: Some(2),
+                ..
+            }
+        ),
+        "{next:?}"
+    );
+    // The id is per user: another user's m1 is a message of its own.
+    let mut b = connect(&nodes[0].ws_url(), "bob", Encoding::Json).await;
+    let other = b
+        .request(
+            json!({"type": "publish", "room": "r", "event": "e", "data": "bob's"}),
+            "m1",
+        )
+        .await;
+    assert!(
+        matches!(
+            other,
+            ServerMessage::Ack {
+                offset: Some(3),
+                ..
+            }
+        ),
+        "{other:?}"
+    );
+    assert_eq!(
+        messages(&mut listener, 3).await,
+        vec![
+            (1, "alice".into(), json!("once")),
+            (2, "alice".into(), json!("next")),
+            (3, "bob".into(), json!("bob's")),
+        ]
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &["--bus-timeout", "1"]).await;
+    let (n1, n2) = (nodes[0].addr, nodes[1].addr);
+    // a and b are in a room with history; c and d in one without.
+    let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
+    let mut b = connect(&nodes[1].ws_url(), "bob", Encoding::Json).await;
+    let mut c = connect(&nodes[0].ws_url(), "carol", Encoding::Json).await;
+    let mut d = connect(&nodes[1].ws_url(), "dave", Encoding::MsgPack).await;
+    let old_epoch = epoch_of(&a.join("hist").await);
+    b.join("hist").await;
+    c.join("quiet").await;
+    d.join("quiet").await;
+    a.request(
+        json!({"type": "publish", "room": "hist", "event": "e", "data": "before"}),
+        "1",
+    )
+    .await;
+    assert_eq!(messages(&mut b, 1).await[0].2, json!("before"));
+    assert_eq!((ready(n1).await, ready(n2).await), (200, 200));
+
+    redis.kill();
+    for n in [n1, n2] {
+        eventually("readyz turns 503 while Redis is down", || async move {
+            (ready(n).await == 503).then_some(())
+        })
+        .await;
+    }
+    let r = c
+        .request(
+            json!({"type": "publish", "room": "quiet", "event": "e", "data": "lost?"}),
+            "down",
+        )
+        .await;
+    assert_eq!(
+        err_code(&r),
+        ErrorCode::Unavailable,
+        "a publish while Redis is down is refused, never dropped silently"
+    );
+    let r = d
+        .request(json!({"type": "presence", "room": "quiet"}), "pd")
+        .await;
+    assert_eq!(err_code(&r), ErrorCode::Unavailable);
+    // Connections stay up meanwhile.
+    assert!(matches!(
+        d.request(json!({"type": "ping"}), "ping").await,
+        ServerMessage::Pong { .. }
+    ));
+
+    redis.restart();
+    for n in [n1, n2] {
+        eventually("readyz turns 200 once Redis is back", || async move {
+            (ready(n).await == 200).then_some(())
+        })
+        .await;
+    }
+    // c and d never left: publishing and delivery resume without a reconnect.
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    for k in 0.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing never came back"
+        );
+        let r = c
+            .request(
+                json!({"type": "publish", "room": "quiet", "event": "e", "data": "back"}),
+                &format!("up{k}"),
+            )
+            .await;
+        match r {
+            ServerMessage::Ack { .. } => break,
+            ServerMessage::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            } => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            other => panic!("{other:?}"),
+        }
+    }
+    let m = d.recv_match(is_message).await;
+    assert_eq!(publication(&m).data, json!("back"));
+    // Presence heals too: the nodes re-add their entries.
+    for k in 0.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never healed"
+        );
+        let r = d
+            .request(
+                json!({"type": "presence", "room": "quiet"}),
+                &format!("pr{k}"),
+            )
+            .await;
+        if matches!(r, ServerMessage::Presence { count, .. } if count.users == 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // "hist" lost its history with Redis (no persistence): its members are asked to
+    // reconnect (1013) and learn it as `recovered: false` on their next join.
+    for x in [&mut a, &mut b] {
+        assert_eq!(x.closed().await, Closed::Code(1013));
+    }
+    let mut a = connect(&nodes[1].ws_url(), "alice", Encoding::Json).await;
+    let mut b = connect(&nodes[0].ws_url(), "bob", Encoding::Json).await;
+    let j = a
+        .request(
+            json!({"type": "join", "room": "hist", "since": {"offset": 1, "epoch": old_epoch}}),
+            "j",
+        )
+        .await;
+    assert!(
+        matches!(
+            j,
+            ServerMessage::Joined {
+                recovered: false,
+                ..
+            }
+        ),
+        "{j:?}"
+    );
+    b.join("hist").await;
+    let ack = a
+        .request(
+            json!({"type": "publish", "room": "hist", "event": "e", "data": "after"}),
+            "2",
+        )
+        .await;
+    assert!(
+        matches!(
+            ack,
+            ServerMessage::Ack {
+                offset: Some(1),
+                ..
+            }
+        ),
+        "a new history starts at 1: {ack:?}"
+    );
+    assert_eq!(
+        messages(&mut b, 1).await,
+        vec![(1, "alice".into(), json!("after"))]
+    );
+    stop_all(nodes).await;
+}
+
+/// Publishes `n` messages to `room` one after the other, each acknowledged with the
+/// expected offset; `next` is the offset (and data) of the first.
+async fn publish_acked(p: &mut Client, room: &str, next: &mut u64, n: u64) {
+    for i in *next..*next + n {
+        let ack = p
+            .request(
+                json!({"type": "publish", "room": room, "event": "e", "data": i}),
+                &i.to_string(),
+            )
+            .await;
+        assert!(
+            matches!(ack, ServerMessage::Ack { offset: Some(o), .. } if o == i),
+            "{ack:?}"
+        );
+    }
+    *next += n;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pubsub_connection_is_repaired_without_loss() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let mut listeners = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = connect(&node.ws_url(), &format!("l{i}"), Encoding::Json).await;
+        c.join("g").await;
+        listeners.push(c);
+    }
+    let mut p = connect(&nodes[0].ws_url(), "pub", Encoding::Json).await;
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let mut next = 1u64;
+    publish_acked(&mut p, "g", &mut next, 50).await;
+    // Cut every node's subscription while publishing goes on (commands are unaffected),
+    // until a node has had to repair a gap (usually the first round: resubscribing takes
+    // longer than the publishes that follow the cut).
+    let mut repaired = false;
+    for _round in 0..10 {
+        let mut before = Vec::new();
+        for &a in &addrs {
+            before.push(metric(a, "roomcast_bus_reconnects_total").await);
+        }
+        let killed = redis
+            .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .expect("CLIENT KILL answers");
+        assert!(killed.starts_with(":2"), "both subscriptions cut: {killed}");
+        publish_acked(&mut p, "g", &mut next, 50).await;
+        for (&a, &b) in addrs.iter().zip(&before) {
+            eventually("the node resubscribed", || async move {
+                (metric(a, "roomcast_bus_reconnects_total").await > b).then_some(())
+            })
+            .await;
+        }
+        let mut repairs = 0.0;
+        for &a in &addrs {
+            repairs += metric(a, "roomcast_bus_gap_repairs_total").await;
+        }
+        if repairs > 0.0 {
+            repaired = true;
+            break;
+        }
+    }
+    assert!(repaired, "no round produced a gap to repair");
+    publish_acked(&mut p, "g", &mut next, 50).await;
+    let total = next - 1;
+    for (k, c) in listeners.iter_mut().enumerate() {
+        let got: Vec<u64> = messages(c, total as usize)
+            .await
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        assert_eq!(
+            got,
+            (1..=total).collect::<Vec<_>>(),
+            "listener {k}: every message, in order, once"
+        );
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut args: Vec<&str> = COMMON.to_vec();
+    args.extend_from_slice(&["--redis-url", &url, "--presence-ttl", "1"]);
+    let n1 = TestNode::start(&[args.as_slice(), &["--node-id", "n1"]].concat()).await;
+    let mut doomed = ChildNode::start(&[args.as_slice(), &["--node-id", "doomed"]].concat());
+    let mut watcher = connect(&n1.ws_url(), "watcher", Encoding::Json).await;
+    let mut talker = connect(&n1.ws_url(), "talker", Encoding::Json).await;
+    watcher.join("room").await;
+    talker.join("room").await;
+    let mut zed = connect(&doomed.ws_url(), "zed", Encoding::Json).await;
+    zed.join("room").await;
+    let is_zed = |m: &ServerMessage| match m {
+        ServerMessage::MemberJoined { user, .. } | ServerMessage::MemberLeft { user, .. } => {
+            user.as_str() == "zed"
+        }
+        _ => false,
+    };
+    let ev = watcher.recv_match(is_zed).await;
+    assert!(matches!(ev, ServerMessage::MemberJoined { .. }), "{ev:?}");
+    // zed publishes through the doomed node; n1's clients get it.
+    zed.request(
+        json!({"type": "publish", "room": "room", "event": "e", "data": "from doomed"}),
+        "z1",
+    )
+    .await;
+    assert_eq!(messages(&mut watcher, 1).await[0].2, json!("from doomed"));
+
+    doomed.kill9();
+    // No goodbye from the dead node: its entries expire and member_left follows.
+    let ev = watcher.recv_match(is_zed).await;
+    assert!(matches!(ev, ServerMessage::MemberLeft { .. }), "{ev:?}");
+    let p = watcher
+        .request(json!({"type": "presence", "room": "room"}), "p")
+        .await;
+    let ServerMessage::Presence { members, count, .. } = &p else {
+        panic!("{p:?}")
+    };
+    assert_eq!(count.users, 2, "{p:?}");
+    assert!(members.iter().all(|m| m.user.as_str() != "zed"));
+    // The surviving node's clients are unaffected.
+    let ack = talker
+        .request(
+            json!({"type": "publish", "room": "room", "event": "e", "data": "still here"}),
+            "t1",
+        )
+        .await;
+    assert!(
+        matches!(
+            ack,
+            ServerMessage::Ack {
+                offset: Some(2),
+                ..
+            }
+        ),
+        "{ack:?}"
+    );
+    assert_eq!(
+        messages(&mut watcher, 1).await,
+        vec![(2, "talker".into(), json!("still here"))]
+    );
+    assert_eq!(ready(n1.addr).await, 200);
+    n1.stop().await;
+}

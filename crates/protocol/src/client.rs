@@ -145,8 +145,9 @@ fn is_false(b: &bool) -> bool {
 
 impl ClientMessage {
     /// Every `type` a client may send.
-    pub const TYPES: [&'static str; 7] =
-        ["auth", "join", "leave", "publish", "send", "presence", "ping"];
+    pub const TYPES: [&'static str; 7] = [
+        "auth", "join", "leave", "publish", "send", "presence", "ping",
+    ];
 
     /// The request id, when the client gave one.
     pub fn id(&self) -> Option<&ReqId> {

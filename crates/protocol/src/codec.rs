@@ -57,7 +57,9 @@ impl Encoding {
 
     /// The encoding for a subprotocol name, if it is one of ours.
     pub fn from_subprotocol(name: &str) -> Option<Self> {
-        Encoding::ALL.into_iter().find(|e| e.subprotocol() == name.trim())
+        Encoding::ALL
+            .into_iter()
+            .find(|e| e.subprotocol() == name.trim())
     }
 
     /// Whether frames of this encoding are binary (else text).
@@ -68,8 +70,12 @@ impl Encoding {
     /// Encodes any serializable value.
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes, EncodeError> {
         match self {
-            Encoding::Json => serde_json::to_vec(value).map(Bytes::from).map_err(|e| EncodeError(e.to_string())),
-            Encoding::MsgPack => rmp_serde::to_vec_named(value).map(Bytes::from).map_err(|e| EncodeError(e.to_string())),
+            Encoding::Json => serde_json::to_vec(value)
+                .map(Bytes::from)
+                .map_err(|e| EncodeError(e.to_string())),
+            Encoding::MsgPack => rmp_serde::to_vec_named(value)
+                .map(Bytes::from)
+                .map_err(|e| EncodeError(e.to_string())),
         }
     }
 
@@ -116,7 +122,11 @@ impl Encoding {
                 message: format!("unknown message type {t:?}"),
                 id,
             }),
-            Some(_) => Err(DecodeError { code: ErrorCode::InvalidMessage, message: err, id }),
+            Some(_) => Err(DecodeError {
+                code: ErrorCode::InvalidMessage,
+                message: err,
+                id,
+            }),
             None => Err(DecodeError {
                 code: ErrorCode::InvalidMessage,
                 message: format!("not a message object with a string \"type\": {err}"),
@@ -163,10 +173,18 @@ mod tests {
     }
 
     fn arb_client() -> impl Strategy<Value = ClientMessage> {
-        let room = arb_name().prop_map(|r| RoomName::new(&r).expect("valid room")).boxed();
+        let room = arb_name()
+            .prop_map(|r| RoomName::new(&r).expect("valid room"))
+            .boxed();
         prop_oneof![
-            ("[ -~]{1,40}".boxed(), arb_id()).prop_map(|(token, id)| ClientMessage::Auth { token, id }),
-            (room.clone(), proptest::option::of(0u32..100), proptest::option::of((any::<u64>(), "[a-z0-9]{1,8}")), arb_id())
+            ("[ -~]{1,40}".boxed(), arb_id())
+                .prop_map(|(token, id)| ClientMessage::Auth { token, id }),
+            (
+                room.clone(),
+                proptest::option::of(0u32..100),
+                proptest::option::of((any::<u64>(), "[a-z0-9]{1,8}")),
+                arb_id()
+            )
                 .prop_map(|(room, history, since, id)| ClientMessage::Join {
                     room,
                     history,
@@ -174,21 +192,31 @@ mod tests {
                     id
                 }),
             (room.clone(), arb_id()).prop_map(|(room, id)| ClientMessage::Leave { room, id }),
-            (room.clone(), arb_name(), arb_data(), arb_id(), any::<bool>(), any::<bool>()).prop_map(
-                |(room, ev, data, id, volatile, echo)| ClientMessage::Publish {
-                    room,
+            (
+                room.clone(),
+                arb_name(),
+                arb_data(),
+                arb_id(),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(|(room, ev, data, id, volatile, echo)| {
+                    ClientMessage::Publish {
+                        room,
+                        event: EventName::new(&ev).expect("valid event"),
+                        data,
+                        id,
+                        volatile,
+                        echo,
+                    }
+                }),
+            (arb_name(), arb_name(), arb_data(), arb_id()).prop_map(|(to, ev, data, id)| {
+                ClientMessage::Send {
+                    to: UserId::new(&to).expect("valid user"),
                     event: EventName::new(&ev).expect("valid event"),
                     data,
                     id,
-                    volatile,
-                    echo
                 }
-            ),
-            (arb_name(), arb_name(), arb_data(), arb_id()).prop_map(|(to, ev, data, id)| ClientMessage::Send {
-                to: UserId::new(&to).expect("valid user"),
-                event: EventName::new(&ev).expect("valid event"),
-                data,
-                id
             }),
             (room, proptest::option::of(1u32..5000), arb_id())
                 .prop_map(|(room, limit, id)| ClientMessage::Presence { room, limit, id }),
@@ -245,25 +273,40 @@ mod tests {
 
     #[test]
     fn classifies_errors() {
-        let e = Encoding::Json.decode_client(br#"{"type":"dance","id":7}"#).unwrap_err();
+        let e = Encoding::Json
+            .decode_client(br#"{"type":"dance","id":7}"#)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::UnknownType);
         assert_eq!(e.id, Some(ReqId::Int(7)));
-        let e = Encoding::Json.decode_client(br#"{"type":"join","id":"a"}"#).unwrap_err();
+        let e = Encoding::Json
+            .decode_client(br#"{"type":"join","id":"a"}"#)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidMessage);
         assert_eq!(e.id, Some(ReqId::Str("a".into())));
-        let e = Encoding::Json.decode_client(br#"{"type":"join","room":5}"#).unwrap_err();
+        let e = Encoding::Json
+            .decode_client(br#"{"type":"join","room":5}"#)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidMessage);
         let e = Encoding::Json.decode_client(b"not json").unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidMessage);
-        let e = Encoding::Json.decode_client(br#"{"type":"join","room":"bad room"}"#).unwrap_err();
+        let e = Encoding::Json
+            .decode_client(br#"{"type":"join","room":"bad room"}"#)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidMessage);
         let mp = rmp_serde::to_vec_named(&json!({"type": "ping", "id": 3})).expect("encodes");
-        assert_eq!(Encoding::MsgPack.decode_client(&mp).expect("ok"), ClientMessage::Ping { id: Some(ReqId::Int(3)) });
+        assert_eq!(
+            Encoding::MsgPack.decode_client(&mp).expect("ok"),
+            ClientMessage::Ping {
+                id: Some(ReqId::Int(3))
+            }
+        );
     }
 
     #[test]
     fn unknown_fields_are_ignored() {
-        let m = Encoding::Json.decode_client(br#"{"type":"ping","extra":[1,2]}"#).expect("ok");
+        let m = Encoding::Json
+            .decode_client(br#"{"type":"ping","extra":[1,2]}"#)
+            .expect("ok");
         assert_eq!(m, ClientMessage::Ping { id: None });
     }
 

@@ -96,7 +96,15 @@ impl BusMessage {
     /// The room message as clients see it, or `None` for other kinds.
     pub fn to_publication(&self) -> Option<Publication> {
         match self {
-            BusMessage::Message { room, event, data, from, offset, ts, .. } => Some(Publication {
+            BusMessage::Message {
+                room,
+                event,
+                data,
+                from,
+                offset,
+                ts,
+                ..
+            } => Some(Publication {
                 room: room.clone(),
                 event: event.clone(),
                 data: data.clone(),
@@ -111,7 +119,13 @@ impl BusMessage {
     /// The direct message as clients see it, or `None` for other kinds.
     pub fn to_direct(&self) -> Option<DirectMessage> {
         match self {
-            BusMessage::Direct { from, event, data, ts, .. } => Some(DirectMessage {
+            BusMessage::Direct {
+                from,
+                event,
+                data,
+                ts,
+                ..
+            } => Some(DirectMessage {
                 from: from.clone(),
                 event: event.clone(),
                 data: data.clone(),
@@ -125,7 +139,11 @@ impl BusMessage {
 impl Envelope {
     /// Wraps `msg` from `node`.
     pub fn new(node: impl Into<String>, msg: BusMessage) -> Self {
-        Envelope { v: ENVELOPE_VERSION, node: node.into(), msg }
+        Envelope {
+            v: ENVELOPE_VERSION,
+            node: node.into(),
+            msg,
+        }
     }
 
     /// Encodes as MessagePack with string keys.

@@ -124,9 +124,18 @@ mod tests {
     fn room_names() {
         assert!(RoomName::new("chat:lobby-1").is_ok());
         assert_eq!(RoomName::new(""), Err(NameError::Empty("room")));
-        assert!(matches!(RoomName::new("a*b"), Err(NameError::BadChar(_, '*'))));
-        assert!(matches!(RoomName::new("a,b"), Err(NameError::BadChar(_, ','))));
-        assert!(matches!(RoomName::new(&"x".repeat(129)), Err(NameError::TooLong(_, 128))));
+        assert!(matches!(
+            RoomName::new("a*b"),
+            Err(NameError::BadChar(_, '*'))
+        ));
+        assert!(matches!(
+            RoomName::new("a,b"),
+            Err(NameError::BadChar(_, ','))
+        ));
+        assert!(matches!(
+            RoomName::new(&"x".repeat(129)),
+            Err(NameError::TooLong(_, 128))
+        ));
     }
 
     #[test]

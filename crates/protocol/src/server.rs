@@ -211,6 +211,10 @@ impl ServerMessage {
 
     /// An `error` reply.
     pub fn error(code: ErrorCode, message: impl Into<String>, id: Option<ReqId>) -> Self {
-        ServerMessage::Error { code, message: message.into(), id }
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            id,
+        }
     }
 }

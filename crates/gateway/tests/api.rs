@@ -756,3 +756,78 @@ async fn openapi_document_matches_the_routes() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resuming_while_another_node_publishes_has_no_gap_and_no_duplicate() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let total = 300u64;
+    let mut p = connect(&nodes[0], "pub", Encoding::Json).await;
+    let publisher = tokio::spawn(async move {
+        for i in 1..=total {
+            p.send(json!({"type": "publish", "room": "busy", "event": "e", "data": i}))
+                .await;
+        }
+        p // kept: dropping a socket with unread input would reset it
+    });
+    let addr = nodes[1].addr;
+    let mut readers = Vec::new();
+    for k in 0..6u64 {
+        readers.push(tokio::spawn(async move {
+            // Each resumes from a different point (some maybe ahead of what exists yet:
+            // those start live from the room's current offset).
+            let since = k * 20;
+            let path = format!(
+                "/sse?rooms=busy&since=busy:{since}&token={}",
+                token(&format!("r{k}"), json!({}))
+            );
+            let mut s = SseStream::open(addr, &path, &[]).await;
+            assert_eq!(s.status, 200);
+            let mut offsets = Vec::new();
+            while offsets.last().copied().unwrap_or(0) < total {
+                let (_, seen) = sse_messages(&mut s, 1).await.remove(0);
+                offsets.push(seen.0);
+            }
+            let first = offsets[0];
+            assert!(
+                first <= since + 1 || since == 0,
+                "reader {k} starts at {first}"
+            );
+            assert_eq!(
+                offsets,
+                (first..=total).collect::<Vec<_>>(),
+                "reader {k}: contiguous from where it resumed, each once"
+            );
+        }));
+    }
+    for r in readers {
+        r.await.expect("reader");
+    }
+    let _p = publisher.await.expect("publisher");
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_slow_consumer_and_connection_limit() {
+    let node = standalone(&["--outbound-queue", "8", "--max-connections", "2"]).await;
+    let mut slow = sse(&node, "slow", "rooms=flood", &[]).await;
+    let mut ws = connect(&node, "w", Encoding::Json).await;
+    // The node is full (one SSE stream, one WebSocket): another stream gets 503.
+    let path = format!("/sse?rooms=flood&token={}", token("x", json!({})));
+    assert_eq!(SseStream::open(node.addr, &path, &[]).await.status, 503);
+    ws.join("flood").await;
+    let payload = "z".repeat(32 * 1024);
+    // ~48 MiB for a reader that never reads: more than socket buffers hold, so its
+    // queue overflows and the node ends its stream.
+    for i in 1..=1500u64 {
+        let ack = ws
+            .request(
+                json!({"type": "publish", "room": "flood", "event": "e", "data": payload}),
+                &i.to_string(),
+            )
+            .await;
+        assert!(matches!(ack, ServerMessage::Ack { .. }), "{ack:?}");
+    }
+    assert!(slow.ended().await, "the slow SSE stream was ended");
+    node.stop().await;
+}

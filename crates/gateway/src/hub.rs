@@ -60,21 +60,21 @@ impl Payload {
     }
 }
 
-/// One item of a connection's outbound queue.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A room message; `offset` lets a recovering join drop what it already replayed.
-    Room {
-        /// The room.
-        room: RoomName,
-        /// The message's offset (none when volatile).
-        offset: Option<u64>,
-        /// The frame.
-        payload: Payload,
-    },
-    /// Any other frame (direct messages, member events).
-    Other(Payload),
+/// One encoded frame, shared by every recipient of the same wire format.
+#[derive(Debug)]
+pub struct Frame {
+    /// The room of a room message; lets a session drop messages of rooms it left.
+    pub room: Option<RoomName>,
+    /// The message's offset (none when volatile or not a room message): lets a
+    /// recovering join drop what it already replayed.
+    pub offset: Option<u64>,
+    /// The bytes.
+    pub payload: Payload,
 }
+
+/// One item of a connection's outbound queue: a pointer to a shared frame, so that a
+/// queue slot is one word and a fan-out to n members is n reference-count increments.
+pub type Outbound = Arc<Frame>;
 
 /// Tells a session to close, from outside its task.
 #[derive(Debug, Default)]
@@ -173,12 +173,12 @@ struct Room {
 }
 
 /// Encodes a value once per wire format on first use.
-struct Encoded<'a, F: Fn(Wire) -> Option<Payload>> {
+struct Encoded<'a, F: Fn(Wire) -> Option<Outbound>> {
     make: &'a F,
-    cache: [OnceLock<Option<Payload>>; 3],
+    cache: [OnceLock<Option<Outbound>>; 3],
 }
 
-impl<'a, F: Fn(Wire) -> Option<Payload>> Encoded<'a, F> {
+impl<'a, F: Fn(Wire) -> Option<Outbound>> Encoded<'a, F> {
     fn new(make: &'a F) -> Self {
         Encoded {
             make,
@@ -186,7 +186,7 @@ impl<'a, F: Fn(Wire) -> Option<Payload>> Encoded<'a, F> {
         }
     }
 
-    fn get(&self, wire: Wire) -> Option<Payload> {
+    fn get(&self, wire: Wire) -> Option<Outbound> {
         let i = wire as usize;
         self.cache[i].get_or_init(|| (self.make)(wire)).clone()
     }
@@ -283,15 +283,14 @@ impl Hub {
 
     /// Adds a member to a room; from now on it receives the room's messages.
     pub fn join(&self, room: &RoomName, m: &Member) {
-        let first = {
-            let mut rooms = lock(&self.rooms);
-            let first = !rooms.contains_key(room);
-            let r = rooms.entry(room.clone()).or_default();
-            r.members.insert(m.id.clone(), m.clone());
-            r.snapshot = None;
-            self.metrics.rooms.set(rooms.len() as i64);
-            first
-        };
+        let mut rooms = lock(&self.rooms);
+        let first = !rooms.contains_key(room);
+        let r = rooms.entry(room.clone()).or_default();
+        r.members.insert(m.id.clone(), m.clone());
+        r.snapshot = None;
+        self.metrics.rooms.set(rooms.len() as i64);
+        // Under the lock (watch/unwatch are cheap and never call back into the hub): a
+        // concurrent last leave must not unwatch a room this join has just filled.
         if first {
             if let Some(bus) = self.bus.get() {
                 bus.watch_room(room);
@@ -301,23 +300,19 @@ impl Hub {
 
     /// Removes a member from a room.
     pub fn leave(&self, room: &RoomName, id: &str) {
-        let last = {
-            let mut rooms = lock(&self.rooms);
-            let Some(r) = rooms.get_mut(room) else { return };
-            r.members.remove(id);
-            r.snapshot = None;
-            let last = r.members.is_empty();
-            if last {
-                rooms.remove(room);
-            }
-            self.metrics.rooms.set(rooms.len() as i64);
-            last
-        };
+        let mut rooms = lock(&self.rooms);
+        let Some(r) = rooms.get_mut(room) else { return };
+        r.members.remove(id);
+        r.snapshot = None;
+        let last = r.members.is_empty();
         if last {
+            rooms.remove(room);
+            // Under the lock, for the reason given in `join`.
             if let Some(bus) = self.bus.get() {
                 bus.unwatch_room(room);
             }
         }
+        self.metrics.rooms.set(rooms.len() as i64);
     }
 
     fn members(&self, room: &RoomName) -> Option<Arc<[Member]>> {
@@ -357,7 +352,14 @@ impl Hub {
         };
         let start = Instant::now();
         let sse_id = p.offset.map(|o| format!("{}:{}", p.room, o));
-        let make = |w: Wire| encode_for(w, &MessageFrame(p), sse_id.as_deref());
+        let make = |w: Wire| {
+            let payload = encode_for(w, &MessageFrame(p), sse_id.as_deref())?;
+            Some(Arc::new(Frame {
+                room: Some(p.room.clone()),
+                offset: p.offset,
+                payload,
+            }))
+        };
         let frames = Encoded::new(&make);
         let volatile = p.offset.is_none();
         let mut sent = 0u64;
@@ -366,19 +368,11 @@ impl Hub {
             if skip == Some(&*m.id) {
                 continue;
             }
-            let Some(payload) = frames.get(m.wire) else {
+            let Some(frame) = frames.get(m.wire) else {
                 continue;
             };
-            bytes += payload.len() as u64;
-            if m.push(
-                Outbound::Room {
-                    room: p.room.clone(),
-                    offset: p.offset,
-                    payload,
-                },
-                volatile,
-                &self.metrics,
-            ) {
+            bytes += frame.payload.len() as u64;
+            if m.push(frame, volatile, &self.metrics) {
                 sent += 1;
             }
         }
@@ -398,18 +392,25 @@ impl Hub {
     }
 
     fn fanout_other(&self, targets: &[Member], msg: &ServerMessage, skip_user: Option<&UserId>) {
-        let make = |w: Wire| encode_for(w, msg, None);
+        let make = |w: Wire| {
+            let payload = encode_for(w, msg, None)?;
+            Some(Arc::new(Frame {
+                room: None,
+                offset: None,
+                payload,
+            }))
+        };
         let frames = Encoded::new(&make);
         let mut sent = 0;
         for m in targets {
             if skip_user == Some(&m.user) {
                 continue;
             }
-            let Some(payload) = frames.get(m.wire) else {
+            let Some(frame) = frames.get(m.wire) else {
                 continue;
             };
-            self.metrics.bytes_out.inc_by(payload.len() as u64);
-            if m.push(Outbound::Other(payload), false, &self.metrics) {
+            self.metrics.bytes_out.inc_by(frame.payload.len() as u64);
+            if m.push(frame, false, &self.metrics) {
                 sent += 1;
             }
         }

@@ -3,7 +3,7 @@ import { RoomcastClient, type ConnectionState, type Room, type RoomMessageOf } f
 
 type Events = {
   chat: { text: string; name: string; mid: string };
-  typing: { name: string };
+  typing: { name: string; cid?: string };
   hello: { name: string };
 };
 
@@ -52,6 +52,7 @@ const membersEl = $<HTMLUListElement>('members');
 const typingEl = $('typing');
 const names = new Map<string, string>(); // user id -> display name
 let myName = '';
+const myCid = Math.random().toString(36).slice(2, 10); // this page, to recognise our own volatile messages
 let room: Room<Events> | null = null;
 let offs: (() => void)[] = [];
 const pendingByMid = new Map<string, HTMLLIElement>();
@@ -169,7 +170,7 @@ function joinRoom(name: string, roomName: string) {
       renderMembers();
     }),
     r.onEvent('typing', (d, m) => {
-      if (m.from === client.welcome?.user) return;
+      if (d.cid === myCid || m.from === client.welcome?.user) return; // our own (echoed over SSE)
       clearTyping(m.from);
       typing.set(m.from, { name: d.name, timer: setTimeout(() => clearTyping(m.from), 3000) });
       renderTyping();
@@ -243,7 +244,7 @@ $<HTMLInputElement>('text').addEventListener('input', () => {
   const now = Date.now();
   if (room && now - lastTypingSent > 1500) {
     lastTypingSent = now;
-    room.publishVolatile('typing', { name: myName });
+    room.publishVolatile('typing', { name: myName, cid: myCid });
   }
 });
 

@@ -151,7 +151,7 @@ function wsOf(base) {
 }
 
 function demoUrl(base, name, room, extra = {}) {
-  const u = new URL(base.replace(/\/$/, '') + '/demo');
+  const u = new URL(base.replace(/\/$/, '') + '/demo/'); // the trailing slash: a redirect from /demo may drop the query
   u.searchParams.set('name', name);
   u.searchParams.set('room', room);
   for (const [k, v] of Object.entries(extra)) if (v) u.searchParams.set(k, v);

@@ -2,6 +2,7 @@
 """Failover checks of a deploy/local-cluster cluster through nginx (nodes with --auth none).
 
     failover_check.py kill     # a node killed under a connected client
+    failover_check.py drain    # SIGTERM: /readyz 503 first, then close 1001, then exit
     failover_check.py rolling  # a rolling restart of every node under traffic
 
 Both read the cluster from $LOCAL_CLUSTER_DIR/cluster.env (default .local-cluster) and
@@ -13,6 +14,10 @@ kill: a receiver on node A and a publisher on another node join one room; node A
 through nginx from the same address (nginx moves it to a live node), rejoins with `since`
 and must get `recovered: true` and exactly the missed messages, in order. Node A is started
 again at the end.
+
+drain: a client through nginx sits on node A; node A gets SIGTERM; its /readyz must answer
+503 while the client is still open, the client must be closed with 1001, and the process
+must exit by itself within --drain-timeout. Node A is started again at the end.
 
 rolling: a publisher publishes with ids (resending unacknowledged ones after a reconnect, as
 the protocol allows) while `deploy/local-cluster rolling-restart` drains and restarts every
@@ -213,6 +218,62 @@ async def check_kill():
     return report
 
 
+async def check_drain():
+    env = cluster_env()
+    url = env["WS_URL"]
+    ports = env["NODE_PORTS"].split()
+    pids = env["NODE_PIDS"].split()
+    # Several clients from one address: ip_hash puts them on one node, and the drain spreads
+    # their closes over --drain-spread-ms, which leaves time to see /readyz 503 meanwhile.
+    clients = [Client(url, "127.0.1.1") for _ in range(8)]
+    for c in clients:
+        await c.open()
+    nodes = {c.node for c in clients}
+    if len(nodes) != 1:
+        raise RuntimeError(f"one address reached several nodes: {nodes}")
+    node = clients[0].node
+    index = int(node.split("-")[-1])
+    port, pid = ports[index - 1], int(pids[index - 1])
+
+    def readyz():
+        import http.client
+        try:
+            h = http.client.HTTPConnection("127.0.0.1", int(port), timeout=1)
+            h.request("GET", "/readyz")
+            return h.getresponse().status
+        except OSError:
+            return None
+
+    before = await asyncio.to_thread(readyz)
+    os.kill(pid, 15)
+    seen_503_while_open = False
+    polls = 0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not all(c.closed.is_set() for c in clients):
+        st = await asyncio.to_thread(readyz)
+        polls += 1
+        if st == 503 and not all(c.closed.is_set() for c in clients):
+            seen_503_while_open = True
+        await asyncio.sleep(0.01)
+    for c in clients:
+        await asyncio.wait_for(c.closed.wait(), 15)
+    codes = sorted({c.ws.close_code for c in clients})
+    exited = False
+    for _ in range(200):  # the drain ends when its last session is gone: exit follows
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            exited = True
+            break
+        await asyncio.sleep(0.1)
+    local_cluster("start-node", str(index))
+    report = {"check": "drain", "node": node, "readyz_before": before,
+              "readyz_503_while_clients_open": seen_503_while_open, "close_codes": codes,
+              "exited": exited, "readyz_polls": polls}
+    report["ok"] = before == 200 and seen_503_while_open and codes == [1001] and exited
+    return report
+
+
 async def check_rolling():
     env = cluster_env()
     url = env["WS_URL"]
@@ -311,10 +372,11 @@ async def check_rolling():
 
 
 def main():
-    if len(sys.argv) != 2 or sys.argv[1] not in ("kill", "rolling"):
+    checks = {"kill": check_kill, "drain": check_drain, "rolling": check_rolling}
+    if len(sys.argv) != 2 or sys.argv[1] not in checks:
         print(__doc__, file=sys.stderr)
         return 2
-    fn = check_kill if sys.argv[1] == "kill" else check_rolling
+    fn = checks[sys.argv[1]]
     try:
         report = asyncio.run(asyncio.wait_for(fn(), 400))
     except Exception as e:

@@ -19,11 +19,12 @@ RUN set -eu; \
     if [ -x deploy/docker/prebuilt/roomcast ]; then \
         echo "using the prebuilt binary deploy/docker/prebuilt/roomcast"; \
         cp deploy/docker/prebuilt/roomcast /out/usr/local/bin/roomcast; \
+        (command -v strip >/dev/null && strip /out/usr/local/bin/roomcast) || true; \
     else \
         locked=""; [ -f Cargo.lock ] && locked=--locked; \
         cargo build --release $locked -p roomcast-gateway; \
         cp target/release/roomcast /out/usr/local/bin/roomcast; \
-        strip /out/usr/local/bin/roomcast || true; \
+        (command -v strip >/dev/null && strip /out/usr/local/bin/roomcast) || true; \
     fi; \
     install -m 0755 deploy/docker/entrypoint.sh /out/usr/local/bin/roomcast-entrypoint; \
     install -m 0755 deploy/docker/healthcheck.sh /out/usr/local/bin/roomcast-healthcheck; \

@@ -135,6 +135,9 @@ pub struct Config {
     /// Most rooms one connection may join.
     #[arg(long, env = "ROOMCAST_MAX_ROOMS", default_value_t = 100)]
     pub max_rooms: usize,
+    /// Initial read buffer per WebSocket connection, bytes (grows for larger frames).
+    #[arg(long, env = "ROOMCAST_WS_READ_BUFFER", default_value_t = 512)]
+    pub ws_read_buffer: usize,
     /// Outbound queue per connection, messages; overflow closes with 4008.
     #[arg(long, env = "ROOMCAST_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,

@@ -212,13 +212,13 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
 
     let conn_id = node.new_conn_id();
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(node.cfg.ws_read_buffer.max(64))
         .write_buffer_size(0)
         .max_write_buffer_size(node.cfg.max_message_size * 4 + 1024 * 1024)
         .max_message_size(Some(node.cfg.max_message_size * 4))
         .max_frame_size(Some(node.cfg.max_message_size * 4));
     let n = node.clone();
-    node.sessions.spawn(async move {
+    let fut = async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => {
@@ -237,6 +237,7 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
             ip_guard: Some(ip_guard),
         };
         session::run(n, ws, setup).await;
-    });
+    };
+    node.sessions.spawn(fut);
     resp
 }

@@ -4,7 +4,7 @@
 
 use crate::auth::{AuthError, Identity};
 use crate::commands;
-use crate::hub::{Kick, Member, Outbound, Payload, Wire};
+use crate::hub::{Frame, Kick, Member, Outbound, Payload, Wire};
 use crate::limits::{IpGuard, TokenBucket};
 use crate::node::{ConnSlot, Node};
 use futures_util::{SinkExt, StreamExt};
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -106,7 +106,7 @@ where
         None => s.node.auth.anonymous(&s.conn_id).map(Ok),
     };
     let end = match initial {
-        Some(Ok(who)) => match s.authenticate(who, None).await {
+        Some(Ok(who)) => match Box::pin(s.authenticate(who, None)).await {
             Ok(active) => {
                 state = State::Active(active);
                 s.run_loop(&mut state).await
@@ -116,7 +116,7 @@ where
         Some(Err(e)) => s.auth_failed(&e),
         None => s.run_loop(&mut state).await,
     };
-    s.finish(state, end).await;
+    Box::pin(s.finish(state, end)).await;
     drop(slot);
     drop(ip_guard);
 }
@@ -176,22 +176,43 @@ where
         Ok(active)
     }
 
+    /// The next deadline of the connection and what it is for: one timer per
+    /// connection, re-armed only when the deadline changes.
+    fn next_deadline(
+        &self,
+        state: &State,
+        next_ping: Instant,
+        drain_at: Option<Instant>,
+    ) -> (Instant, Due) {
+        let mut due = (next_ping, Due::Heartbeat);
+        let mut consider = |at: Option<Instant>, what: Due| {
+            if let Some(at) = at {
+                if at < due.0 {
+                    due = (at, what);
+                }
+            }
+        };
+        match state {
+            State::AwaitingAuth { deadline } => consider(Some(*deadline), Due::AuthTimeout),
+            State::Active(a) => consider(a.expires, Due::Expired),
+        }
+        consider(drain_at, Due::Drain);
+        due
+    }
+
     async fn run_loop(&mut self, state: &mut State) -> End {
         let node = self.node.clone();
         let hb = node.cfg.heartbeat_interval();
-        let mut ticker = tokio::time::interval_at(Instant::now() + hb, hb);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_ping = Instant::now() + hb;
         let mut drain_at: Option<Instant> = None;
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let (first, _) = self.next_deadline(state, next_ping, drain_at);
+        let timer = tokio::time::sleep_until(first);
+        tokio::pin!(timer);
         loop {
-            let auth_deadline = match state {
-                State::AwaitingAuth { deadline } => *deadline,
-                State::Active(_) => far,
-            };
-            let expires = match state {
-                State::Active(a) => a.expires.unwrap_or(far),
-                State::AwaitingAuth { .. } => far,
-            };
+            let (at, due) = self.next_deadline(state, next_ping, drain_at);
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
             let kick = self.kick.clone();
             tokio::select! {
                 biased;
@@ -203,19 +224,27 @@ where
                     let spread = node.cfg.drain_spread_ms.max(1);
                     drain_at = Some(Instant::now() + Duration::from_millis(rand::random::<u64>() % spread));
                 }
-                _ = sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
-                    return End::Close(close::GOING_AWAY, "node is draining; reconnect");
-                }
-                _ = sleep_until(auth_deadline) => {
-                    return End::Close(close::AUTH_TIMEOUT, "authentication timeout");
-                }
-                _ = sleep_until(expires) => {
-                    node.metrics.auth_failures.with_label_values(&["expired"]).inc();
-                    return End::Close(close::INVALID_TOKEN, "token expired");
-                }
+                _ = &mut timer => match due {
+                    Due::Drain => return End::Close(close::GOING_AWAY, "node is draining; reconnect"),
+                    Due::AuthTimeout => return End::Close(close::AUTH_TIMEOUT, "authentication timeout"),
+                    Due::Expired => {
+                        node.metrics.auth_failures.with_label_values(&["expired"]).inc();
+                        return End::Close(close::INVALID_TOKEN, "token expired");
+                    }
+                    Due::Heartbeat => {
+                        if self.last_seen.elapsed() >= hb * 2 {
+                            tracing::debug!(conn = %self.conn_id, "heartbeat missed; closing");
+                            return End::Drop;
+                        }
+                        next_ping = Instant::now() + hb;
+                        if self.ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                            return End::Drop;
+                        }
+                    }
+                },
                 item = recv(&mut self.rx) => {
                     let Some(item) = item else { return End::Drop };
-                    if let Err(end) = self.write_batch(state, item).await {
+                    if let Err(end) = Box::pin(self.write_batch(state, item)).await {
                         return end;
                     }
                 }
@@ -229,19 +258,10 @@ where
                             return End::Drop;
                         }
                         Some(Ok(msg)) => {
-                            if let Err(end) = self.on_frame(state, msg).await {
+                            if let Err(end) = Box::pin(self.on_frame(state, msg)).await {
                                 return end;
                             }
                         }
-                    }
-                }
-                _ = ticker.tick() => {
-                    if self.last_seen.elapsed() >= hb * 2 {
-                        tracing::debug!(conn = %self.conn_id, "heartbeat missed; closing");
-                        return End::Drop;
-                    }
-                    if self.ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        return End::Drop;
                     }
                 }
             }
@@ -256,10 +276,10 @@ where
         let mut item = Some(first);
         let mut n = 0;
         while let Some(it) = item.take() {
-            if let Some(payload) = admit(active, it) {
-                let msg = match payload {
-                    Payload::Text(t) => Message::Text(t),
-                    Payload::Binary(b) => Message::Binary(b),
+            if admit(active, &it) {
+                let msg = match &it.payload {
+                    Payload::Text(t) => Message::Text(t.clone()),
+                    Payload::Binary(b) => Message::Binary(b.clone()),
                 };
                 if self.ws.feed(msg).await.is_err() {
                     return Err(End::Drop);
@@ -572,24 +592,27 @@ where
 
 /// Decides whether a queued item goes out: room messages only for joined rooms and
 /// only past the last offset delivered there.
-fn admit(active: &mut Active, item: Outbound) -> Option<Payload> {
-    match item {
-        Outbound::Other(p) => Some(p),
-        Outbound::Room {
-            room,
-            offset,
-            payload,
-        } => {
-            let last = active.rooms.get_mut(&room)?;
-            if let Some(o) = offset {
-                if o <= *last {
-                    return None;
-                }
-                *last = o;
-            }
-            Some(payload)
+fn admit(active: &mut Active, frame: &Frame) -> bool {
+    let Some(room) = &frame.room else { return true };
+    let Some(last) = active.rooms.get_mut(room) else {
+        return false;
+    };
+    if let Some(o) = frame.offset {
+        if o <= *last {
+            return false;
         }
+        *last = o;
     }
+    true
+}
+
+/// What the session's one timer is waiting for.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    Heartbeat,
+    AuthTimeout,
+    Expired,
+    Drain,
 }
 
 async fn recv(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {

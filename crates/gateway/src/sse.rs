@@ -278,19 +278,18 @@ impl Pump {
                 _ = node.drain.cancelled() => return None,
                 _ = tokio::time::sleep_until(self.expires.unwrap_or(far)) => return None,
                 item = self.rx.recv() => {
-                    let payload = match item? {
-                        Outbound::Other(p) => p,
-                        Outbound::Room { room, offset, payload } => {
-                            let Some(last) = self.floors.get_mut(&room) else { continue };
-                            if let Some(o) = offset {
-                                if o <= *last { continue; }
-                                *last = o;
+                    let frame = item?;
+                    if let Some(room) = &frame.room {
+                        let Some(last) = self.floors.get_mut(room) else { continue };
+                        if let Some(o) = frame.offset {
+                            if o <= *last {
+                                continue;
                             }
-                            payload
+                            *last = o;
                         }
-                    };
-                    match payload {
-                        Payload::Text(t) => return Some(Bytes::from(t)),
+                    }
+                    match &frame.payload {
+                        Payload::Text(t) => return Some(Bytes::from(t.clone())),
                         Payload::Binary(_) => continue,
                     }
                 }

@@ -6,7 +6,7 @@
 Opens one connection per --source address (the local address to connect from; none: one
 connection from the default address), reads each `welcome` to learn which node nginx chose,
 and keeps one connection per distinct node. At least --min-nodes distinct nodes must show
-up. Then every kept connection joins one fresh room, the first publishes with `echo` and an
+up, and a second connection from the same address must reach the same node (ip_hash). Then every kept connection joins one fresh room, the first publishes with `echo` and an
 `id`, and every connection, on every node, must receive that `message` (same offset), while
 the publisher also gets the `ack`. Prints one JSON line with what it saw; exit status 0 when
 all of it held, 1 otherwise. Every wait is bounded by --timeout seconds.
@@ -73,6 +73,16 @@ async def run(args):
             if node not in by_node:
                 by_node[node] = ws
         report["nodes"] = sorted(str(n) for n in by_node)
+        # ip_hash: a second connection from the same address lands on the same node.
+        if args.source:
+            for entry in report["connections"][:4]:
+                ws2, welcome2 = await open_conn(args.url, entry["source"], args.timeout)
+                opened.append(ws2)
+                if welcome2.get("node") != entry["node"]:
+                    report["error"] = (f"{entry['source']} reached {entry['node']}, then "
+                                       f"{welcome2.get('node')}: ip_hash did not keep it on one node")
+                    return report
+            report["same_address_same_node"] = True
         if len(by_node) < args.min_nodes:
             report["error"] = f"only {len(by_node)} distinct node(s) behind nginx, wanted {args.min_nodes}"
             return report

@@ -9,11 +9,11 @@ use roomcast_protocol::{
     close, Encoding, MessageFrame, Publication, RoomName, ServerMessage, UserId,
 };
 use roomcast_redis_bridge::{Bus, BusEvent, Delivery};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How a connection wants its frames.
@@ -76,18 +76,42 @@ pub struct Frame {
 /// queue slot is one word and a fan-out to n members is n reference-count increments.
 pub type Outbound = Arc<Frame>;
 
-/// Tells a session to close, from outside its task.
-#[derive(Debug, Default)]
-pub struct Kick {
-    code: AtomicU16,
+/// A connection's inbox: its bounded queue of frames and a close request, behind one
+/// small lock and one wake-up, so that an idle connection waits on a single future.
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<Outbound>>,
+    cap: usize,
     notify: Notify,
+    kick: AtomicU16,
+    closed: AtomicBool,
 }
 
-impl Kick {
-    /// Asks the session to close with `code` (the first code asked wins).
+/// What a connection's task takes from its mailbox.
+#[derive(Debug)]
+pub enum Mail {
+    /// A frame to write.
+    Frame(Outbound),
+    /// Close with this code.
+    Kick(u16),
+}
+
+impl Mailbox {
+    /// An empty mailbox holding at most `cap` frames.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Mailbox {
+            queue: Mutex::new(VecDeque::new()),
+            cap: cap.max(1),
+            notify: Notify::new(),
+            kick: AtomicU16::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Asks the connection to close with `code` (the first code asked wins).
     pub fn kick(&self, code: u16) {
         if self
-            .code
+            .kick
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
@@ -95,15 +119,53 @@ impl Kick {
         }
     }
 
-    /// Waits until kicked; returns the code.
-    pub async fn kicked(&self) -> u16 {
-        loop {
-            let c = self.code.load(Ordering::Acquire);
-            if c != 0 {
-                return c;
+    /// Queues a frame without waiting. A full queue drops a volatile frame and closes the
+    /// connection (4008) for anything else. Returns whether it was queued.
+    fn push(&self, item: Outbound, volatile: bool, metrics: &Metrics) -> bool {
+        if self.closed.load(Ordering::Relaxed) || self.kick.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        {
+            let mut q = lock(&self.queue);
+            if q.len() >= self.cap {
+                drop(q);
+                if !volatile {
+                    metrics.slow_consumer_closes.inc();
+                    self.kick(close::SLOW_CONSUMER);
+                }
+                return false;
             }
+            q.push_back(item);
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// The next frame, or the close request; waits until there is one.
+    pub async fn next(&self) -> Mail {
+        loop {
+            let code = self.kick.load(Ordering::Acquire);
+            if code != 0 {
+                return Mail::Kick(code);
+            }
+            if let Some(item) = self.try_next() {
+                return Mail::Frame(item);
+            }
+            // A push or kick between the checks above and this wait leaves a permit:
+            // no wake-up is lost.
             self.notify.notified().await;
         }
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_next(&self) -> Option<Outbound> {
+        lock(&self.queue).pop_front()
+    }
+
+    /// Refuses further frames and drops the queued ones (the connection is gone).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        lock(&self.queue).clear();
     }
 }
 
@@ -116,52 +178,19 @@ pub struct Member {
     pub user: UserId,
     /// Its wire format.
     pub wire: Wire,
-    tx: mpsc::Sender<Outbound>,
-    kick: Arc<Kick>,
+    /// Its inbox.
+    pub mailbox: Arc<Mailbox>,
 }
 
 impl Member {
-    /// A handle and the receiving end of its bounded queue.
-    pub fn new(
-        id: Arc<str>,
-        user: UserId,
-        wire: Wire,
-        queue: usize,
-    ) -> (Member, mpsc::Receiver<Outbound>, Arc<Kick>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let kick = Arc::new(Kick::default());
-        (
-            Member {
-                id,
-                user,
-                wire,
-                tx,
-                kick: kick.clone(),
-            },
-            rx,
-            kick,
-        )
-    }
-
-    /// Queues an item without waiting. A full queue drops a volatile item and closes the
-    /// connection (4008) for anything else. Returns whether it was queued.
+    /// Queues a frame; see [`Mailbox::push`].
     fn push(&self, item: Outbound, volatile: bool, metrics: &Metrics) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !volatile {
-                    metrics.slow_consumer_closes.inc();
-                    self.kick.kick(close::SLOW_CONSUMER);
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        self.mailbox.push(item, volatile, metrics)
     }
 
     /// Asks this connection to close with `code`.
     pub fn kick(&self, code: u16) {
-        self.kick.kick(code);
+        self.mailbox.kick(code);
     }
 }
 
@@ -221,6 +250,8 @@ pub fn encode_for(
 
 /// Local membership and fan-out.
 pub struct Hub {
+    draining: AtomicBool,
+    conns: Mutex<HashMap<Arc<str>, Arc<Mailbox>>>,
     rooms: Mutex<HashMap<RoomName, Room>>,
     users: Mutex<HashMap<UserId, Vec<Member>>>,
     metrics: Arc<Metrics>,
@@ -244,6 +275,8 @@ impl Hub {
     /// An empty hub.
     pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Hub {
+            draining: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
             rooms: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             metrics,
@@ -260,6 +293,35 @@ impl Hub {
     /// Whether the bus last reported itself up.
     pub fn bus_up(&self) -> bool {
         self.bus_up.load(Ordering::Relaxed)
+    }
+
+    /// Registers a connection (authenticated or not) so that the drain reaches it.
+    pub fn register(&self, id: &Arc<str>, mailbox: &Arc<Mailbox>) {
+        lock(&self.conns).insert(id.clone(), mailbox.clone());
+        // A connection that slipped in while the drain took its snapshot goes too.
+        if self.draining.load(Ordering::Acquire) {
+            mailbox.kick(close::GOING_AWAY);
+        }
+    }
+
+    /// Forgets a connection and closes its mailbox.
+    pub fn unregister(&self, id: &str) {
+        if let Some(m) = lock(&self.conns).remove(id) {
+            m.close();
+        }
+    }
+
+    /// Closes every connection with 1001, spread evenly over `spread` so that the other
+    /// nodes are not hit by every reconnect at once.
+    pub async fn drain(&self, spread: std::time::Duration) {
+        self.draining.store(true, Ordering::Release);
+        let all: Vec<Arc<Mailbox>> = lock(&self.conns).values().cloned().collect();
+        let n = all.len().max(1) as u32;
+        let start = tokio::time::Instant::now();
+        for (i, m) in all.iter().enumerate() {
+            tokio::time::sleep_until(start + spread * i as u32 / n).await;
+            m.kick(close::GOING_AWAY);
+        }
     }
 
     /// Registers a connection for its user's direct messages and disconnects.

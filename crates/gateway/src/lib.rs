@@ -121,6 +121,8 @@ pub async fn run(
                 node.draining.store(true, Ordering::Relaxed);
                 node.metrics.draining.set(1);
                 node.drain.cancel();
+                let (hub, spread) = (node.hub.clone(), Duration::from_millis(node.cfg.drain_spread_ms));
+                tokio::spawn(async move { hub.drain(spread).await });
                 node.sessions.close();
                 let (n, done) = (node.clone(), drained.clone());
                 tokio::spawn(async move {

@@ -4,7 +4,7 @@
 
 use crate::auth::{AuthError, Identity};
 use crate::commands;
-use crate::hub::{Frame, Kick, Member, Outbound, Payload, Wire};
+use crate::hub::{Frame, Mail, Mailbox, Member, Outbound, Payload, Wire};
 use crate::limits::{IpGuard, TokenBucket};
 use crate::node::{ConnSlot, Node};
 use futures_util::{SinkExt, StreamExt};
@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -68,9 +67,9 @@ struct Session<S> {
     bucket: TokenBucket,
     strikes: u32,
     last_seen: Instant,
-    /// Created at authentication; before it the queue does not exist.
-    rx: Option<mpsc::Receiver<Outbound>>,
-    kick: Option<Arc<Kick>>,
+    /// The connection's inbox: frames once authenticated, and close requests (drain,
+    /// slow consumer, disconnect) at any time.
+    mailbox: Arc<Mailbox>,
 }
 
 /// Runs a session to its end.
@@ -86,6 +85,7 @@ where
         ip_guard,
     } = setup;
     let now = Instant::now();
+    let node_queue = node.cfg.outbound_queue;
     let mut s = Session {
         bucket: TokenBucket::new(node.cfg.rate_limit, node.cfg.rate_burst, now.into_std()),
         node,
@@ -94,9 +94,9 @@ where
         encoding,
         strikes: 0,
         last_seen: now,
-        rx: None,
-        kick: None,
+        mailbox: Mailbox::new(node_queue),
     };
+    s.node.hub.register(&s.conn_id, &s.mailbox);
     let mut state = State::AwaitingAuth {
         deadline: now + Duration::from_secs(s.node.cfg.auth_timeout),
     };
@@ -116,7 +116,9 @@ where
         Some(Err(e)) => s.auth_failed(&e),
         None => s.run_loop(&mut state).await,
     };
+    let (hub, id) = (s.node.hub.clone(), s.conn_id.clone());
     Box::pin(s.finish(state, end)).await;
+    hub.unregister(&id);
     drop(slot);
     drop(ip_guard);
 }
@@ -143,15 +145,13 @@ where
     }
 
     async fn authenticate(&mut self, who: Identity, id: Option<ReqId>) -> Result<Active, End> {
-        let (member, rx, kick) = Member::new(
-            self.conn_id.clone(),
-            who.user.clone(),
-            Wire::from(self.encoding),
-            self.node.cfg.outbound_queue,
-        );
+        let member = Member {
+            id: self.conn_id.clone(),
+            user: who.user.clone(),
+            wire: Wire::from(self.encoding),
+            mailbox: self.mailbox.clone(),
+        };
         self.node.hub.add_user(&member);
-        self.rx = Some(rx);
-        self.kick = Some(kick);
         let welcome = ServerMessage::Welcome {
             session: self.conn_id.to_string(),
             node: self.node.node_id.clone(),
@@ -178,12 +178,7 @@ where
 
     /// The next deadline of the connection and what it is for: one timer per
     /// connection, re-armed only when the deadline changes.
-    fn next_deadline(
-        &self,
-        state: &State,
-        next_ping: Instant,
-        drain_at: Option<Instant>,
-    ) -> (Instant, Due) {
+    fn next_deadline(&self, state: &State, next_ping: Instant) -> (Instant, Due) {
         let mut due = (next_ping, Due::Heartbeat);
         let mut consider = |at: Option<Instant>, what: Due| {
             if let Some(at) = at {
@@ -196,7 +191,6 @@ where
             State::AwaitingAuth { deadline } => consider(Some(*deadline), Due::AuthTimeout),
             State::Active(a) => consider(a.expires, Due::Expired),
         }
-        consider(drain_at, Due::Drain);
         due
     }
 
@@ -204,28 +198,17 @@ where
         let node = self.node.clone();
         let hb = node.cfg.heartbeat_interval();
         let mut next_ping = Instant::now() + hb;
-        let mut drain_at: Option<Instant> = None;
-        let (first, _) = self.next_deadline(state, next_ping, drain_at);
+        let (first, _) = self.next_deadline(state, next_ping);
         let timer = tokio::time::sleep_until(first);
         tokio::pin!(timer);
         loop {
-            let (at, due) = self.next_deadline(state, next_ping, drain_at);
+            let (at, due) = self.next_deadline(state, next_ping);
             if timer.deadline() != at {
                 timer.as_mut().reset(at);
             }
-            let kick = self.kick.clone();
             tokio::select! {
                 biased;
-                code = async { match &kick { Some(k) => k.kicked().await, None => std::future::pending().await } } => {
-                    return End::Close(code, kick_reason(code));
-                }
-                _ = node.drain.cancelled(), if drain_at.is_none() => {
-                    // Spread the closes so that the other nodes do not get every client at once.
-                    let spread = node.cfg.drain_spread_ms.max(1);
-                    drain_at = Some(Instant::now() + Duration::from_millis(rand::random::<u64>() % spread));
-                }
                 _ = &mut timer => match due {
-                    Due::Drain => return End::Close(close::GOING_AWAY, "node is draining; reconnect"),
                     Due::AuthTimeout => return End::Close(close::AUTH_TIMEOUT, "authentication timeout"),
                     Due::Expired => {
                         node.metrics.auth_failures.with_label_values(&["expired"]).inc();
@@ -242,12 +225,14 @@ where
                         }
                     }
                 },
-                item = recv(&mut self.rx) => {
-                    let Some(item) = item else { return End::Drop };
-                    if let Err(end) = Box::pin(self.write_batch(state, item)).await {
-                        return end;
+                mail = self.mailbox.next() => match mail {
+                    Mail::Kick(code) => return End::Close(code, kick_reason(code)),
+                    Mail::Frame(item) => {
+                        if let Err(end) = Box::pin(self.write_batch(state, item)).await {
+                            return end;
+                        }
                     }
-                }
+                },
                 frame = self.ws.next() => {
                     self.last_seen = Instant::now();
                     match frame {
@@ -287,7 +272,7 @@ where
                 n += 1;
             }
             if n < 64 {
-                item = self.rx.as_mut().and_then(|rx| rx.try_recv().ok());
+                item = self.mailbox.try_next();
             }
         }
         self.flush().await
@@ -612,14 +597,6 @@ enum Due {
     Heartbeat,
     AuthTimeout,
     Expired,
-    Drain,
-}
-
-async fn recv(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn kick_reason(code: u16) -> &'static str {

@@ -4,7 +4,7 @@
 
 use crate::auth::Identity;
 use crate::http::{bearer, query_param, text, Body};
-use crate::hub::{Member, Outbound, Payload, Wire};
+use crate::hub::{Mail, Mailbox, Member, Payload, Wire};
 use crate::limits::client_ip;
 use crate::node::{ConnSlot, Node};
 use bytes::Bytes;
@@ -123,12 +123,14 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
     };
 
     let conn_id = node.new_conn_id();
-    let (member, rx, kick) = Member::new(
-        conn_id.clone(),
-        who.user.clone(),
-        Wire::Sse,
-        node.cfg.outbound_queue,
-    );
+    let mailbox = Mailbox::new(node.cfg.outbound_queue);
+    node.hub.register(&conn_id, &mailbox);
+    let member = Member {
+        id: conn_id.clone(),
+        user: who.user.clone(),
+        wire: Wire::Sse,
+        mailbox,
+    };
     node.hub.add_user(&member);
     let mut guard = Guard {
         node: node.clone(),
@@ -200,8 +202,6 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
     });
     let state = Pump {
         guard,
-        rx,
-        kick,
         floors,
         hb: tokio::time::interval_at(tokio::time::Instant::now() + hb, hb),
         expires,
@@ -236,6 +236,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let node = self.node.clone();
         node.hub.remove_user(&self.member);
+        node.hub.unregister(&self.member.id);
         for room in &self.rooms {
             node.hub.leave(room, &self.member.id);
         }
@@ -252,8 +253,6 @@ impl Drop for Guard {
 
 struct Pump {
     guard: Guard,
-    rx: tokio::sync::mpsc::Receiver<Outbound>,
-    kick: Arc<crate::hub::Kick>,
     floors: HashMap<RoomName, u64>,
     hb: tokio::time::Interval,
     expires: Option<tokio::time::Instant>,
@@ -261,7 +260,7 @@ struct Pump {
 }
 
 impl Pump {
-    /// The next chunk of the stream, or `None` when it ends (drain, kick, expiry).
+    /// The next chunk of the stream, or `None` when it ends (drain and other kicks, expiry).
     async fn next(&mut self) -> Option<Bytes> {
         if let Some(p) = self.prelude.take() {
             return Some(Bytes::from(p));
@@ -271,14 +270,15 @@ impl Pump {
         loop {
             tokio::select! {
                 biased;
-                code = self.kick.kicked() => {
-                    node.metrics.closes.with_label_values(&[&code.to_string()]).inc();
-                    return None;
-                }
-                _ = node.drain.cancelled() => return None,
                 _ = tokio::time::sleep_until(self.expires.unwrap_or(far)) => return None,
-                item = self.rx.recv() => {
-                    let frame = item?;
+                mail = self.guard.member.mailbox.next() => {
+                    let frame = match mail {
+                        Mail::Kick(code) => {
+                            node.metrics.closes.with_label_values(&[&code.to_string()]).inc();
+                            return None;
+                        }
+                        Mail::Frame(f) => f,
+                    };
                     if let Some(room) = &frame.room {
                         let Some(last) = self.floors.get_mut(room) else { continue };
                         if let Some(o) = frame.offset {

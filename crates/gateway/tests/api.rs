@@ -832,6 +832,46 @@ async fn sse_slow_consumer_and_connection_limit() {
     node.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_stream_lives_no_longer_than_its_token_and_checks_origins() {
+    let node = standalone(&[
+        "--jwt-leeway",
+        "0",
+        "--allowed-origins",
+        "https://app.example",
+    ])
+    .await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let short = token("brief", json!({"exp": now + 2}));
+    let mut s = SseStream::open(node.addr, &format!("/sse?rooms=r&token={short}"), &[]).await;
+    assert_eq!(s.status, 200);
+    assert!(s.ended().await, "the stream ends when the token expires");
+    let t = token("u", json!({}));
+    // The token may also come in the Authorization header.
+    let bearer = format!("Bearer {t}");
+    let ok = SseStream::open(
+        node.addr,
+        "/sse?rooms=r",
+        &[
+            ("authorization", bearer.as_str()),
+            ("origin", "https://app.example"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    for origin in ["https://app.example.evil", "http://app.example"] {
+        let st = SseStream::open(
+            node.addr,
+            &format!("/sse?rooms=r&token={t}"),
+            &[("origin", origin)],
+        )
+        .await
+        .status;
+        assert_eq!(st, 403, "{origin}");
+    }
+    node.stop().await;
+}
+
 /// What a browser's EventSource does on a stream of two rooms: it resends only the id of
 /// the last event it saw, which names one room. PROTOCOL.md §1 promises a resume from
 /// history, but `id: <room>:<offset>` cannot carry the other room's position, so its
@@ -860,5 +900,54 @@ async fn sse_last_event_id_resumes_every_room_of_the_stream() {
     let mut r = sse(&node, "u", "rooms=a,b", &[("last-event-id", "b:1")]).await;
     let missed = sse_messages(&mut r, 2).await;
     assert_eq!(sse_ids(&missed), ["a:2", "b:2"]);
+    node.stop().await;
+}
+
+/// SSE ids carry no epoch: after a room's history is lost (expired, or Redis restarted
+/// without persistence) and started again, `Last-Event-ID: a:3` is read as offset 3 of
+/// the new epoch, and the new epoch's first messages are never delivered. Needs a
+/// protocol decision (an epoch in the id, or "an offset past the room's end means
+/// another epoch: replay what history holds"). Run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PROTOCOL.md §1: SSE ids carry no epoch, a resume across a lost history skips messages"]
+async fn sse_resume_across_a_lost_history_skips_nothing() {
+    let node = standalone(&["--history-ttl", "1"]).await;
+    let publish = |data: i64| {
+        let body = json!({"room": "a", "event": "e", "data": data}).to_string();
+        let node = &node;
+        async move {
+            let (st, v) = api(node, "POST", "/api/publish", &body).await;
+            assert_eq!(st, 200);
+            v["epoch"].as_str().expect("epoch").to_string()
+        }
+    };
+    let mut s = sse(&node, "u", "rooms=a", &[]).await;
+    let mut old = String::new();
+    for i in 1..=3 {
+        old = publish(i).await;
+    }
+    assert_eq!(
+        sse_ids(&sse_messages(&mut s, 3).await),
+        ["a:1", "a:2", "a:3"]
+    );
+    drop(s);
+    // The room's history expires; the next publishes start a new epoch at offset 1.
+    eventually("the history expired", || {
+        let node = &node;
+        async move {
+            let (_, v) = api(node, "GET", "/api/rooms/a/history", "").await;
+            (v["offset"] == json!(0)).then_some(())
+        }
+    })
+    .await;
+    let new = publish(10).await;
+    publish(11).await;
+    assert_ne!(old, new);
+    let mut r = sse(&node, "u", "rooms=a", &[("last-event-id", "a:3")]).await;
+    let got = sse_messages(&mut r, 2).await;
+    assert_eq!(
+        got.iter().map(|(_, s)| s.2.clone()).collect::<Vec<_>>(),
+        vec![json!(10), json!(11)]
+    );
     node.stop().await;
 }

@@ -139,10 +139,12 @@ pub async fn route(
             StatusCode::OK,
             format!("roomcast node {} ({} ms)\n", node.node_id, now_ms()),
         ),
-        (&Method::GET, p) if p.starts_with("/demo") => match crate::demo::serve(p) {
-            Some(r) => r,
-            None => text(StatusCode::NOT_FOUND, "not found\n"),
-        },
+        (&Method::GET, p) if p.starts_with("/demo") => {
+            match crate::demo::serve(p, req.uri().query()) {
+                Some(r) => r,
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            }
+        }
         _ => return Ok(crate::api::route(node, peer, req).await),
     };
     Ok(resp)

@@ -859,3 +859,64 @@ async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
     assert_eq!(ready(n1.addr).await, 200);
     n1.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_moves_its_clients_to_another_without_loss() {
+    let redis = RedisServer::start();
+    let mut nodes = cluster(&redis, 2, &["--drain-spread-ms", "100"]).await;
+    let n2 = nodes.pop().expect("n2");
+    let n1 = nodes.pop().expect("n1");
+    let mut watcher = connect(&n1.ws_url(), "watcher", Encoding::Json).await;
+    let mut p = connect(&n1.ws_url(), "pub", Encoding::Json).await;
+    watcher.join("room").await;
+    let mut u = connect(&n2.ws_url(), "ursula", Encoding::MsgPack).await;
+    let epoch = epoch_of(&u.join("room").await);
+    let is_ursula = |m: &ServerMessage| match m {
+        ServerMessage::MemberJoined { user, .. } | ServerMessage::MemberLeft { user, .. } => {
+            user.as_str() == "ursula"
+        }
+        _ => false,
+    };
+    let ev = watcher.recv_match(is_ursula).await;
+    assert!(matches!(ev, ServerMessage::MemberJoined { .. }), "{ev:?}");
+    let mut next = 1u64;
+    publish_acked(&mut p, "room", &mut next, 3).await;
+    let seen = messages(&mut u, 3).await.last().expect("three").0;
+
+    // A rolling deploy takes n2 down: its clients are told to go elsewhere (1001) and
+    // the others see them leave at once, not after the presence TTL.
+    n2.shutdown.cancel();
+    assert_eq!(u.closed().await, Closed::Code(1001));
+    let ev = watcher.recv_match(is_ursula).await;
+    assert!(matches!(ev, ServerMessage::MemberLeft { .. }), "{ev:?}");
+    publish_acked(&mut p, "room", &mut next, 2).await;
+    let res = tokio::time::timeout(WAIT, n2.handle)
+        .await
+        .expect("n2 stops after its drain");
+    assert!(res.expect("join").is_ok());
+
+    let mut u = connect(&n1.ws_url(), "ursula", Encoding::MsgPack).await;
+    let j = u
+        .request(
+            json!({"type": "join", "room": "room", "since": {"offset": seen, "epoch": epoch}}),
+            "j",
+        )
+        .await;
+    match j {
+        ServerMessage::Joined {
+            recovered,
+            messages: ms,
+            ..
+        } => {
+            assert!(recovered);
+            assert_eq!(
+                ms.iter().filter_map(|m| m.offset).collect::<Vec<_>>(),
+                vec![4, 5]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let ev = watcher.recv_match(is_ursula).await;
+    assert!(matches!(ev, ServerMessage::MemberJoined { .. }), "{ev:?}");
+    n1.stop().await;
+}

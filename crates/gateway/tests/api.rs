@@ -256,6 +256,79 @@ async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emitter_messages_reach_websocket_and_sse_clients_on_every_node() {
+    use roomcast_protocol::{BusMessage, Envelope, EventName, RoomName, UserId};
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &[]).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let mut w1 = connect(n1, "w1", Encoding::Json).await;
+    let mut w2 = connect(n2, "w2", Encoding::MsgPack).await;
+    w1.join("feed").await;
+    w2.join("feed").await;
+    let mut s2 = sse(n2, "s2", "rooms=feed", &[]).await;
+    // A durable message first, so that the emitter's (offset-less) one comes between two.
+    api(
+        n1,
+        "POST",
+        "/api/publish",
+        r#"{"room":"feed","event":"e","data":1}"#,
+    )
+    .await;
+    // PROTOCOL.md §6: any process may PUBLISH the envelope to the room channel.
+    let env = Envelope::new(
+        "billing-backend",
+        BusMessage::Message {
+            room: RoomName::new("feed").expect("room"),
+            event: EventName::new("invoice").expect("event"),
+            data: json!({"paid": true}),
+            from: UserId::new("billing").expect("user"),
+            offset: None,
+            ts: 0,
+            epoch: None,
+            skip: None,
+        },
+    );
+    let bytes = env.to_msgpack().expect("encode");
+    let receivers = redis
+        .command_raw(&[b"PUBLISH", b"roomcast:room:feed", &bytes])
+        .expect("PUBLISH answers");
+    assert_eq!(receivers.trim(), ":2", "both nodes are subscribed");
+    api(
+        n2,
+        "POST",
+        "/api/publish",
+        r#"{"room":"feed","event":"e","data":2}"#,
+    )
+    .await;
+    for c in [&mut w1, &mut w2] {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let m = c
+                .recv_match(|m| matches!(m, ServerMessage::Message(_)))
+                .await;
+            let p = publication(&m);
+            got.push((p.offset, p.from.to_string(), p.data.clone()));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (Some(1), "server".into(), json!(1)),
+                (None, "billing".into(), json!({"paid": true})),
+                (Some(2), "server".into(), json!(2)),
+            ]
+        );
+    }
+    let ev = s2.next_event().await.expect("first");
+    assert_eq!(ev.id.as_deref(), Some("feed:1"));
+    let ev = s2.next_event().await.expect("the emitter's");
+    assert_eq!(ev.id, None, "no offset, no id: {ev:?}");
+    assert_eq!(ev.json()["data"], json!({"paid": true}));
+    let ev = s2.next_event().await.expect("third");
+    assert_eq!(ev.id.as_deref(), Some("feed:2"));
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_send_and_disconnect_act_on_every_node() {
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 2, &[]).await;

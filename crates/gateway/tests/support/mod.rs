@@ -433,14 +433,22 @@ impl RedisServer {
 
     /// Runs one command over a fresh plain connection; the raw RESP reply.
     pub fn command(&self, args: &[&str]) -> Option<String> {
+        let raw: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.command_raw(&raw)
+    }
+
+    /// [`Self::command`] with binary arguments.
+    pub fn command_raw(&self, args: &[&[u8]]) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
         }
-        s.write_all(req.as_bytes()).ok()?;
+        s.write_all(&req).ok()?;
         let mut buf = [0u8; 4096];
         let n = s.read(&mut buf).ok()?;
         (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())

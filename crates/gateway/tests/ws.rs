@@ -34,6 +34,7 @@ both_buses!(
     send_reaches_every_connection_of_a_user,
     presence_and_member_events_are_per_user,
     health_and_metrics,
+    recovery_is_refused_beyond_history_and_max_recover,
 );
 
 fn err_code(m: &ServerMessage) -> ErrorCode {
@@ -875,5 +876,77 @@ async fn health_and_metrics(mode: Mode) {
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
+    node.stop().await;
+}
+
+async fn recovery_is_refused_beyond_history_and_max_recover(mode: Mode) {
+    let b = Backend::new(mode);
+    let node = b
+        .node(
+            "n1",
+            &[
+                "--auth",
+                "none",
+                "--history-size",
+                "5",
+                "--max-recover",
+                "3",
+            ],
+        )
+        .await;
+    let (mut p, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
+    let ServerMessage::Joined { epoch, .. } = p.join("r").await else {
+        unreachable!()
+    };
+    for i in 1..=10 {
+        p.request(
+            json!({"type": "publish", "room": "r", "event": "e", "data": i}),
+            &i.to_string(),
+        )
+        .await;
+    }
+    // (since, history) -> (recovered, offsets replayed). History holds 6..=10; a join
+    // replays at most 3.
+    let cases = [
+        ((8, None), (true, vec![9, 10])),
+        ((7, None), (true, vec![8, 9, 10])),
+        ((6, None), (false, vec![])), // 4 missing: more than --max-recover
+        ((2, None), (false, vec![])), // trimmed from history
+        ((2, Some(2)), (false, vec![9, 10])), // then the recent history asked for
+        ((20, None), (false, vec![])), // an offset the room never reached
+    ];
+    for ((since, history), want) in cases {
+        let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
+        let mut join =
+            json!({"type": "join", "room": "r", "since": {"offset": since, "epoch": epoch}});
+        if let Some(h) = history {
+            join["history"] = json!(h);
+        }
+        let j = c.request(join, "j").await;
+        let ServerMessage::Joined {
+            recovered,
+            messages,
+            offset,
+            ..
+        } = j
+        else {
+            panic!("{j:?}")
+        };
+        assert_eq!(offset, 10);
+        let got = (
+            recovered,
+            messages.iter().filter_map(|m| m.offset).collect::<Vec<_>>(),
+        );
+        assert_eq!(got, want, "since {since}, history {history:?}");
+    }
+    let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
+    let j = c
+        .request(json!({"type": "join", "room": "r", "history": 10}), "h")
+        .await;
+    assert!(
+        matches!(j, ServerMessage::Joined { ref messages, .. }
+            if messages.iter().filter_map(|m| m.offset).collect::<Vec<_>>() == vec![8, 9, 10]),
+        "history is capped by --max-recover: {j:?}"
+    );
     node.stop().await;
 }

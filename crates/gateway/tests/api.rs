@@ -252,6 +252,30 @@ async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
         vec![(6, "server".into(), json!("last"))]
     );
     assert_eq!(sse_messages(&mut s1, 1).await[0].1 .0, 6);
+    // A volatile publish: no offset, no history, delivered all the same.
+    let (st, v) = api(
+        n1,
+        "POST",
+        "/api/publish",
+        r#"{"room":"feed","event":"typing","data":null,"volatile":true}"#,
+    )
+    .await;
+    assert_eq!((st, &v), (200, &json!({})));
+    let m = w2
+        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
+        .await;
+    assert_eq!(
+        (publication(&m).offset, publication(&m).event.as_str()),
+        (None, "typing")
+    );
+    // Metrics by route and status, and SSE connections.
+    let (_, text) = http(n1.addr, "GET", "/metrics", &[], "").await;
+    for needle in [
+        "roomcast_api_requests_total{route=\"publish\",status=\"200\"}",
+        "roomcast_connections{transport=\"sse\"} 1",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
     stop_all(nodes).await;
 }
 

@@ -93,7 +93,10 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
                 format!("not allowed in room {room}\n"),
             );
         }
-        rooms.push(room);
+        // A room named twice is joined once (twice would replay its history twice).
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
     }
     if rooms.is_empty() {
         return text(StatusCode::BAD_REQUEST, "rooms=a,b is required\n");

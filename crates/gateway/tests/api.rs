@@ -712,6 +712,11 @@ async fn sse_resumes_with_last_event_id_and_since_on_another_node() {
     assert_eq!(sse_ids(&missed), ["a:3", "a:4", "a:5", "b:2"]);
     publish("b", 3).await;
     assert_eq!(sse_ids(&sse_messages(&mut q, 1).await), ["b:3"]);
+    // A room named twice is one subscription: its history is replayed once.
+    let mut twice = sse(n2, "sam", "rooms=b,b&since=b:1", &[]).await;
+    assert_eq!(sse_ids(&sse_messages(&mut twice, 2).await), ["b:2", "b:3"]);
+    publish("b", 4).await;
+    assert_eq!(sse_ids(&sse_messages(&mut twice, 1).await), ["b:4"]);
     // Room rules and auth as on /ws.
     let limited = token("lim", json!({"rooms": ["a"]}));
     let st = SseStream::open(n1.addr, &format!("/sse?rooms=a,b&token={limited}"), &[])

@@ -645,6 +645,10 @@ async fn client_commands_over_http() {
         json!([{"type": "ack", "id": "c1", "offset": 1}]),
         "idempotent over HTTP too"
     );
+    // At most 100 commands per request.
+    let many: Vec<Value> = (0..101).map(|i| json!({"type": "ping", "id": i})).collect();
+    let (st, v) = commands(n1, Some(&hana), &json!(many)).await;
+    assert_eq!((st, error_code(&v)), (413, "too_large"), "{v}");
     // No token, an API key instead of a user token: 401.
     let (st, _) = commands(n1, None, &json!({"type": "ping"})).await;
     assert_eq!(st, 401);

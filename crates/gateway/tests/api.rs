@@ -537,6 +537,9 @@ async fn api_answers_503_while_redis_is_down() {
         let (st, v) = api(n1, method, path, body).await;
         assert_eq!((st, error_code(&v)), (503, "unavailable"), "{path}: {v}");
     }
+    // An SSE stream cannot start without the bus either.
+    let path = format!("/sse?rooms=r&token={}", token("u", json!({})));
+    assert_eq!(SseStream::open(addr, &path, &[]).await.status, 503);
     // The batch form reports it per item.
     let (st, v) = api(
         n1,

@@ -613,6 +613,17 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
         .request(json!({"type": "presence", "room": "quiet"}), "pd")
         .await;
     assert_eq!(err_code(&r), ErrorCode::Unavailable);
+    let r = d
+        .request(json!({"type": "join", "room": "elsewhere"}), "jd")
+        .await;
+    assert_eq!(err_code(&r), ErrorCode::Unavailable);
+    let r = c
+        .request(
+            json!({"type": "send", "to": "dave", "event": "e", "data": 1}),
+            "sd",
+        )
+        .await;
+    assert_eq!(err_code(&r), ErrorCode::Unavailable);
     // Connections stay up meanwhile.
     assert!(matches!(
         d.request(json!({"type": "ping"}), "ping").await,

@@ -263,6 +263,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The window over which members of a room with an unrecoverable gap are closed.
+const GAP_KICK_SPREAD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Kicks every mailbox with `code`, evenly over `spread`.
+async fn kick_spread(all: &[Arc<Mailbox>], code: u16, spread: std::time::Duration) {
+    let n = all.len().max(1) as u32;
+    let start = tokio::time::Instant::now();
+    for (i, m) in all.iter().enumerate() {
+        tokio::time::sleep_until(start + spread * i as u32 / n).await;
+        m.kick(code);
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -316,12 +329,7 @@ impl Hub {
     pub async fn drain(&self, spread: std::time::Duration) {
         self.draining.store(true, Ordering::Release);
         let all: Vec<Arc<Mailbox>> = lock(&self.conns).values().cloned().collect();
-        let n = all.len().max(1) as u32;
-        let start = tokio::time::Instant::now();
-        for (i, m) in all.iter().enumerate() {
-            tokio::time::sleep_until(start + spread * i as u32 / n).await;
-            m.kick(close::GOING_AWAY);
-        }
+        kick_spread(&all, close::GOING_AWAY, spread).await;
     }
 
     /// Registers a connection for its user's direct messages and disconnects.
@@ -396,15 +404,6 @@ impl Hub {
     pub fn kick_user(&self, user: &UserId, code: u16) {
         for m in self.user_members(user) {
             m.kick(code);
-        }
-    }
-
-    /// Closes every local connection in `room` with `code`.
-    pub fn kick_room(&self, room: &RoomName, code: u16) {
-        if let Some(ms) = self.members(room) {
-            for m in ms.iter() {
-                m.kick(code);
-            }
         }
     }
 
@@ -517,8 +516,15 @@ impl Delivery for Hub {
             BusEvent::Gap { room } => {
                 // Messages were lost for good: the members must re-join to learn it
                 // (`recovered: false`). 1013 asks them to reconnect after a backoff.
+                // After a Redis restart every watched room gaps at once: spread the closes
+                // so that the reconnects do not all land in the same instant.
                 tracing::warn!(%room, "unrecoverable gap on the bus; asking local members to reconnect");
-                self.kick_room(&room, close::OVERLOADED);
+                if let Some(ms) = self.members(&room) {
+                    let all: Vec<Arc<Mailbox>> = ms.iter().map(|m| m.mailbox.clone()).collect();
+                    tokio::spawn(async move {
+                        kick_spread(&all, close::OVERLOADED, GAP_KICK_SPREAD).await
+                    });
+                }
             }
             BusEvent::State { up } => {
                 self.bus_up.store(up, Ordering::Relaxed);

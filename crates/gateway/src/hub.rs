@@ -538,3 +538,137 @@ impl Delivery for Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A model-based test of the hub: random joins, leaves and publishes against a plain
+    //! map of who is where; every member of a room gets each message once, in order, and
+    //! nobody else gets it.
+    use super::*;
+    use proptest::prelude::*;
+    use roomcast_protocol::{EventName, Publication};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Join(usize, usize),
+        Leave(usize, usize),
+        Publish(usize, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..6usize, 0..3usize).prop_map(|(c, r)| Op::Join(c, r)),
+            (0..6usize, 0..3usize).prop_map(|(c, r)| Op::Leave(c, r)),
+            (0..3usize, any::<bool>()).prop_map(|(r, skip)| Op::Publish(r, skip)),
+        ]
+    }
+
+    fn room(i: usize) -> RoomName {
+        RoomName::new(&format!("r{i}")).expect("valid room")
+    }
+
+    fn drain(m: &Mailbox) -> Vec<Outbound> {
+        std::iter::from_fn(|| m.try_next()).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn fanout_matches_the_model(ops in prop::collection::vec(op(), 1..60)) {
+            let hub = Hub::new(Arc::new(Metrics::new()));
+            let members: Vec<Member> = (0..6)
+                .map(|i| Member {
+                    id: Arc::from(format!("c{i}")),
+                    user: UserId::new(&format!("u{}", i % 4)).expect("valid user"),
+                    wire: if i % 2 == 0 { Wire::Json } else { Wire::MsgPack },
+                    mailbox: Mailbox::new(1000),
+                })
+                .collect();
+            let mut model: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+            let mut expected: Vec<Vec<u64>> = vec![Vec::new(); 6];
+            let mut offset = 0u64;
+            for op in ops {
+                match op {
+                    Op::Join(c, r) => {
+                        hub.join(&room(r), &members[c]);
+                        model.entry(r).or_default().insert(c);
+                    }
+                    Op::Leave(c, r) => {
+                        hub.leave(&room(r), &members[c].id);
+                        model.entry(r).or_default().remove(&c);
+                    }
+                    Op::Publish(r, skip_first) => {
+                        offset += 1;
+                        let skip = if skip_first { model.get(&r).and_then(|s| s.iter().next().copied()) } else { None };
+                        let p = Publication {
+                            room: room(r),
+                            event: EventName::new("e").expect("valid event"),
+                            data: serde_json::json!(offset),
+                            from: UserId::new("x").expect("valid user"),
+                            offset: Some(offset),
+                            ts: 0,
+                        };
+                        hub.deliver(BusEvent::Message { publication: Arc::new(p), skip: skip.map(|c| members[c].id.to_string()) });
+                        for c in model.get(&r).into_iter().flatten() {
+                            if Some(*c) != skip {
+                                expected[*c].push(offset);
+                            }
+                        }
+                    }
+                }
+            }
+            for (c, m) in members.iter().enumerate() {
+                let got: Vec<u64> = drain(&m.mailbox).iter().filter_map(|f| f.offset).collect();
+                prop_assert_eq!(&got, &expected[c], "member {}", c);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_volatile_and_kicks_for_the_rest() {
+        let metrics = Metrics::new();
+        let m = Mailbox::new(2);
+        let frame = || {
+            Arc::new(Frame {
+                room: None,
+                offset: None,
+                payload: Payload::Binary(Bytes::from_static(b"x")),
+            })
+        };
+        assert!(m.push(frame(), false, &metrics));
+        assert!(m.push(frame(), false, &metrics));
+        assert!(
+            !m.push(frame(), true, &metrics),
+            "volatile is dropped when full"
+        );
+        assert_eq!(m.kick.load(Ordering::Acquire), 0, "and the member stays");
+        assert!(!m.push(frame(), false, &metrics));
+        assert_eq!(m.kick.load(Ordering::Acquire), close::SLOW_CONSUMER);
+        assert_eq!(metrics.slow_consumer_closes.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn mailbox_wakes_on_push_and_on_kick() {
+        let metrics = Arc::new(Metrics::new());
+        let m = Mailbox::new(4);
+        let (m2, mt) = (m.clone(), metrics.clone());
+        let pusher = tokio::spawn(async move {
+            m2.push(
+                Arc::new(Frame {
+                    room: None,
+                    offset: Some(7),
+                    payload: Payload::Binary(Bytes::new()),
+                }),
+                false,
+                &mt,
+            )
+        });
+        match m.next().await {
+            Mail::Frame(f) => assert_eq!(f.offset, Some(7)),
+            Mail::Kick(c) => panic!("unexpected kick {c}"),
+        }
+        assert!(pusher.await.expect("pusher"));
+        m.kick(close::GOING_AWAY);
+        assert!(matches!(m.next().await, Mail::Kick(close::GOING_AWAY)));
+    }
+}

@@ -190,6 +190,13 @@ impl Authenticator {
             })?;
         let c = data.claims;
         let user = UserId::new(&c.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if user.as_str() == roomcast_protocol::SERVER_USER {
+            // Reserved for the backend API: a client must not look like the backend.
+            return Err(AuthError::Invalid(format!(
+                "sub {:?} is reserved",
+                roomcast_protocol::SERVER_USER
+            )));
+        }
         Ok(Identity {
             user,
             exp: Some(c.exp),
@@ -310,6 +317,14 @@ mod tests {
             ))
             .is_err());
         assert!(a.verify("not.a.token").is_err());
+        assert!(
+            a.verify(&token(
+                serde_json::json!({"sub": "server", "exp": now() + 60}),
+                Algorithm::HS256
+            ))
+            .is_err(),
+            "reserved sub"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use roomcast_protocol::{RoomName, StreamPosition};
 use roomcast_redis_bridge::HistoryQuery;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -143,7 +143,7 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
         _ip: ip_guard,
     };
     let mut prelude = String::from(":ok\n\n");
-    let mut floors: HashMap<RoomName, u64> = HashMap::new();
+    let mut floors: BTreeMap<RoomName, u64> = BTreeMap::new();
     for room in rooms {
         // Live first, history after, repeats dropped by offset (as for a WebSocket join).
         node.hub.join(&room, &guard.member);
@@ -165,12 +165,15 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
                     )
                     .await
                 {
+                    // When the position cannot be recovered (history trimmed, or lost
+                    // and restarted: an offset past the room's end), replay what the
+                    // history holds rather than nothing.
                     Ok(h) => HistoryQuery {
                         since: Some(StreamPosition {
                             offset,
                             epoch: h.epoch,
                         }),
-                        limit: 0,
+                        limit: node.cfg.max_recover,
                     },
                     Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
                 }
@@ -256,16 +259,37 @@ impl Drop for Guard {
 
 struct Pump {
     guard: Guard,
-    floors: HashMap<RoomName, u64>,
+    floors: BTreeMap<RoomName, u64>,
     hb: tokio::time::Interval,
     expires: Option<tokio::time::Instant>,
     prelude: Option<String>,
 }
 
 impl Pump {
+    /// `event` followed by an id-only block naming the stream's position in every room
+    /// (`id: a:2,b:7`). Browsers record it as the last event id without firing an event,
+    /// so a reconnect's `Last-Event-ID` resumes every room of the stream, not only the
+    /// room of the last event.
+    fn with_positions(&self, event: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(event.len() + 16 * self.floors.len() + 8);
+        out.extend_from_slice(event);
+        out.extend_from_slice(b"id: ");
+        for (i, (room, offset)) in self.floors.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(format!("{room}:{offset}").as_bytes());
+        }
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
     /// The next chunk of the stream, or `None` when it ends (drain and other kicks, expiry).
     async fn next(&mut self) -> Option<Bytes> {
         if let Some(p) = self.prelude.take() {
+            if self.floors.len() > 1 {
+                return Some(self.with_positions(p.as_bytes()));
+            }
             return Some(Bytes::from(p));
         }
         let node = self.guard.node.clone();
@@ -292,6 +316,9 @@ impl Pump {
                         }
                     }
                     match &frame.payload {
+                        Payload::Text(t) if frame.offset.is_some() && self.floors.len() > 1 => {
+                            return Some(self.with_positions(t.as_bytes()));
+                        }
                         Payload::Text(t) => return Some(Bytes::from(t.clone())),
                         Payload::Binary(_) => continue,
                     }

@@ -981,14 +981,11 @@ async fn sse_stream_lives_no_longer_than_its_token_and_checks_origins() {
     node.stop().await;
 }
 
-/// What a browser's EventSource does on a stream of two rooms: it resends only the id of
-/// the last event it saw, which names one room. PROTOCOL.md §1 promises a resume from
-/// history, but `id: <room>:<offset>` cannot carry the other room's position, so its
-/// missed messages are not replayed. Needs a protocol decision (e.g. an id-only line
-/// `id: a:2,b:1` after each event, which sets lastEventId without dispatching;
-/// `parse_positions` already reads such lists). Run with `--ignored`.
+/// What a browser's EventSource does on a stream of two rooms: it resends the last id it
+/// saw. Every event keeps `id: <room>:<offset>`; after it the node sends an id-only block
+/// `id: a:1,b:1` (the position in every room), which sets the last event id without
+/// dispatching an event, so the resume covers every room of the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "PROTOCOL.md §1: one Last-Event-ID cannot resume a stream of several rooms"]
 async fn sse_last_event_id_resumes_every_room_of_the_stream() {
     let node = standalone(&[]).await;
     let publish = |room: &'static str| {
@@ -1003,22 +1000,26 @@ async fn sse_last_event_id_resumes_every_room_of_the_stream() {
     publish("b").await;
     let seen = sse_messages(&mut s, 2).await;
     assert_eq!(sse_ids(&seen), ["a:1", "b:1"]);
+    let last = s.last_event_id.clone().expect("a last event id");
+    assert_eq!(
+        last, "a:1,b:1",
+        "the id-only block after the last event names every room"
+    );
     drop(s);
     publish("a").await;
     publish("b").await;
-    let mut r = sse(&node, "u", "rooms=a,b", &[("last-event-id", "b:1")]).await;
+    let mut r = sse(&node, "u", "rooms=a,b", &[("last-event-id", &last)]).await;
     let missed = sse_messages(&mut r, 2).await;
     assert_eq!(sse_ids(&missed), ["a:2", "b:2"]);
     node.stop().await;
 }
 
 /// SSE ids carry no epoch: after a room's history is lost (expired, or Redis restarted
-/// without persistence) and started again, `Last-Event-ID: a:3` is read as offset 3 of
-/// the new epoch, and the new epoch's first messages are never delivered. Needs a
-/// protocol decision (an epoch in the id, or "an offset past the room's end means
-/// another epoch: replay what history holds"). Run with `--ignored`.
+/// without persistence) and started again, `Last-Event-ID: a:3` points past the new
+/// history's end; the node then replays what the history holds instead of nothing.
+/// (A new history that already grew past the old offset cannot be told apart: see
+/// docs/protocol.md.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "PROTOCOL.md §1: SSE ids carry no epoch, a resume across a lost history skips messages"]
 async fn sse_resume_across_a_lost_history_skips_nothing() {
     let node = standalone(&["--history-ttl", "1"]).await;
     let publish = |data: i64| {

@@ -610,6 +610,9 @@ impl SseEvent {
 /// An SSE stream read over a raw TCP socket, incrementally, de-chunking as it goes.
 pub struct SseStream {
     pub status: u16,
+    /// What a browser's EventSource would send as `Last-Event-ID` on reconnect: the last
+    /// `id:` seen, including id-only blocks (which set it without dispatching an event).
+    pub last_event_id: Option<String>,
     pub head: String,
     sock: TcpStream,
     raw: Vec<u8>,
@@ -634,6 +637,7 @@ impl SseStream {
         sock.write_all(req.as_bytes()).await.expect("write");
         let mut s = SseStream {
             status: 0,
+            last_event_id: None,
             head: String::new(),
             sock,
             raw: Vec::new(),
@@ -760,10 +764,26 @@ impl SseStream {
                     _ => {}
                 }
             }
-            if ev.id.is_none() && ev.event.is_none() && data.is_empty() {
-                continue; // a comment block
+            if let Some(id) = &ev.id {
+                self.last_event_id = Some(id.clone());
+            }
+            if data.is_empty() {
+                continue; // a comment, or an id-only block: no event, as in browsers
             }
             ev.data = data.join("\n");
+            // An id-only block already received right after the event (the node sends
+            // them together) updates the last event id, as a browser would at once.
+            while let Some(i) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8_lossy(&self.body[..i]).into_owned();
+                let Some(id) = block
+                    .strip_prefix("id: ")
+                    .filter(|rest| !rest.contains('\n'))
+                else {
+                    break;
+                };
+                self.last_event_id = Some(id.to_string());
+                self.body.drain(..i + 2);
+            }
             return Some(ev);
         }
     }

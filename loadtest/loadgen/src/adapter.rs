@@ -42,9 +42,18 @@ pub struct Payload {
 /// What arrived, reduced to what the modes count.
 #[derive(Debug)]
 pub enum Incoming {
-    Delivery { offset: Option<u64>, payload: Option<Payload> },
-    Ack { id: i64, offset: Option<u64> },
-    Error { id: Option<i64>, msg: String },
+    Delivery {
+        offset: Option<u64>,
+        payload: Option<Payload>,
+    },
+    Ack {
+        id: i64,
+        offset: Option<u64>,
+    },
+    Error {
+        id: Option<i64>,
+        msg: String,
+    },
     Closed(String),
     Other,
 }
@@ -78,10 +87,15 @@ fn ws_config() -> WebSocketConfig {
 /// TCP connect from 127.0.0.<1 + idx % sources>, so that many sources share the load
 /// of the per-address ephemeral port range.
 async fn tcp(addr: SocketAddr, idx: usize, sources: u8) -> Result<TcpStream> {
-    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let (IpAddr::V4(_), true) = (addr.ip(), sources > 0) {
         let src = Ipv4Addr::new(127, 0, 0, 1 + (idx % sources as usize) as u8);
-        sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).with_context(|| format!("bind {src}"))?;
+        sock.bind(SocketAddr::new(IpAddr::V4(src), 0))
+            .with_context(|| format!("bind {src}"))?;
     }
     let s = sock.connect(addr).await.context("tcp connect")?;
     s.set_nodelay(true)?;
@@ -108,14 +122,21 @@ impl Conn {
         let url = format!("ws://{}{}", target.host_port, path);
         let mut req = url.into_client_request()?;
         if st.kind == Kind::Roomcast {
-            req.headers_mut()
-                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(st.encoding.subprotocol()));
+            req.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static(st.encoding.subprotocol()),
+            );
         }
         let (ws, _resp) =
             tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
                 .await
                 .context("websocket handshake")?;
-        let mut c = Conn { ws, kind: st.kind, enc: st.encoding, sio_ack: 0 };
+        let mut c = Conn {
+            ws,
+            kind: st.kind,
+            enc: st.encoding,
+            sio_ack: 0,
+        };
         match st.kind {
             Kind::Roomcast => loop {
                 match c.next_raw(st.timeout).await? {
@@ -250,9 +271,10 @@ impl Conn {
 
     async fn reduce(&mut self, m: Message) -> Incoming {
         match (self.kind, m) {
-            (_, Message::Close(f)) => {
-                Incoming::Closed(f.map(|f| format!("close {} {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "close".into()))
-            }
+            (_, Message::Close(f)) => Incoming::Closed(
+                f.map(|f| format!("close {} {}", u16::from(f.code), f.reason))
+                    .unwrap_or_else(|| "close".into()),
+            ),
             (Kind::Roomcast, Message::Text(t)) => self.reduce_server(t.as_bytes()),
             (Kind::Roomcast, Message::Binary(b)) => self.reduce_server(&b),
             (Kind::Wsredis, Message::Text(t)) => {
@@ -264,10 +286,19 @@ impl Conn {
                     code: Option<String>,
                 }
                 match serde_json::from_str::<M>(&t) {
-                    Ok(m) if m.ty == "message" => Incoming::Delivery { offset: None, payload: m.data },
-                    Ok(m) if m.ty == "error" => Incoming::Error { id: None, msg: m.code.unwrap_or_default() },
+                    Ok(m) if m.ty == "message" => Incoming::Delivery {
+                        offset: None,
+                        payload: m.data,
+                    },
+                    Ok(m) if m.ty == "error" => Incoming::Error {
+                        id: None,
+                        msg: m.code.unwrap_or_default(),
+                    },
                     Ok(_) => Incoming::Other,
-                    Err(e) => Incoming::Error { id: None, msg: format!("undecodable: {e}") },
+                    Err(e) => Incoming::Error {
+                        id: None,
+                        msg: format!("undecodable: {e}"),
+                    },
                 }
             }
             (Kind::Socketio, Message::Text(t)) => {
@@ -284,9 +315,15 @@ impl Conn {
                         data: Option<Payload>,
                     }
                     return match serde_json::from_str::<(String, B)>(body) {
-                        Ok((ev, b)) if ev == "message" => Incoming::Delivery { offset: None, payload: b.data },
+                        Ok((ev, b)) if ev == "message" => Incoming::Delivery {
+                            offset: None,
+                            payload: b.data,
+                        },
                         Ok(_) => Incoming::Other,
-                        Err(e) => Incoming::Error { id: None, msg: format!("undecodable: {e}") },
+                        Err(e) => Incoming::Error {
+                            id: None,
+                            msg: format!("undecodable: {e}"),
+                        },
                     };
                 }
                 if t.starts_with('1') {
@@ -304,7 +341,10 @@ impl Conn {
                 offset: p.offset,
                 payload: serde_json::from_value(p.data).ok(),
             },
-            Ok(ServerMessage::Ack { id: ReqId::Int(id), offset }) => Incoming::Ack { id, offset },
+            Ok(ServerMessage::Ack {
+                id: ReqId::Int(id),
+                offset,
+            }) => Incoming::Ack { id, offset },
             Ok(ServerMessage::Error { code, message, id }) => Incoming::Error {
                 id: match id {
                     Some(ReqId::Int(i)) => Some(i),
@@ -313,7 +353,10 @@ impl Conn {
                 msg: format!("{code:?}: {message}"),
             },
             Ok(_) => Incoming::Other,
-            Err(e) => Incoming::Error { id: None, msg: format!("undecodable: {e}") },
+            Err(e) => Incoming::Error {
+                id: None,
+                msg: format!("undecodable: {e}"),
+            },
         }
     }
 
@@ -324,9 +367,11 @@ impl Conn {
             .ok_or_else(|| anyhow!("connection closed"))??;
         Ok(match m {
             Message::Close(f) => bail!("closed by server: {:?}", f),
-            Message::Text(t) if self.kind == Kind::Roomcast => {
-                Raw::Server(self.enc.decode_server(t.as_bytes()).map_err(|e| anyhow!("{e}"))?)
-            }
+            Message::Text(t) if self.kind == Kind::Roomcast => Raw::Server(
+                self.enc
+                    .decode_server(t.as_bytes())
+                    .map_err(|e| anyhow!("{e}"))?,
+            ),
             Message::Binary(b) if self.kind == Kind::Roomcast => {
                 Raw::Server(self.enc.decode_server(&b).map_err(|e| anyhow!("{e}"))?)
             }

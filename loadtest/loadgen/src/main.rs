@@ -28,7 +28,12 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value = "roomcast")]
     target: Kind,
     /// Node base URLs (comma-separated), loopback only: ws://127.0.0.1:8080
-    #[arg(long, global = true, value_delimiter = ',', default_value = "ws://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080"
+    )]
     url: Vec<String>,
     /// `none` (nodes run with --auth none) or `jwt` (needs --jwt-secret).
     #[arg(long, global = true, value_enum, default_value = "none")]
@@ -152,14 +157,23 @@ impl Ctx {
     fn error(&self, e: impl std::fmt::Display) {
         let mut s = e.to_string();
         s.truncate(120);
-        *self.errors.lock().expect("errors lock").entry(s).or_default() += 1;
+        *self
+            .errors
+            .lock()
+            .expect("errors lock")
+            .entry(s)
+            .or_default() += 1;
     }
 
     fn errors_json(&self) -> Value {
         let m = self.errors.lock().expect("errors lock");
         let mut v: Vec<_> = m.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1));
-        json!(v.into_iter().take(10).map(|(k, n)| json!({"error": k, "count": n})).collect::<Vec<_>>())
+        json!(v
+            .into_iter()
+            .take(10)
+            .map(|(k, n)| json!({"error": k, "count": n}))
+            .collect::<Vec<_>>())
     }
 
     /// Opens connection `idx` to node `node` and joins `room`, bounded by the ramp
@@ -168,7 +182,12 @@ impl Ctx {
         let _permit = self.ramp.acquire().await?;
         let t = self.settings.timeout;
         tokio::time::timeout(t, async {
-            let mut c = Conn::open(&self.settings, &self.targets[node % self.targets.len()], idx).await?;
+            let mut c = Conn::open(
+                &self.settings,
+                &self.targets[node % self.targets.len()],
+                idx,
+            )
+            .await?;
             let off = c.join(room, t).await?;
             Ok::<_, anyhow::Error>((c, off))
         })
@@ -203,11 +222,19 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
-    let targets = cli.url.iter().map(|u| sys::parse_target(u)).collect::<Result<Vec<_>>>()?;
+    let targets = cli
+        .url
+        .iter()
+        .map(|u| sys::parse_target(u))
+        .collect::<Result<Vec<_>>>()?;
     if targets.is_empty() {
         bail!("no --url");
     }
-    let auth = if cli.jwt_secret.is_some() { Auth::Jwt } else { cli.auth };
+    let auth = if cli.jwt_secret.is_some() {
+        Auth::Jwt
+    } else {
+        cli.auth
+    };
     let token: Option<Arc<dyn Fn() -> String + Send + Sync>> = match (auth, &cli.jwt_secret) {
         (Auth::None, _) => None,
         (Auth::Jwt, None) => bail!("--auth jwt needs --jwt-secret"),
@@ -221,13 +248,21 @@ async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
                     "sub": format!("lg{run}-{}", n.fetch_add(1, Relaxed)),
                     "iat": now, "exp": now + 3600,
                 });
-                jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
-                    .unwrap_or_default()
+                jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                    &claims,
+                    &key,
+                )
+                .unwrap_or_default()
             }))
         }
     };
     let prefix = cli.room_prefix.clone().unwrap_or_else(|| {
-        format!("lg-{}-{}", std::process::id(), stats::now_us() / 1000 % 100_000_000)
+        format!(
+            "lg-{}-{}",
+            std::process::id(),
+            stats::now_us() / 1000 % 100_000_000
+        )
     });
     let ctx = Arc::new(Ctx {
         settings: Settings {
@@ -248,15 +283,52 @@ async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
     let cpu0 = sys::self_cpu();
     let started = Instant::now();
     let mut report = match &cli.mode {
-        Mode::Idle { connections, rooms, duration, ramp_deadline, ready_file } => {
-            idle(&ctx, cli, *connections, *rooms, *duration, *ramp_deadline, ready_file.as_deref()).await?
+        Mode::Idle {
+            connections,
+            rooms,
+            duration,
+            ramp_deadline,
+            ready_file,
+        } => {
+            idle(
+                &ctx,
+                cli,
+                *connections,
+                *rooms,
+                *duration,
+                *ramp_deadline,
+                ready_file.as_deref(),
+            )
+            .await?
         }
-        Mode::Fanout { receivers, rooms, publishers, rate, duration, payload_bytes, drain } => {
-            fanout(&ctx, cli, *receivers, *rooms, *publishers, *rate, *duration, *payload_bytes, *drain).await?
+        Mode::Fanout {
+            receivers,
+            rooms,
+            publishers,
+            rate,
+            duration,
+            payload_bytes,
+            drain,
+        } => {
+            fanout(
+                &ctx,
+                cli,
+                *receivers,
+                *rooms,
+                *publishers,
+                *rate,
+                *duration,
+                *payload_bytes,
+                *drain,
+            )
+            .await?
         }
-        Mode::Connect { total, concurrency, rooms, duration } => {
-            connect(&ctx, *total, *concurrency, *rooms, *duration).await?
-        }
+        Mode::Connect {
+            total,
+            concurrency,
+            rooms,
+            duration,
+        } => connect(&ctx, *total, *concurrency, *rooms, *duration).await?,
     };
     let cpu1 = sys::self_cpu();
     let obj = report.as_object_mut().context("report")?;
@@ -286,7 +358,11 @@ fn sample_all(pids: &[u32]) -> Vec<Option<sys::ProcSample>> {
     pids.iter().map(|p| sys::sample_pid(*p)).collect()
 }
 
-fn servers_json(pids: &[u32], a: &[Option<sys::ProcSample>], b: &[Option<sys::ProcSample>]) -> (Value, f64) {
+fn servers_json(
+    pids: &[u32],
+    a: &[Option<sys::ProcSample>],
+    b: &[Option<sys::ProcSample>],
+) -> (Value, f64) {
     let mut cpu = 0.0;
     let v = pids
         .iter()
@@ -332,8 +408,13 @@ async fn idle(
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
-        let (ctx, ok, failed, dropped, mut stop) =
-            (ctx.clone(), ok.clone(), failed.clone(), dropped.clone(), stop_rx.clone());
+        let (ctx, ok, failed, dropped, mut stop) = (
+            ctx.clone(),
+            ok.clone(),
+            failed.clone(),
+            dropped.clone(),
+            stop_rx.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let room = ctx.room(i % rooms);
             let mut c = match ctx.open_joined(i, i, &room).await {
@@ -359,15 +440,25 @@ async fn idle(
         }));
     }
     let deadline = t0 + Duration::from_secs_f64(ramp_deadline.clamp(1.0, 3600.0));
-    let all = wait_until(deadline, || ok.load(Relaxed) + failed.load(Relaxed) >= n as u64).await;
+    let all = wait_until(deadline, || {
+        ok.load(Relaxed) + failed.load(Relaxed) >= n as u64
+    })
+    .await;
     let ramp_s = t0.elapsed().as_secs_f64();
     let (okn, failn) = (ok.load(Relaxed), failed.load(Relaxed));
-    eprintln!("[loadgen] idle: {okn} up, {failn} failed in {ramp_s:.1}s{}", if all { "" } else { " (ramp deadline hit)" });
+    eprintln!(
+        "[loadgen] idle: {okn} up, {failn} failed in {ramp_s:.1}s{}",
+        if all { "" } else { " (ramp deadline hit)" }
+    );
     if let Some(p) = ready_file {
-        std::fs::write(p, format!("{okn} {failn}\n")).with_context(|| format!("write {}", p.display()))?;
+        std::fs::write(p, format!("{okn} {failn}\n"))
+            .with_context(|| format!("write {}", p.display()))?;
     }
     // Let the servers settle before sampling their memory.
-    tokio::time::sleep(Duration::from_secs_f64(duration.clamp(0.0, 3600.0).min(2.0))).await;
+    tokio::time::sleep(Duration::from_secs_f64(
+        duration.clamp(0.0, 3600.0).min(2.0),
+    ))
+    .await;
     let held = sample_all(&cli.sample_pids);
     let hold_left = (duration.clamp(0.0, 3600.0) - 2.0).max(0.0);
     tokio::time::sleep(Duration::from_secs_f64(hold_left)).await;
@@ -444,9 +535,17 @@ async fn fanout(
     let nodes = ctx.targets.len();
     // Receiver i: room i % R, node i % nodes. Publisher p: node 0, rooms r with
     // r % P == p (or room p % R when there are more publishers than rooms).
-    let members: Vec<u64> = (0..rooms).map(|r| ((receivers + rooms - 1 - r) / rooms) as u64).collect();
+    let members: Vec<u64> = (0..rooms)
+        .map(|r| ((receivers + rooms - 1 - r) / rooms) as u64)
+        .collect();
     let assigned: Vec<Vec<usize>> = (0..publishers)
-        .map(|p| if rooms >= publishers { (0..rooms).filter(|r| r % publishers == p).collect() } else { vec![p % rooms] })
+        .map(|p| {
+            if rooms >= publishers {
+                (0..rooms).filter(|r| r % publishers == p).collect()
+            } else {
+                vec![p % rooms]
+            }
+        })
         .collect();
     let hist = stats::Shared::new();
     let unique_total = Arc::new(AtomicU64::new(0));
@@ -461,11 +560,20 @@ async fn fanout(
     let t_ramp = Instant::now();
     let mut rx_handles = Vec::with_capacity(receivers);
     for i in 0..receivers {
-        let (ctx, hist, unique_total, up, failed, mut stop) =
-            (ctx.clone(), hist.clone(), unique_total.clone(), up.clone(), failed.clone(), stop_rx.clone());
+        let (ctx, hist, unique_total, up, failed, mut stop) = (
+            ctx.clone(),
+            hist.clone(),
+            unique_total.clone(),
+            up.clone(),
+            failed.clone(),
+            stop_rx.clone(),
+        );
         rx_handles.push(tokio::spawn(async move {
             let room = i % rooms;
-            let mut r = RecvResult { room, ..Default::default() };
+            let mut r = RecvResult {
+                room,
+                ..Default::default()
+            };
             let (mut c, off) = match ctx.open_joined(i, i % nodes, &ctx.room(room)).await {
                 Ok(x) => x,
                 Err(e) => {
@@ -524,7 +632,10 @@ async fn fanout(
         }));
     }
     let ramp_deadline = Instant::now() + Duration::from_secs(120) + ctx.settings.timeout;
-    wait_until(ramp_deadline, || up.load(Relaxed) + failed.load(Relaxed) >= receivers as u64).await;
+    wait_until(ramp_deadline, || {
+        up.load(Relaxed) + failed.load(Relaxed) >= receivers as u64
+    })
+    .await;
 
     let pub_up = Arc::new(AtomicU64::new(0));
     let mut pub_handles = Vec::with_capacity(publishers);
@@ -533,8 +644,15 @@ async fn fanout(
     let pad = "x".repeat(payload_bytes.saturating_sub(40));
     for (p, my_rooms) in assigned.iter().cloned().enumerate() {
         let (ctx, sent_room, err_room, acked_total, pub_up, failed, mut stop, mut go, pad) = (
-            ctx.clone(), sent_room.clone(), err_room.clone(), acked_total.clone(), pub_up.clone(),
-            failed.clone(), stop_rx.clone(), go_rx.clone(), pad.clone(),
+            ctx.clone(),
+            sent_room.clone(),
+            err_room.clone(),
+            acked_total.clone(),
+            pub_up.clone(),
+            failed.clone(),
+            stop_rx.clone(),
+            go_rx.clone(),
+            pad.clone(),
         );
         pub_handles.push(tokio::spawn(async move {
             let mut r = PubResult::default();
@@ -631,7 +749,8 @@ async fn fanout(
         }));
     }
     wait_until(Instant::now() + Duration::from_secs(60), || {
-        pub_up.load(Relaxed) + failed.load(Relaxed) >= (receivers + publishers) as u64 - up.load(Relaxed)
+        pub_up.load(Relaxed) + failed.load(Relaxed)
+            >= (receivers + publishers) as u64 - up.load(Relaxed)
     })
     .await;
     let ramp_s = t_ramp.elapsed().as_secs_f64();
@@ -646,11 +765,18 @@ async fn fanout(
     let _ = go_tx.send(Some(t0));
     let pub_deadline = t0 + Duration::from_secs_f64(duration + 5.0 + duration * 0.5);
     let target_total = total_per_pub * px_up;
-    wait_until(pub_deadline, || sent_room.iter().map(|a| a.load(Relaxed)).sum::<u64>() >= target_total).await;
+    wait_until(pub_deadline, || {
+        sent_room.iter().map(|a| a.load(Relaxed)).sum::<u64>() >= target_total
+    })
+    .await;
     let publish_s = t0.elapsed().as_secs_f64();
     let expected = || -> u64 {
         (0..rooms)
-            .map(|r| (sent_room[r].load(Relaxed) - err_room[r].load(Relaxed).min(sent_room[r].load(Relaxed))) * members[r])
+            .map(|r| {
+                (sent_room[r].load(Relaxed)
+                    - err_room[r].load(Relaxed).min(sent_room[r].load(Relaxed)))
+                    * members[r]
+            })
             .sum()
     };
     let sent_total = || sent_room.iter().map(|a| a.load(Relaxed)).sum::<u64>();
@@ -659,7 +785,8 @@ async fn fanout(
         // Receivers that failed to connect never receive; count only those up.
         let exp = expected() * rx_up / (receivers.max(1) as u64);
         let acks_done = kind != Kind::Roomcast
-            || acked_total.load(Relaxed) + err_room.iter().map(|a| a.load(Relaxed)).sum::<u64>() >= sent_total();
+            || acked_total.load(Relaxed) + err_room.iter().map(|a| a.load(Relaxed)).sum::<u64>()
+                >= sent_total();
         unique_total.load(Relaxed) >= exp && acks_done
     })
     .await;
@@ -672,12 +799,23 @@ async fn fanout(
     let close_deadline = Instant::now() + Duration::from_secs(15);
     for h in pub_handles {
         let left = close_deadline.saturating_duration_since(Instant::now());
-        pubs.push(tokio::time::timeout(left, h).await.ok().and_then(|r| r.ok()).unwrap_or_default());
+        pubs.push(
+            tokio::time::timeout(left, h)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default(),
+        );
     }
     let mut recvs = Vec::new();
     for h in rx_handles {
         let left = close_deadline.saturating_duration_since(Instant::now());
-        recvs.push(tokio::time::timeout(left, h).await.ok().and_then(|r| r.ok()));
+        recvs.push(
+            tokio::time::timeout(left, h)
+                .await
+                .ok()
+                .and_then(|r| r.ok()),
+        );
     }
 
     // Expected final position per room: roomcast by the highest acked offset; peers by
@@ -699,7 +837,8 @@ async fn fanout(
             final_seq.entry(*room).or_default().push((p as u32, *s));
         }
     }
-    let (mut delivered, mut unique, mut dups, mut lost, mut rx_closed, mut rx_missing) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut delivered, mut unique, mut dups, mut lost, mut rx_closed, mut rx_missing) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for r in &recvs {
         let Some(r) = r else {
             rx_missing += 1;
@@ -714,14 +853,22 @@ async fn fanout(
         lost += r.gaps;
         if kind == Kind::Roomcast {
             let last = r.last.get(&0).copied().unwrap_or(0);
-            lost += final_offset.get(&r.room).copied().unwrap_or(0).saturating_sub(last);
+            lost += final_offset
+                .get(&r.room)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(last);
         } else {
             for (p, s) in final_seq.get(&r.room).map(Vec::as_slice).unwrap_or(&[]) {
                 lost += s.saturating_sub(r.last.get(p).copied().unwrap_or(0));
             }
         }
     }
-    let unacked = if kind == Kind::Roomcast { published.saturating_sub(acked + pub_errors) } else { 0 };
+    let unacked = if kind == Kind::Roomcast {
+        published.saturating_sub(acked + pub_errors)
+    } else {
+        0
+    };
     let connect_failed = failed.load(Relaxed);
     let (servers, server_cpu) = servers_json(&cli.sample_pids, &srv0, &srv1);
     let server_deliveries = delivered + pub_other;
@@ -773,7 +920,13 @@ async fn fanout(
 
 // ---------------------------------------------------------------- connect
 
-async fn connect(ctx: &Arc<Ctx>, total: usize, concurrency: usize, rooms: usize, duration: f64) -> Result<Value> {
+async fn connect(
+    ctx: &Arc<Ctx>,
+    total: usize,
+    concurrency: usize,
+    rooms: usize,
+    duration: f64,
+) -> Result<Value> {
     let rooms = rooms.max(1);
     let next = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
@@ -783,7 +936,13 @@ async fn connect(ctx: &Arc<Ctx>, total: usize, concurrency: usize, rooms: usize,
     let deadline = t0 + Duration::from_secs_f64(duration.clamp(0.1, 3600.0));
     let mut handles = Vec::new();
     for _ in 0..concurrency.clamp(1, 5_000) {
-        let (ctx, next, ok, failed, hist) = (ctx.clone(), next.clone(), ok.clone(), failed.clone(), hist.clone());
+        let (ctx, next, ok, failed, hist) = (
+            ctx.clone(),
+            next.clone(),
+            ok.clone(),
+            failed.clone(),
+            hist.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let mut rec = hist.recorder();
             loop {
@@ -792,9 +951,12 @@ async fn connect(ctx: &Arc<Ctx>, total: usize, concurrency: usize, rooms: usize,
                     break;
                 }
                 let t = Instant::now();
-                let left = deadline.saturating_duration_since(t).min(ctx.settings.timeout);
+                let left = deadline
+                    .saturating_duration_since(t)
+                    .min(ctx.settings.timeout);
                 let res = tokio::time::timeout(left, async {
-                    let mut c = Conn::open(&ctx.settings, &ctx.targets[i % ctx.targets.len()], i).await?;
+                    let mut c =
+                        Conn::open(&ctx.settings, &ctx.targets[i % ctx.targets.len()], i).await?;
                     c.join(&ctx.room(i % rooms), ctx.settings.timeout).await?;
                     Ok::<_, anyhow::Error>(c)
                 })
@@ -852,13 +1014,29 @@ fn human(r: &Value) -> String {
         g("mode").as_str().unwrap_or(""),
         g("target").as_str().unwrap_or(""),
         g("urls"),
-        if g("ok").as_bool() == Some(true) { "OK" } else { "NOT OK" }
+        if g("ok").as_bool() == Some(true) {
+            "OK"
+        } else {
+            "NOT OK"
+        }
     );
-    s += &format!("  connects: {} ok, {} failed\n", g("connects_ok"), g("connects_failed"));
+    s += &format!(
+        "  connects: {} ok, {} failed\n",
+        g("connects_ok"),
+        g("connects_failed")
+    );
     match g("mode").as_str() {
         Some("idle") => {
-            s += &format!("  dropped while idle: {}; ramp {} s\n", g("dropped_while_idle"), g("ramp_s"));
-            s += &format!("  server RSS delta: {} KiB ({} KiB per connection)\n", g("server_rss_delta_kib"), g("server_rss_kib_per_conn"));
+            s += &format!(
+                "  dropped while idle: {}; ramp {} s\n",
+                g("dropped_while_idle"),
+                g("ramp_s")
+            );
+            s += &format!(
+                "  server RSS delta: {} KiB ({} KiB per connection)\n",
+                g("server_rss_delta_kib"),
+                g("server_rss_kib_per_conn")
+            );
         }
         Some("fanout") => {
             s += &format!(
@@ -874,7 +1052,12 @@ fn human(r: &Value) -> String {
             );
         }
         Some("connect") => {
-            s += &format!("  {} connects/s over {} s; handshake {}\n", g("connects_per_s"), g("elapsed_s"), lat(&g("handshake_latency")));
+            s += &format!(
+                "  {} connects/s over {} s; handshake {}\n",
+                g("connects_per_s"),
+                g("elapsed_s"),
+                lat(&g("handshake_latency"))
+            );
         }
         _ => {}
     }

@@ -16,7 +16,10 @@ impl Shared {
     }
 
     pub fn recorder(&self) -> Recorder {
-        Recorder { shared: self.clone(), buf: Vec::with_capacity(BATCH) }
+        Recorder {
+            shared: self.clone(),
+            buf: Vec::with_capacity(BATCH),
+        }
     }
 
     pub fn summary(&self) -> Value {

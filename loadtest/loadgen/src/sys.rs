@@ -27,11 +27,16 @@ pub fn self_cpu() -> (f64, f64) {
 
 /// Peak RSS of this process, KiB.
 pub fn self_max_rss_kib() -> u64 {
-    getrusage(UsageWho::RUSAGE_SELF).map(|u| u.max_rss() as u64).unwrap_or(0)
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| u.max_rss() as u64)
+        .unwrap_or(0)
 }
 
 fn clk_tck() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
 }
 
 /// One sample of a server process: CPU seconds (utime+stime) and RSS in KiB.
@@ -56,7 +61,10 @@ pub fn sample_pid(pid: u32) -> Option<ProcSample> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Some(ProcSample { cpu_s: (ut + st) / clk_tck(), rss_kib })
+    Some(ProcSample {
+        cpu_s: (ut + st) / clk_tck(),
+        rss_kib,
+    })
 }
 
 /// A parsed target: scheme (ws only), loopback socket address, and the base path.
@@ -87,10 +95,13 @@ pub fn parse_target(url: &str) -> Result<Target> {
     let ip: IpAddr = if host == "localhost" {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        host.parse().with_context(|| format!("{url}: host must be an IP literal or localhost"))?
+        host.parse()
+            .with_context(|| format!("{url}: host must be an IP literal or localhost"))?
     };
     if !ip.is_loopback() {
-        bail!("{url}: refusing a non-loopback target ({ip}); this generator only loads this machine");
+        bail!(
+            "{url}: refusing a non-loopback target ({ip}); this generator only loads this machine"
+        );
     }
     Ok(Target {
         addr: SocketAddr::new(ip, port),

@@ -643,6 +643,7 @@ async fn fanout(
     let total_per_pub = (per_pub * duration).floor() as u64;
     let pad = "x".repeat(payload_bytes.saturating_sub(40));
     for (p, my_rooms) in assigned.iter().cloned().enumerate() {
+        let phase = p as f64 / publishers as f64;
         let (ctx, sent_room, err_room, acked_total, pub_up, failed, mut stop, mut go, pad) = (
             ctx.clone(),
             sent_room.clone(),
@@ -691,7 +692,9 @@ async fn fanout(
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = tick.tick(), if publishing => {
-                        let due = ((t0.elapsed().as_secs_f64() * per_pub).floor() as u64).min(total_per_pub);
+                        // Publishers are spread evenly over each period (phase p/P), as
+                        // independent users are, instead of all firing at the same instant.
+                        let due = ((t0.elapsed().as_secs_f64() * per_pub + phase).floor() as u64).min(total_per_pub);
                         let batch = due.saturating_sub(n).min(5_000);
                         for _ in 0..batch {
                             let room = my_rooms[(n % nr) as usize];

@@ -222,7 +222,11 @@ impl Config {
         if self.outbound_queue == 0 {
             return bad("--outbound-queue must be at least 1");
         }
-        if !(self.rate_limit > 0.0) || !(self.rate_burst >= 1.0) {
+        if self.rate_limit.is_nan()
+            || self.rate_limit <= 0.0
+            || self.rate_burst.is_nan()
+            || self.rate_burst < 1.0
+        {
             return bad("--rate-limit must be > 0 and --rate-burst >= 1");
         }
         if self.prefix.is_empty() || self.prefix.contains(['*', '?', '[', ' ']) {

@@ -239,7 +239,7 @@ impl Origins {
             (Origins::Any, _) | (_, None) => true,
             (Origins::List(list), Some(o)) => {
                 let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
-                list.iter().any(|allowed| *allowed == o)
+                list.contains(&o)
             }
         }
     }

@@ -34,6 +34,7 @@ fn parse_positions(s: &str) -> HashMap<RoomName, u64> {
 
 /// The identity of an HTTP client: its JWT (query `token` or Authorization), or with
 /// `--auth none` the `user` query parameter or a fresh id.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per refused request
 pub fn http_identity(node: &Node, req: &Request<Incoming>) -> Result<Identity, Response<Body>> {
     if !node.auth.enabled() {
         let user = query_param(req, "user")

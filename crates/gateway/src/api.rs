@@ -10,8 +10,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use roomcast_protocol::{
-    close, ClientMessage, Encoding, ErrorCode, EventName, Publication, RoomName, ServerMessage,
-    StreamPosition, UserId, SERVER_USER,
+    close, Encoding, ErrorCode, EventName, Publication, RoomName, ServerMessage, StreamPosition,
+    UserId, SERVER_USER,
 };
 use roomcast_redis_bridge::{BusError, HistoryQuery, PublishRequest, SendRequest};
 use serde::Deserialize;
@@ -412,26 +412,11 @@ async fn client_commands(node: &Node, req: Request<Incoming>) -> ApiResult {
             ));
             continue;
         }
-        let reply = match cmd {
-            ClientMessage::Publish {
-                room,
-                event,
-                data,
-                id,
-                volatile,
-                echo: _,
-            } => commands::publish(node, &who, None, room, event, data, id, volatile, true).await,
-            ClientMessage::Send {
-                to,
-                event,
-                data,
-                id,
-            } => commands::send(node, &who, to, event, data, id).await,
-            ClientMessage::Presence { room, limit, id } => {
-                Some(commands::presence(node, &who, room, limit, id).await)
-            }
-            ClientMessage::Ping { id } => Some(ServerMessage::Pong { id }),
-            other => Some(ServerMessage::error(
+        // Without a connection there is nothing to skip: the publisher's own SSE stream
+        // receives its messages whatever `echo` says.
+        let reply = match commands::run(node, &who, None, cmd).await {
+            Ok(reply) => reply,
+            Err(other) => Some(ServerMessage::error(
                 ErrorCode::InvalidMessage,
                 format!(
                     "{} is not available over HTTP: receive with /sse?rooms=",

@@ -5,7 +5,8 @@ use crate::auth::Identity;
 use crate::hub::now_ms;
 use crate::node::Node;
 use roomcast_protocol::{
-    DirectMessage, ErrorCode, EventName, Publication, ReqId, RoomName, ServerMessage, UserId,
+    ClientMessage, DirectMessage, ErrorCode, EventName, Publication, ReqId, RoomName,
+    ServerMessage, UserId,
 };
 use roomcast_redis_bridge::{BusError, PublishRequest, SendRequest};
 
@@ -142,5 +143,36 @@ pub async fn presence(
             id,
         },
         Err(e) => bus_error(&e, id),
+    }
+}
+
+/// Runs a command that needs no connection state (publish, send, presence, ping) for
+/// `who`, from connection `conn` when there is one; hands any other command back.
+pub async fn run(
+    node: &Node,
+    who: &Identity,
+    conn: Option<&str>,
+    cmd: ClientMessage,
+) -> Result<Option<ServerMessage>, ClientMessage> {
+    match cmd {
+        ClientMessage::Publish {
+            room,
+            event,
+            data,
+            id,
+            volatile,
+            echo,
+        } => Ok(publish(node, who, conn, room, event, data, id, volatile, echo).await),
+        ClientMessage::Send {
+            to,
+            event,
+            data,
+            id,
+        } => Ok(send(node, who, to, event, data, id).await),
+        ClientMessage::Presence { room, limit, id } => {
+            Ok(Some(presence(node, who, room, limit, id).await))
+        }
+        ClientMessage::Ping { id } => Ok(Some(ServerMessage::Pong { id })),
+        other => Err(other),
     }
 }

@@ -440,37 +440,15 @@ where
                     Some(ServerMessage::Left { room, id })
                 }
             }
-            ClientMessage::Publish {
-                room,
-                event,
-                data,
-                id,
-                volatile,
-                echo,
-            } => {
-                commands::publish(
-                    &node,
-                    &active.who,
-                    Some(&self.conn_id),
-                    room,
-                    event,
-                    data,
-                    id,
-                    volatile,
-                    echo,
-                )
-                .await
-            }
-            ClientMessage::Send {
-                to,
-                event,
-                data,
-                id,
-            } => commands::send(&node, &active.who, to, event, data, id).await,
-            ClientMessage::Presence { room, limit, id } => {
-                Some(commands::presence(&node, &active.who, room, limit, id).await)
-            }
-            ClientMessage::Ping { id } => Some(ServerMessage::Pong { id }),
+            other => match commands::run(&node, &active.who, Some(&self.conn_id), other).await {
+                Ok(reply) => reply,
+                // Every other type is handled above.
+                Err(other) => Some(ServerMessage::error(
+                    ErrorCode::Internal,
+                    format!("{} is not handled here", other.kind()),
+                    other.id().cloned(),
+                )),
+            },
         };
         match reply {
             Some(r) => self.reply(&r).await,

@@ -10,8 +10,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use roomcast_protocol::{
-    close, Encoding, ErrorCode, EventName, Publication, RoomName, ServerMessage, StreamPosition,
-    UserId, SERVER_USER,
+    close, Encoding, ErrorCode, EventName, Publication, RoomName, ServerMessage, UserId,
+    SERVER_USER,
 };
 use roomcast_redis_bridge::{BusError, HistoryQuery, PublishRequest, SendRequest};
 use serde::Deserialize;
@@ -298,29 +298,7 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
                     };
                     let h = match since {
                         Some(offset) => {
-                            let top = node
-                                .bus
-                                .history(
-                                    &room,
-                                    HistoryQuery {
-                                        since: None,
-                                        limit: 0,
-                                    },
-                                )
-                                .await?;
-                            let mut h = node
-                                .bus
-                                .history(
-                                    &room,
-                                    HistoryQuery {
-                                        since: Some(StreamPosition {
-                                            offset,
-                                            epoch: top.epoch,
-                                        }),
-                                        limit: 0,
-                                    },
-                                )
-                                .await?;
+                            let mut h = commands::history_after(node, &room, offset, 0).await?;
                             h.messages.truncate(limit);
                             h
                         }

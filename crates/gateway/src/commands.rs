@@ -4,11 +4,12 @@
 use crate::auth::Identity;
 use crate::hub::now_ms;
 use crate::node::Node;
+use roomcast_protocol::StreamPosition;
 use roomcast_protocol::{
     ClientMessage, DirectMessage, ErrorCode, EventName, Publication, ReqId, RoomName,
     ServerMessage, UserId,
 };
-use roomcast_redis_bridge::{BusError, PublishRequest, SendRequest};
+use roomcast_redis_bridge::{BusError, History, HistoryQuery, PublishRequest, SendRequest};
 
 /// The PROTOCOL.md code for a bus failure.
 pub fn bus_error(e: &BusError, id: Option<ReqId>) -> ServerMessage {
@@ -19,6 +20,51 @@ pub fn bus_error(e: &BusError, id: Option<ReqId>) -> ServerMessage {
             ServerMessage::error(ErrorCode::Internal, "internal error", id)
         }
     }
+}
+
+/// The reply refusing a token without the `publish` right, if `who` lacks it.
+fn refuse_publish(who: &Identity, id: &Option<ReqId>) -> Option<ServerMessage> {
+    (!who.publish).then(|| {
+        ServerMessage::error(
+            ErrorCode::Forbidden,
+            "this token may not publish",
+            id.clone(),
+        )
+    })
+}
+
+/// A room's history after `offset` when the caller knows no epoch (SSE ids, the backend
+/// API's `since`): the position is read in the room's current epoch. When it cannot be
+/// recovered, the `fallback` most recent messages come instead (`recovered: false`).
+pub async fn history_after(
+    node: &Node,
+    room: &RoomName,
+    offset: u64,
+    fallback: usize,
+) -> Result<History, BusError> {
+    let top = node
+        .bus
+        .history(
+            room,
+            HistoryQuery {
+                since: None,
+                limit: 0,
+            },
+        )
+        .await?;
+    let since = Some(StreamPosition {
+        offset,
+        epoch: top.epoch,
+    });
+    node.bus
+        .history(
+            room,
+            HistoryQuery {
+                since,
+                limit: fallback,
+            },
+        )
+        .await
 }
 
 fn idempotency_key(user: &UserId, id: &Option<ReqId>) -> Option<String> {
@@ -39,12 +85,8 @@ pub async fn publish(
     volatile: bool,
     echo: bool,
 ) -> Option<ServerMessage> {
-    if !who.publish {
-        return Some(ServerMessage::error(
-            ErrorCode::Forbidden,
-            "this token may not publish",
-            id,
-        ));
+    if let Some(refusal) = refuse_publish(who, &id) {
+        return Some(refusal);
     }
     if !who.may_access(&room, node.auth.default_policy) {
         return Some(ServerMessage::error(
@@ -87,12 +129,8 @@ pub async fn send(
     data: serde_json::Value,
     id: Option<ReqId>,
 ) -> Option<ServerMessage> {
-    if !who.publish {
-        return Some(ServerMessage::error(
-            ErrorCode::Forbidden,
-            "this token may not publish",
-            id,
-        ));
+    if let Some(refusal) = refuse_publish(who, &id) {
+        return Some(refusal);
     }
     let req = SendRequest {
         to,

@@ -127,6 +127,15 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    /// The id of a request this session refuses before handling it, for the error reply.
+    /// The frame is bounded by the hard frame cap, so decoding it for this is cheap enough.
+    fn request_id(&self, bytes: &[u8]) -> Option<ReqId> {
+        self.encoding
+            .decode_client(bytes)
+            .ok()
+            .and_then(|m| m.id().cloned())
+    }
+
     fn auth_failed(&self, e: &AuthError) -> End {
         self.node
             .metrics
@@ -321,11 +330,7 @@ where
             if self.strikes >= self.node.cfg.rate_limit_strikes {
                 return Err(End::Close(close::RATE_LIMIT_ABUSE, "rate limit abused"));
             }
-            let id = self
-                .encoding
-                .decode_client(bytes)
-                .ok()
-                .and_then(|m| m.id().cloned());
+            let id = self.request_id(bytes);
             return self
                 .reply(&ServerMessage::error(
                     ErrorCode::RateLimited,
@@ -336,12 +341,7 @@ where
         }
         self.strikes = 0;
         if bytes.len() > self.node.cfg.max_message_size {
-            // Bounded by the hard frame cap, so reading the id for the reply is cheap enough.
-            let id = self
-                .encoding
-                .decode_client(bytes)
-                .ok()
-                .and_then(|m| m.id().cloned());
+            let id = self.request_id(bytes);
             return self
                 .reply(&ServerMessage::error(
                     ErrorCode::TooLarge,

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use roomcast_protocol::{RoomName, StreamPosition};
+use roomcast_protocol::RoomName;
 use roomcast_redis_bridge::HistoryQuery;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -152,11 +152,14 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
         if let Err(e) = node.bus.presence_join(&room, &who.user, &conn_id).await {
             return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
         }
-        let query = match since.get(&room) {
+        // When a position cannot be recovered (history trimmed, or lost and restarted:
+        // an offset past the room's end), replay what the history holds, not nothing.
+        let history = match since.get(&room) {
             Some(&offset) => {
-                // SSE ids carry no epoch: resume within the room's current epoch.
-                match node
-                    .bus
+                crate::commands::history_after(&node, &room, offset, node.cfg.max_recover).await
+            }
+            None => {
+                node.bus
                     .history(
                         &room,
                         HistoryQuery {
@@ -165,26 +168,9 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
                         },
                     )
                     .await
-                {
-                    // When the position cannot be recovered (history trimmed, or lost
-                    // and restarted: an offset past the room's end), replay what the
-                    // history holds rather than nothing.
-                    Ok(h) => HistoryQuery {
-                        since: Some(StreamPosition {
-                            offset,
-                            epoch: h.epoch,
-                        }),
-                        limit: node.cfg.max_recover,
-                    },
-                    Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-                }
             }
-            None => HistoryQuery {
-                since: None,
-                limit: 0,
-            },
         };
-        match node.bus.history(&room, query).await {
+        match history {
             Ok(h) => {
                 for p in &h.messages {
                     let id = p.offset.map(|o| format!("{}:{}", p.room, o));

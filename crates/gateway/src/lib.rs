@@ -80,7 +80,15 @@ pub async fn run(
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
     hub.attach_bus(bus.clone());
-    bus.start(hub.clone()).await?;
+    match bus.start(hub.clone()).await {
+        Ok(()) => {}
+        // Redis is down or slow at startup: serve local clients with /readyz 503; the
+        // bus keeps trying and reports when it is up (a wrong URL still fails here).
+        Err(roomcast_redis_bridge::BusError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "cluster bus not up yet; /readyz answers 503 until it is")
+        }
+        Err(e) => return Err(e.into()),
+    }
     let node = Arc::new(Node {
         node_id: node_id.clone(),
         auth,

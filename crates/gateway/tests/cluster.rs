@@ -570,6 +570,42 @@ async fn idempotent_retry_on_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_before_redis_serve_once_it_comes_up() {
+    // compose and k8s start containers in any order: a node whose Redis is not up yet
+    // listens, answers /healthz 200 and /readyz 503, and joins the cluster when it is.
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let nodes = cluster(&redis, 2, &["--bus-timeout", "1"]).await;
+    let (n1, n2) = (nodes[0].addr, nodes[1].addr);
+    for n in [n1, n2] {
+        assert_eq!(http(n, "GET", "/healthz", &[], "").await.0, 200);
+        assert_eq!(ready(n).await, 503, "not ready while Redis is down");
+    }
+    redis.restart();
+    for n in [n1, n2] {
+        eventually("readyz turns 200 once Redis is up", || async move {
+            (ready(n).await == 200).then_some(())
+        })
+        .await;
+    }
+    let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
+    let mut b = connect(&nodes[1].ws_url(), "bob", Encoding::MsgPack).await;
+    b.join("late").await;
+    let r = a
+        .request(
+            json!({"type": "publish", "room": "late", "event": "e", "data": "hi"}),
+            "p",
+        )
+        .await;
+    assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
+    assert_eq!(
+        messages(&mut b, 1).await,
+        vec![(1, "alice".into(), json!("hi"))]
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
     let mut redis = RedisServer::start();
     let nodes = cluster(&redis, 2, &["--bus-timeout", "1"]).await;

@@ -694,16 +694,33 @@ async fn password_auth() {
     assert_eq!(a.events.message().await.0.data, json!("authed"));
     a.bus.close().await;
     let anon = format!("redis://127.0.0.1:{}/", server.port);
-    let err = RedisBus::connect(&anon, config("b"))
-        .await
-        .err()
-        .expect("no password, no bus");
-    assert!(
-        matches!(err, BusError::Unavailable(_) | BusError::Internal(_)),
-        "{err:?}"
-    );
+    // no password: refused at once (NOAUTH is a configuration error)
+    let err = not_served(&anon, config("b")).await;
+    assert!(matches!(err, BusError::Internal(_)), "{err:?}");
     let wrong = format!("redis://:nope@127.0.0.1:{}/", server.port);
-    assert!(RedisBus::connect(&wrong, config("c")).await.is_err());
+    let err = not_served(&wrong, config("c")).await;
+    assert!(matches!(err, BusError::Internal(_)), "{err:?}");
+}
+
+/// A bus whose Redis does not serve it: `connect` succeeds (a node may start before its
+/// Redis), `start` says it cannot subscribe yet, the bus is not ready and publishing is
+/// refused as unavailable. Returns `start`'s error (or `connect`'s, for a bad URL).
+async fn not_served(url: &str, cfg: BusConfig) -> BusError {
+    let bus = match RedisBus::connect(url, cfg).await {
+        Ok(bus) => bus,
+        Err(e) => return e,
+    };
+    let (delivery, _events) = collector();
+    let Err(err) = bus.start(delivery).await else {
+        panic!("started without Redis")
+    };
+    assert!(!bus.is_ready());
+    let Err(p) = bus.publish(req("r", "x", json!(1))).await else {
+        panic!("published without Redis")
+    };
+    assert!(matches!(p, BusError::Unavailable(_)), "{p:?}");
+    bus.close().await;
+    err
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,25 +729,19 @@ async fn urls() {
     // handshake fails, as unavailability, not as a bad URL
     let server = RedisServer::start();
     let tls = format!("rediss://127.0.0.1:{}/", server.port);
-    let err = RedisBus::connect(&tls, config("a"))
-        .await
-        .err()
-        .expect("not a TLS server");
+    let err = not_served(&tls, config("a")).await;
     assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
     let err = RedisBus::connect("nonsense://x", config("a"))
         .await
         .err()
         .expect("bad url");
     assert!(matches!(err, BusError::Internal(_)), "{err:?}");
-    // nothing listening: unavailable, within the timeout
+    // nothing listening: unavailable (and still trying)
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let err = RedisBus::connect(&format!("redis://127.0.0.1:{closed}/"), config("a"))
-        .await
-        .err()
-        .expect("refused");
+    let err = not_served(&format!("redis://127.0.0.1:{closed}/"), config("a")).await;
     assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
 }
 

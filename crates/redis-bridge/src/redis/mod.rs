@@ -120,6 +120,10 @@ fn is_unavailable(e: &RedisError) -> bool {
         )
 }
 
+fn warn_down(e: &dyn std::fmt::Display) {
+    tracing::warn!(error = %e, "Redis does not answer yet; serving with /readyz 503 until it does");
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("{what}: {e}"))
 }
@@ -145,17 +149,11 @@ impl RedisBus {
             // many concurrent publishes queue here before they pipeline on the socket
             .set_pipeline_buffer_size(PUBLISH_QUEUE)
             .set_write_backpressure_boundary(64 * 1024);
-        let publisher = match tokio::time::timeout(
-            op,
-            client.get_connection_manager_with_config(mgr_cfg),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) if is_unavailable(&e) => return Err(unavailable("connect", e)),
-            Ok(Err(e)) => return Err(BusError::Internal(format!("connect: {e}"))),
-            Err(_) => return Err(BusError::Unavailable("connect: timed out".into())),
-        };
+        // Lazy: a node may start before Redis does (compose, k8s); it serves with /readyz
+        // 503 and the subscriber and health tasks connect when Redis answers.
+        let publisher =
+            redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)
+                .map_err(|e| BusError::Internal(format!("connect: {e}")))?;
         let conn_cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(op))
             .set_response_timeout(Some(op));
@@ -194,16 +192,19 @@ impl RedisBus {
             baseline_tx,
             baseline_rx: Mutex::new(Some(baseline_rx)),
         });
-        // Fail now, not at the first publish, when the URL points nowhere useful.
-        inner
-            .run("ping", async {
-                let mut c = inner.publisher.clone();
-                redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .map_err(OpError::from)
-            })
-            .await?;
+        // Say now, not at the first publish, when the URL or the password is wrong; a
+        // Redis that is down is waited for (the health task marks the bus up when it is).
+        let mut c = inner.publisher.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(op, ping.query_async::<String>(&mut c)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == ErrorKind::AuthenticationFailed => {
+                return Err(BusError::Internal(format!("redis auth: {e}")))
+            }
+            Ok(Err(e)) if is_unavailable(&e) => warn_down(&e),
+            Ok(Err(e)) => return Err(BusError::Internal(format!("redis: {e}"))),
+            Err(_) => warn_down(&"ping timed out"),
+        }
         Ok(RedisBus {
             inner,
             _stop_on_drop: stop.drop_guard(),
@@ -366,7 +367,10 @@ impl Bus for RedisBus {
         // Publishing before the subscription is in place would lose this node's own
         // messages: wait for it (the task keeps trying if this times out).
         match tokio::time::timeout(inner.cfg.op_timeout, first_rx).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(BusError::Unavailable(
+                "cannot subscribe to Redis yet; still trying".into(),
+            )),
             _ => Err(BusError::Unavailable(
                 "subscribing to Redis timed out; still trying".into(),
             )),

@@ -112,12 +112,13 @@ enum Exit {
     Lost(&'static str),
 }
 
-/// The subscriber task. `first_up` fires after the first successful subscription.
+/// The subscriber task. `first_up` says whether the first attempt to subscribe worked
+/// (`false`: Redis is not there yet; the task keeps trying).
 pub(crate) async fn run(
     inner: Arc<Inner>,
     delivery: Arc<dyn Delivery>,
     mut baselines: mpsc::UnboundedReceiver<RoomName>,
-    first_up: oneshot::Sender<()>,
+    first_up: oneshot::Sender<bool>,
 ) {
     let mut first_up = Some(first_up);
     let mut ever_up = false;
@@ -147,7 +148,7 @@ pub(crate) async fn run(
                         attempt = 0;
                         inner.set_sub_up(true);
                         if let Some(tx) = first_up.take() {
-                            let _ = tx.send(());
+                            let _ = tx.send(true);
                         }
                         tracing::info!("subscribed to the redis bus");
                         match connected_loop(&inner, &*delivery, sink, stream, &mut baselines).await
@@ -170,6 +171,9 @@ pub(crate) async fn run(
                 tracing::warn!(attempt, "subscribing to redis timed out");
                 inner.set_sub_up(false);
             }
+        }
+        if let Some(tx) = first_up.take() {
+            let _ = tx.send(false);
         }
         let delay = backoff(attempt);
         attempt = attempt.saturating_add(1);

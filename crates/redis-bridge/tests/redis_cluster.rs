@@ -91,6 +91,74 @@ async fn concurrent_publishers_on_two_nodes_see_one_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_mixed_publishes_keeps_offsets_dedupe_and_order() {
+    // Publishes that arrive together share script calls: rooms, retries of one id and
+    // volatile messages mixed in one burst must each get what they would alone.
+    let server = RedisServer::start();
+    let a = node(&server, config("a")).await;
+    let mut b = node(&server, config("b")).await;
+    const ROOMS: usize = 4;
+    const EACH: usize = 150;
+    let pubs = (0..ROOMS * EACH).map(|i| {
+        let bus = a.bus.clone();
+        let room = format!("m{}", i % ROOMS);
+        let n = i / ROOMS;
+        async move {
+            let mut r = req(&room, "alice", json!(n));
+            // every 5th is volatile; some ids are sent twice (n / 6 is shared by n and n + 3)
+            r.volatile = n % 5 == 4;
+            if !r.volatile && n % 3 == 0 {
+                r.idempotency_key = Some(format!("alice:{room}:{}", n / 6));
+            }
+            let res = bus.publish(r.clone()).await.expect("publish");
+            (room, n, r.volatile, r.idempotency_key, res)
+        }
+    });
+    let results = futures_util::future::join_all(pubs).await;
+    let delivered = results.iter().filter(|r| !r.4.duplicate).count();
+    let seen = b.events.messages(delivered).await;
+    for k in 0..ROOMS {
+        let room = format!("m{k}");
+        let mine: Vec<_> = results.iter().filter(|r| r.0 == room).collect();
+        let mut offsets: Vec<u64> = mine
+            .iter()
+            .filter(|r| !r.4.duplicate)
+            .filter_map(|r| r.4.offset)
+            .collect();
+        offsets.sort_unstable();
+        let stored = offsets.len() as u64;
+        assert_eq!(offsets, (1..=stored).collect::<Vec<_>>(), "{room}: gapless");
+        for r in &mine {
+            assert_eq!(r.2, r.4.offset.is_none(), "{room}: volatile iff no offset");
+        }
+        // a retry gets the original's offset and is not stored again
+        let mut by_key: std::collections::HashMap<&str, Vec<_>> = Default::default();
+        for r in mine.iter() {
+            if let Some(key) = r.3.as_deref() {
+                by_key.entry(key).or_default().push(&r.4);
+            }
+        }
+        assert!(
+            by_key.values().any(|rs| rs.len() == 2),
+            "{room}: some retries"
+        );
+        for (key, rs) in by_key {
+            assert_eq!(rs.iter().filter(|r| !r.duplicate).count(), 1, "{key}");
+            assert!(rs.iter().all(|r| r.offset == rs[0].offset), "{key}");
+        }
+        // node b delivers the room's stored messages in offset order, each once
+        let got: Vec<u64> = seen
+            .iter()
+            .filter(|p| p.room.as_str() == room)
+            .filter_map(|p| p.offset)
+            .collect();
+        assert_eq!(got, (1..=stored).collect::<Vec<_>>(), "{room}: order");
+    }
+    a.bus.close().await;
+    b.bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedupe_is_cluster_wide() {
     let server = RedisServer::start();
     let mut a = node(&server, config("a")).await;

@@ -1,13 +1,15 @@
 //! [`RedisBus`]: the bus of a cluster (PROTOCOL.md section 6).
 //!
-//! Connections: a multiplexed [`ConnectionManager`] for publishes and sends, so that
-//! concurrent publishes share one socket and pipeline (Redis answers in order, and runs
-//! the publish script one at a time, so a room's PUBLISH order is its offset order); a
+//! Connections: a multiplexed [`ConnectionManager`] for publishes and sends; room
+//! publishes reach it through the publisher task (`publisher.rs`), which batches them
+//! into one script call (Redis runs a script at a time, so a room's PUBLISH order is its
+//! offset order); a
 //! deadpool of multiplexed connections for everything else (history, presence, gap
 //! repair); one dedicated pub/sub connection owned by the subscriber task.
 //!
 //! Layout: `keys.rs` names every key and channel, `scripts.rs` holds the Lua,
-//! `envelope.rs` builds and reads envelopes, `subscriber.rs` receives and repairs
+//! `envelope.rs` builds and reads envelopes, `publisher.rs` batches room publishes,
+//! `subscriber.rs` receives and repairs
 //! gaps, `presence.rs` keeps this node's presence entries alive.
 //!
 //! Every operation is bounded by `op_timeout` and fails with [`BusError::Unavailable`]
@@ -16,6 +18,7 @@
 mod envelope;
 mod keys;
 mod presence;
+mod publisher;
 mod scripts;
 mod subscriber;
 
@@ -40,7 +43,8 @@ use tokio_util::task::TaskTracker;
 
 /// How often the command connection is pinged (readiness, and reconnecting it early).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
-/// Publishes queued on the publish connection before callers wait for room.
+/// Publishes queued for the publisher (and commands on the publish connection) before
+/// callers wait for room.
 const PUBLISH_QUEUE: usize = 1024;
 /// Connections in the command pool.
 const POOL_SIZE: usize = 16;
@@ -78,6 +82,8 @@ pub(crate) struct Inner {
     baseline_tx: mpsc::UnboundedSender<RoomName>,
     baseline_rx: Mutex<Option<mpsc::UnboundedReceiver<RoomName>>>,
     presence: LocalPresence,
+    /// Room publishes on their way to the publisher task (batched into script calls).
+    publish_tx: mpsc::Sender<publisher::Job>,
 }
 
 /// Why one Redis call failed, before it becomes a [`BusError`].
@@ -172,6 +178,7 @@ impl RedisBus {
             .map_err(|e| BusError::Internal(format!("redis pool: {e}")))?;
         let stop = CancellationToken::new();
         let (baseline_tx, baseline_rx) = mpsc::unbounded_channel();
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let inner = Arc::new(Inner {
             keys: Keys::new(&cfg.prefix),
             presence: LocalPresence::default(),
@@ -191,7 +198,9 @@ impl RedisBus {
             watched: Mutex::new(HashMap::new()),
             baseline_tx,
             baseline_rx: Mutex::new(Some(baseline_rx)),
+            publish_tx,
         });
+        inner.tasks.spawn(publisher::run(inner.clone(), publish_rx));
         // Say now, not at the first publish, when the URL or the password is wrong; a
         // Redis that is down is waited for (the health task marks the bus up when it is).
         let mut c = inner.publisher.clone();
@@ -568,27 +577,34 @@ impl RedisBus {
         let room = &req.publication.room;
         let parts =
             envelope::split_message(&inner.cfg.node_id, &req.publication, req.skip.as_deref())?;
-        let mut inv = inner.scripts.publish.prepare_invoke();
-        inv.key(inner.keys.meta(room))
-            .key(inner.keys.history(room))
-            .key(inner.keys.room_channel(room));
-        if let Some(k) = &req.idempotency_key {
-            inv.key(inner.keys.dedupe(k));
+        let (reply, answer) = oneshot::channel();
+        let job = publisher::Job {
+            meta: inner.keys.meta(room),
+            history: inner.keys.history(room),
+            channel: inner.keys.room_channel(room),
+            dedupe: req.idempotency_key.as_deref().map(|k| inner.keys.dedupe(k)),
+            envelope: parts,
+            fresh_epoch: new_epoch(),
+            volatile: req.volatile,
+            reply,
+        };
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Unavailable("the bus is closed".into()));
         }
-        inv.arg(parts.head)
-            .arg(parts.fields)
-            .arg(parts.body)
-            .arg(new_epoch())
-            .arg(inner.cfg.history_size)
-            .arg(Inner::ms(inner.cfg.history_ttl))
-            .arg(Inner::ms(inner.cfg.dedupe_window))
-            .arg(if req.volatile { "1" } else { "0" });
-        let mut c = inner.publisher.clone();
-        let (dup, result): (u8, String) = inner
-            .run("publish", async {
-                inv.invoke_async(&mut c).await.map_err(OpError::from)
-            })
-            .await?;
+        // Bounded: a full queue waits (up to the timeout) rather than piling up.
+        let queued = tokio::time::timeout(inner.cfg.op_timeout, async {
+            inner.publish_tx.send(job).await.is_ok()
+        })
+        .await;
+        match queued {
+            Ok(true) => {}
+            Ok(false) => return Err(BusError::Unavailable("the bus is closed".into())),
+            Err(_) => return Err(BusError::Unavailable("publish: queue full".into())),
+        }
+        let (dup, result) = match answer.await {
+            Ok(r) => r?,
+            Err(_) => return Err(BusError::Unavailable("the bus is closed".into())),
+        };
         let (offset, epoch) = result
             .split_once(':')
             .ok_or_else(|| BusError::Internal(format!("publish: unexpected reply {result:?}")))?;

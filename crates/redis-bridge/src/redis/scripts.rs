@@ -42,43 +42,61 @@ local function sweep(zset, users, channel, node, room, max)
 end
 "#;
 
-/// Room publish: dedupe, next offset, history append, expiry, PUBLISH.
+/// Room publishes, a batch at a time (any rooms): for each message in order, dedupe,
+/// next offset, history append, PUBLISH; then one expiry per touched room. One script
+/// call for many messages is what keeps Redis from being the limit (a call costs far
+/// more than the commands inside it).
 ///
-/// KEYS: meta, history, room channel, [dedupe].
-/// ARGV: envelope head, msg field count, msg fields, fresh epoch, history size,
-/// history ttl (ms), dedupe window (ms), volatile ('1'/'0').
-/// Returns {duplicate (0/1), "<offset>:<epoch>"} (offset empty when volatile).
+/// KEYS, 4 per message: meta, history, room channel, dedupe (any key when it has none).
+/// ARGV: history size, history ttl (ms), dedupe window (ms); then 6 per message:
+/// envelope head, msg field count, msg fields, fresh epoch, volatile ('1'/'0'),
+/// has dedupe ('1'/'0').
+/// Returns per message {duplicate (0/1), "<offset>:<epoch>"} (offset empty when volatile).
 const PUBLISH: &str = r#"
-if KEYS[4] then
-  local prev = redis.call('GET', KEYS[4])
-  if prev then return {1, prev} end
-end
-local n = tonumber(ARGV[2])
-local epoch = redis.call('HGET', KEYS[1], 'e')
-local offset = ''
-local payload
-if ARGV[8] == '1' then
-  epoch = epoch or ''
-  payload = ARGV[1] .. string.char(128 + n) .. ARGV[3]
-else
-  if not epoch then
-    -- a new history (first publish, or the old one was lost): new epoch, offsets from 1
-    epoch = ARGV[4]
-    redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+local size, ttl, window = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local touched = {}
+for i = 1, #KEYS / 4 do
+  local k = 4 * (i - 1)
+  local a = 3 + 6 * (i - 1)
+  local meta, hist, chan, dedupe = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local has_dedupe = ARGV[a + 6] == '1'
+  local prev = has_dedupe and redis.call('GET', dedupe)
+  if prev then
+    out[i] = {1, prev}
+  else
+    local n = tonumber(ARGV[a + 2])
+    local epoch = redis.call('HGET', meta, 'e')
+    local offset = ''
+    local payload
+    if ARGV[a + 5] == '1' then
+      epoch = epoch or ''
+      payload = ARGV[a + 1] .. string.char(128 + n) .. ARGV[a + 3]
+    else
+      if not epoch then
+        -- a new history (first publish, or the old one was lost): new epoch, offsets from 1
+        epoch = ARGV[a + 4]
+        redis.call('DEL', hist)
+        redis.call('HSET', meta, 'e', epoch, 's', 0)
+      end
+      local o = redis.call('HINCRBY', meta, 's', 1)
+      offset = string.format('%d', o)
+      payload = ARGV[a + 1] .. string.char(128 + n + 2) .. ARGV[a + 3] ..
+        cmsgpack.pack('offset') .. cmsgpack.pack(o) .. cmsgpack.pack('epoch') .. cmsgpack.pack(epoch)
+      redis.call('XADD', hist, 'MAXLEN', '~', size, offset .. '-0', 'd', payload)
+      touched[meta] = hist
+    end
+    redis.call('PUBLISH', chan, payload)
+    local result = offset .. ':' .. epoch
+    if has_dedupe then redis.call('SET', dedupe, result, 'PX', window) end
+    out[i] = {0, result}
   end
-  local o = redis.call('HINCRBY', KEYS[1], 's', 1)
-  offset = string.format('%d', o)
-  payload = ARGV[1] .. string.char(128 + n + 2) .. ARGV[3] ..
-    cmsgpack.pack('offset') .. cmsgpack.pack(o) .. cmsgpack.pack('epoch') .. cmsgpack.pack(epoch)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], offset .. '-0', 'd', payload)
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
-redis.call('PUBLISH', KEYS[3], payload)
-local result = offset .. ':' .. epoch
-if KEYS[4] then redis.call('SET', KEYS[4], result, 'PX', ARGV[7]) end
-return {0, result}
+for meta, hist in pairs(touched) do
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', hist, ttl)
+end
+return out
 "#;
 
 /// Direct message: dedupe, PUBLISH.

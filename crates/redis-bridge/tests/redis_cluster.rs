@@ -107,7 +107,7 @@ async fn a_burst_of_mixed_publishes_keeps_offsets_dedupe_and_order() {
             let mut r = req(&room, "alice", json!(n));
             // every 5th is volatile; some ids are sent twice (n / 6 is shared by n and n + 3)
             r.volatile = n % 5 == 4;
-            if !r.volatile && n % 3 == 0 {
+            if !r.volatile && n.is_multiple_of(3) {
                 r.idempotency_key = Some(format!("alice:{room}:{}", n / 6));
             }
             let res = bus.publish(r.clone()).await.expect("publish");

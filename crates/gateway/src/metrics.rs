@@ -47,6 +47,10 @@ pub struct Metrics {
     pub bus_messages_received: IntCounter,
     /// Gaps on the bus repaired from history.
     pub bus_gap_repairs: IntCounter,
+    /// Redis calls that carried room publishes.
+    pub bus_publish_batches: IntCounter,
+    /// Room publishes sent in those calls.
+    pub bus_publishes_batched: IntCounter,
     /// Time from a message's server timestamp to its local delivery.
     pub bus_delivery_seconds: Histogram,
     /// Backend API requests, by route and status.
@@ -179,6 +183,16 @@ impl Metrics {
                 "roomcast_bus_gap_repairs_total",
                 "Gaps on the bus repaired from history",
             ),
+            bus_publish_batches: counter(
+                &r,
+                "roomcast_bus_publish_batches_total",
+                "Redis calls that carried room publishes (one script call per batch)",
+            ),
+            bus_publishes_batched: counter(
+                &r,
+                "roomcast_bus_publishes_batched_total",
+                "Room publishes sent to Redis in those calls",
+            ),
             bus_delivery_seconds: histogram(
                 &r,
                 "roomcast_bus_delivery_seconds",
@@ -216,6 +230,14 @@ impl Metrics {
         catch_up(
             &self.bus_gap_repairs,
             bus.gap_repairs.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_publish_batches,
+            bus.publish_batches.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_publishes_batched,
+            bus.publishes_batched.load(Ordering::Relaxed),
         );
         self.bus_up.set(i64::from(bus_up));
         let mut buf = Vec::new();

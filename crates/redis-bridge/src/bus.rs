@@ -203,6 +203,11 @@ pub struct BusStats {
     pub gaps_lost: AtomicU64,
     /// Envelopes that could not be decoded (skipped).
     pub bad_envelopes: AtomicU64,
+    /// Calls to Redis that carried room publishes (several publishes share one under
+    /// load; publishes / batches is the batching factor).
+    pub publish_batches: AtomicU64,
+    /// Room publishes handed to Redis in those calls.
+    pub publishes_batched: AtomicU64,
 }
 
 impl BusStats {

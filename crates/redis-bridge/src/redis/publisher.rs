@@ -10,7 +10,7 @@
 
 use super::envelope::SplitEnvelope;
 use super::{Inner, OpError};
-use crate::bus::BusError;
+use crate::bus::{BusError, BusStats};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,6 +43,11 @@ pub(crate) async fn run(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>) {
         if n == 0 {
             break;
         }
+        BusStats::incr(&inner.stats.publish_batches);
+        inner
+            .stats
+            .publishes_batched
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         let replies = call(&inner, &batch).await;
         for (i, job) in batch.drain(..).enumerate() {
             let r = match &replies {

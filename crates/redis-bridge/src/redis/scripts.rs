@@ -54,8 +54,10 @@ end
 /// Returns per message {duplicate (0/1), "<offset>:<epoch>"} (offset empty when volatile).
 const PUBLISH: &str = r#"
 local size, ttl, window = ARGV[1], ARGV[2], ARGV[3]
+local pack = cmsgpack.pack
 local out = {}
-local touched = {}
+-- per room in this batch: its epoch and last offset, read once and written back once
+local rooms = {}
 for i = 1, #KEYS / 4 do
   local k = 4 * (i - 1)
   local a = 3 + 6 * (i - 1)
@@ -65,26 +67,34 @@ for i = 1, #KEYS / 4 do
   if prev then
     out[i] = {1, prev}
   else
+    local st = rooms[meta]
+    if not st then
+      local e = redis.call('HMGET', meta, 'e', 's')
+      st = {epoch = e[1] or nil, o = tonumber(e[2] or '0') or 0, hist = hist, dirty = false}
+      rooms[meta] = st
+    end
     local n = tonumber(ARGV[a + 2])
-    local epoch = redis.call('HGET', meta, 'e')
     local offset = ''
+    local epoch
     local payload
     if ARGV[a + 5] == '1' then
-      epoch = epoch or ''
+      epoch = st.epoch or ''
       payload = ARGV[a + 1] .. string.char(128 + n) .. ARGV[a + 3]
     else
-      if not epoch then
+      if not st.epoch then
         -- a new history (first publish, or the old one was lost): new epoch, offsets from 1
-        epoch = ARGV[a + 4]
+        st.epoch = ARGV[a + 4]
+        st.o = 0
         redis.call('DEL', hist)
-        redis.call('HSET', meta, 'e', epoch, 's', 0)
       end
-      local o = redis.call('HINCRBY', meta, 's', 1)
-      offset = string.format('%d', o)
+      epoch = st.epoch
+      st.o = st.o + 1
+      st.dirty = true
+      st.tail = st.tail or (pack('epoch') .. pack(epoch))
+      offset = string.format('%d', st.o)
       payload = ARGV[a + 1] .. string.char(128 + n + 2) .. ARGV[a + 3] ..
-        cmsgpack.pack('offset') .. cmsgpack.pack(o) .. cmsgpack.pack('epoch') .. cmsgpack.pack(epoch)
+        pack('offset') .. pack(st.o) .. st.tail
       redis.call('XADD', hist, 'MAXLEN', '~', size, offset .. '-0', 'd', payload)
-      touched[meta] = hist
     end
     redis.call('PUBLISH', chan, payload)
     local result = offset .. ':' .. epoch
@@ -92,9 +102,12 @@ for i = 1, #KEYS / 4 do
     out[i] = {0, result}
   end
 end
-for meta, hist in pairs(touched) do
-  redis.call('PEXPIRE', meta, ttl)
-  redis.call('PEXPIRE', hist, ttl)
+for meta, st in pairs(rooms) do
+  if st.dirty then
+    redis.call('HSET', meta, 'e', st.epoch, 's', st.o)
+    redis.call('PEXPIRE', meta, ttl)
+    redis.call('PEXPIRE', st.hist, ttl)
+  end
 end
 return out
 "#;

@@ -132,6 +132,10 @@ pub struct Config {
     /// `rate_limited` errors in a row that close the connection with 4029.
     #[arg(long, env = "ROOMCAST_RATE_LIMIT_STRIKES", default_value_t = 20)]
     pub rate_limit_strikes: u32,
+    /// Requests (publish, send, presence, ping) one connection may have in flight at
+    /// once; the socket is not read while that many wait for Redis.
+    #[arg(long, env = "ROOMCAST_MAX_PENDING_REQUESTS", default_value_t = 32)]
+    pub max_pending_requests: usize,
     /// Most rooms one connection may join.
     #[arg(long, env = "ROOMCAST_MAX_ROOMS", default_value_t = 100)]
     pub max_rooms: usize,

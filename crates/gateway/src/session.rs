@@ -7,12 +7,15 @@ use crate::commands;
 use crate::hub::{Frame, Mail, Mailbox, Member, Outbound, Payload, Wire};
 use crate::limits::{IpGuard, TokenBucket};
 use crate::node::{ConnSlot, Node};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use roomcast_protocol::{
     close, ClientMessage, Encoding, ErrorCode, ReqId, RoomName, ServerMessage,
 };
 use roomcast_redis_bridge::HistoryQuery;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -45,13 +48,17 @@ enum State {
 }
 
 struct Active {
-    who: Identity,
+    /// Shared with the requests in flight.
+    who: Arc<Identity>,
     member: Member,
     /// Joined rooms and the last offset delivered in each (drops replays and repeats).
     rooms: HashMap<RoomName, u64>,
     /// When the token stops being valid (exp plus leeway).
     expires: Option<Instant>,
 }
+
+/// A connection-free request (publish, send, presence, ping) on its way: its reply.
+type Pending = Pin<Box<dyn Future<Output = Option<ServerMessage>> + Send>>;
 
 /// Why the loop ended.
 enum End {
@@ -70,6 +77,18 @@ struct Session<S> {
     /// The connection's inbox: frames once authenticated, and close requests (drain,
     /// slow consumer, disconnect) at any time.
     mailbox: Arc<Mailbox>,
+    /// Requests in flight, answered in the order they came (at most
+    /// `--max-pending-requests`; the socket is not read while that many wait). Created
+    /// at the first one, so that a connection that never publishes does not pay for it.
+    pending: Option<Box<FuturesOrdered<Pending>>>,
+}
+
+/// The next reply of the requests in flight; never ready when there are none.
+async fn next_reply(pending: &mut Option<Box<FuturesOrdered<Pending>>>) -> Option<ServerMessage> {
+    match pending {
+        Some(p) if !p.is_empty() => p.next().await.flatten(),
+        _ => std::future::pending().await,
+    }
 }
 
 /// Runs a session to its end.
@@ -95,6 +114,7 @@ where
         strikes: 0,
         last_seen: now,
         mailbox: Mailbox::new(node_queue),
+        pending: None,
     };
     s.node.hub.register(&s.conn_id, &s.mailbox);
     let mut state = State::AwaitingAuth {
@@ -171,7 +191,7 @@ where
         };
         let expires = self.expiry_deadline(&who);
         let active = Active {
-            who,
+            who: Arc::new(who),
             member,
             rooms: HashMap::new(),
             expires,
@@ -206,6 +226,7 @@ where
     async fn run_loop(&mut self, state: &mut State) -> End {
         let node = self.node.clone();
         let hb = node.cfg.heartbeat_interval();
+        let max_pending = node.cfg.max_pending_requests.max(1);
         let mut next_ping = Instant::now() + hb;
         let (first, _) = self.next_deadline(state, next_ping);
         let timer = tokio::time::sleep_until(first);
@@ -234,6 +255,13 @@ where
                         }
                     }
                 },
+                reply = next_reply(&mut self.pending) => {
+                    if let Some(r) = reply {
+                        if let Err(end) = self.reply(&r).await {
+                            return end;
+                        }
+                    }
+                },
                 mail = self.mailbox.next() => match mail {
                     Mail::Kick(code) => return End::Close(code, kick_reason(code)),
                     Mail::Frame(item) => {
@@ -242,7 +270,7 @@ where
                         }
                     }
                 },
-                frame = self.ws.next() => {
+                frame = self.ws.next(), if self.pending_len() < max_pending => {
                     self.last_seen = Instant::now();
                     match frame {
                         None => return End::Drop,
@@ -260,6 +288,10 @@ where
                 }
             }
         }
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.len())
     }
 
     /// Writes one queued item and whatever else is queued (up to a batch), then flushes once.
@@ -408,7 +440,7 @@ where
                         Ok(who) => {
                             active.expires = self.expiry_deadline(&who);
                             let exp = who.exp.unwrap_or(0);
-                            active.who = who;
+                            active.who = Arc::new(who);
                             Some(ServerMessage::AuthOk { exp, id })
                         }
                         Err(e) => return Err(self.auth_failed(&e)),
@@ -440,15 +472,28 @@ where
                     Some(ServerMessage::Left { room, id })
                 }
             }
-            other => match commands::run(&node, &active.who, Some(&self.conn_id), other).await {
-                Ok(reply) => reply,
-                // Every other type is handled above.
-                Err(other) => Some(ServerMessage::error(
-                    ErrorCode::Internal,
-                    format!("{} is not handled here", other.kind()),
-                    other.id().cloned(),
-                )),
-            },
+            other => {
+                // Publishes and the like need nothing of the session but who it is: they
+                // run while the socket is read on, so that a client may pipeline them.
+                // The bus takes publishes in the order their futures first run, which is
+                // the order they came in.
+                let (who, conn) = (active.who.clone(), self.conn_id.clone());
+                let request: Pending = Box::pin(async move {
+                    match commands::run(&node, &who, Some(&conn), other).await {
+                        Ok(reply) => reply,
+                        // Every other type is handled above.
+                        Err(other) => Some(ServerMessage::error(
+                            ErrorCode::Internal,
+                            format!("{} is not handled here", other.kind()),
+                            other.id().cloned(),
+                        )),
+                    }
+                });
+                self.pending
+                    .get_or_insert_with(Default::default)
+                    .push_back(request);
+                return Ok(());
+            }
         };
         match reply {
             Some(r) => self.reply(&r).await,

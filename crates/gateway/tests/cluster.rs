@@ -570,6 +570,41 @@ async fn idempotent_retry_on_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_keep_their_order() {
+    // A client sends publishes back to back without waiting for acks: the node runs
+    // them while it reads on, yet they get offsets, acks and deliveries in send order.
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2, &["--max-pending-requests", "8"]).await;
+    let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::MsgPack).await;
+    let mut b = connect(&nodes[1].ws_url(), "bob", Encoding::Json).await;
+    b.join("pipe").await;
+    const N: i64 = 300;
+    for i in 0..N {
+        a.send(json!({"type": "publish", "room": "pipe", "event": "e", "data": i, "id": i}))
+            .await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < N as usize {
+        if let ServerMessage::Ack { id, offset } = a.recv().await {
+            acks.push((id, offset));
+        }
+    }
+    let want: Vec<_> = (0..N)
+        .map(|i| (roomcast_protocol::ReqId::Int(i), Some(i as u64 + 1)))
+        .collect();
+    assert_eq!(
+        acks, want,
+        "acks in request order, offsets in request order"
+    );
+    let got = messages(&mut b, N as usize).await;
+    let want: Vec<_> = (0..N)
+        .map(|i| (i as u64 + 1, "alice".into(), json!(i)))
+        .collect();
+    assert_eq!(got, want);
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_started_before_redis_serve_once_it_comes_up() {
     // compose and k8s start containers in any order: a node whose Redis is not up yet
     // listens, answers /healthz 200 and /readyz 503, and joins the cluster when it is.

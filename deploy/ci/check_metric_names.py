@@ -32,6 +32,8 @@ COUNTERS_GAUGES = {
     "roomcast_bus_publish_errors_total",
     "roomcast_bus_messages_received_total",
     "roomcast_bus_gap_repairs_total",
+    "roomcast_bus_publish_batches_total",
+    "roomcast_bus_publishes_batched_total",
     "roomcast_api_requests_total",
     "roomcast_draining",
 }

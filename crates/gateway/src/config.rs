@@ -98,6 +98,9 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "ROOMCAST_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Runtime worker threads; 0 means one per CPU core.
+    #[arg(long, env = "ROOMCAST_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Heartbeat interval, seconds: pings go out this often; two silent intervals close.
     #[arg(long, env = "ROOMCAST_HEARTBEAT", default_value_t = 25)]
     pub heartbeat: u64,

@@ -238,7 +238,10 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
             slot,
             ip_guard: Some(ip_guard),
         };
-        session::run(n, ws, setup).await;
+        // The session runs as a task of its own: this one (and what the upgrade needed)
+        // ends here, so a connection holds only the session's memory.
+        let session = session::start(n.clone(), ws, setup);
+        n.sessions.spawn(session);
     };
     node.sessions.spawn(fut);
     resp

@@ -91,10 +91,16 @@ async fn next_reply(pending: &mut Option<Box<FuturesOrdered<Pending>>>) -> Optio
     }
 }
 
-/// Runs a session to its end.
-pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, setup: Setup)
+/// Builds the session of an upgraded connection; the future it returns runs the session
+/// to its end. Everything is built here, outside the future, so that the future (the
+/// memory every connection holds while it lives) keeps one copy of it.
+pub fn start<S>(
+    node: Arc<Node>,
+    ws: WebSocketStream<S>,
+    setup: Setup,
+) -> impl Future<Output = ()> + Send + 'static
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Setup {
         conn_id,
@@ -105,7 +111,7 @@ where
     } = setup;
     let now = Instant::now();
     let node_queue = node.cfg.outbound_queue;
-    let mut s = Session {
+    let s = Session {
         bucket: TokenBucket::new(node.cfg.rate_limit, node.cfg.rate_burst, now.into_std()),
         node,
         ws,
@@ -117,36 +123,57 @@ where
         pending: None,
     };
     s.node.hub.register(&s.conn_id, &s.mailbox);
-    let mut state = State::AwaitingAuth {
+    let state = State::AwaitingAuth {
         deadline: now + Duration::from_secs(s.node.cfg.auth_timeout),
     };
-    // Authenticate at once from the token of the upgrade request, or with --auth none.
-    let initial = match token {
-        Some(t) => Some(s.node.auth.verify(&t)),
-        None => s.node.auth.anonymous(&s.conn_id).map(Ok),
-    };
-    let end = match initial {
-        Some(Ok(who)) => match Box::pin(s.authenticate(who, None)).await {
-            Ok(active) => {
-                state = State::Active(active);
-                s.run_loop(&mut state).await
-            }
-            Err(end) => end,
-        },
-        Some(Err(e)) => s.auth_failed(&e),
+    drive(s, state, token, (slot, ip_guard))
+}
+
+/// Runs a built session to its end; `guards` (the connection's slots in the node and IP
+/// counts) are released last. Only what lives as long as the connection is kept across
+/// the main loop: the first authentication runs in a future of its own.
+async fn drive<S>(
+    mut s: Session<S>,
+    mut state: State,
+    token: Option<String>,
+    guards: (ConnSlot, Option<IpGuard>),
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let end = match Box::pin(s.begin(&mut state, token)).await {
+        Some(end) => end,
         None => s.run_loop(&mut state).await,
     };
     let (hub, id) = (s.node.hub.clone(), s.conn_id.clone());
     Box::pin(s.finish(state, end)).await;
     hub.unregister(&id);
-    drop(slot);
-    drop(ip_guard);
+    drop(guards);
 }
 
 impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Authenticates at once from the token of the upgrade request, or with `--auth
+    /// none`; `Some` when the connection must end instead.
+    async fn begin(&mut self, state: &mut State, token: Option<String>) -> Option<End> {
+        let initial = match token {
+            Some(t) => Some(self.node.auth.verify(&t)),
+            None => self.node.auth.anonymous(&self.conn_id).map(Ok),
+        };
+        match initial {
+            Some(Ok(who)) => match self.authenticate(who, None).await {
+                Ok(active) => {
+                    *state = State::Active(active);
+                    None
+                }
+                Err(end) => Some(end),
+            },
+            Some(Err(e)) => Some(self.auth_failed(&e)),
+            None => None,
+        }
+    }
+
     /// The id of a request this session refuses before handling it, for the error reply.
     /// The frame is bounded by the hard frame cap, so decoding it for this is cheap enough.
     fn request_id(&self, bytes: &[u8]) -> Option<ReqId> {
@@ -257,7 +284,9 @@ where
                 },
                 reply = next_reply(&mut self.pending) => {
                     if let Some(r) = reply {
-                        if let Err(end) = self.reply(&r).await {
+                        // Boxed: the reply's state would otherwise sit in every idle
+                        // connection's task.
+                        if let Err(end) = Box::pin(self.reply(&r)).await {
                             return end;
                         }
                     }

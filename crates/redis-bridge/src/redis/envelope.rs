@@ -2,20 +2,55 @@
 //! from pub/sub payloads and history entries.
 
 use crate::bus::BusError;
-use roomcast_protocol::{BusMessage, Envelope, Publication};
+use roomcast_protocol::{BusMessage, Envelope, Publication, RoomName, UserId};
 
-/// A room message envelope cut for the publish script: `head` is everything before the
-/// `msg` map's header, `body` the map's fields, `fields` how many there are. The script
-/// appends `offset` and `epoch` and writes a header counting them.
+/// A room message cut for the publish script: the `msg` map's fields and how many there
+/// are. The script puts the node's envelope head before them, appends `offset` and
+/// `epoch`, and writes a header counting them.
 pub(crate) struct SplitEnvelope {
-    pub(crate) head: Vec<u8>,
+    /// The `msg` map's field count (its header, rewritten by the script).
     pub(crate) fields: u8,
-    pub(crate) body: Vec<u8>,
+    /// The `msg` map as encoded: its header byte, then its fields.
+    encoded: Vec<u8>,
 }
 
-/// Encodes `p` (without offset and epoch) from `node`, split for the publish script.
+impl SplitEnvelope {
+    /// The `msg` map's fields, without its header.
+    pub(crate) fn body(&self) -> &[u8] {
+        self.encoded.get(1..).unwrap_or_default()
+    }
+}
+
+/// Everything an envelope from `node` holds before its `msg` map's header: the same
+/// for every message of a node, so it is built once (and checked against a whole
+/// envelope's encoding, so that splicing stays right if the envelope changes).
+pub(crate) fn envelope_head(node: &str) -> Result<Vec<u8>, BusError> {
+    let probe = BusMessage::Message {
+        room: RoomName::new("r").map_err(|e| BusError::Internal(e.to_string()))?,
+        event: roomcast_protocol::EventName::new("e")
+            .map_err(|e| BusError::Internal(e.to_string()))?,
+        data: serde_json::Value::Null,
+        from: UserId::new("u").map_err(|e| BusError::Internal(e.to_string()))?,
+        offset: None,
+        ts: 0,
+        epoch: None,
+        skip: None,
+    };
+    let inner = rmp_serde::to_vec_named(&probe)
+        .map_err(|e| BusError::Internal(format!("encode message: {e}")))?;
+    let full = Envelope::new(node, probe)
+        .to_msgpack()
+        .map_err(|e| BusError::Internal(format!("encode envelope: {e}")))?;
+    // `msg` is the envelope's last field, so its encoding ends the envelope.
+    if !full.ends_with(&inner) {
+        return Err(BusError::Internal("unexpected envelope layout".into()));
+    }
+    Ok(full[..full.len() - inner.len()].to_vec())
+}
+
+/// Encodes `p` (without offset and epoch), split for the publish script, which puts
+/// the node's [`envelope_head`] before it and the offset and epoch after it.
 pub(crate) fn split_message(
-    node: &str,
     p: &Publication,
     skip: Option<&str>,
 ) -> Result<SplitEnvelope, BusError> {
@@ -29,21 +64,16 @@ pub(crate) fn split_message(
         epoch: None,
         skip: skip.map(str::to_string),
     };
-    let inner = rmp_serde::to_vec_named(&msg)
+    let encoded = rmp_serde::to_vec_named(&msg)
         .map_err(|e| BusError::Internal(format!("encode message: {e}")))?;
-    let full = Envelope::new(node, msg)
-        .to_msgpack()
-        .map_err(|e| BusError::Internal(format!("encode envelope: {e}")))?;
-    // `msg` is the envelope's last field, so its encoding ends the envelope; its header
-    // is a fixmap (at most 9 fields here), which leaves room for the two the script adds.
-    let header = inner.first().copied().unwrap_or(0);
+    // Its header is a fixmap (at most 9 fields here), which leaves room for the two the
+    // script adds.
+    let header = encoded.first().copied().unwrap_or(0);
     let fields = header & 0x0f;
-    if !full.ends_with(&inner) || header & 0xf0 != 0x80 || fields + 2 > 15 {
+    if header & 0xf0 != 0x80 || fields + 2 > 15 {
         return Err(BusError::Internal("unexpected envelope layout".into()));
     }
-    let head = full[..full.len() - inner.len()].to_vec();
-    let body = inner[1..].to_vec();
-    Ok(SplitEnvelope { head, fields, body })
+    Ok(SplitEnvelope { fields, encoded })
 }
 
 /// Encodes any envelope from `node`.
@@ -91,10 +121,10 @@ mod tests {
             offset: None,
             ts: 7,
         };
-        let s = split_message("n1", &p, Some("c1")).expect("split");
-        let mut bytes = s.head.clone();
+        let s = split_message(&p, Some("c1")).expect("split");
+        let mut bytes = envelope_head("n1").expect("head");
         bytes.push(0x80 + s.fields + 2);
-        bytes.extend_from_slice(&s.body);
+        bytes.extend_from_slice(s.body());
         bytes.extend(rmp_serde::to_vec("offset").expect("k"));
         bytes.extend(rmp_serde::to_vec(&42u64).expect("v"));
         bytes.extend(rmp_serde::to_vec("epoch").expect("k"));

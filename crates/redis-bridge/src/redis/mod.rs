@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     presence: LocalPresence,
     /// Room publishes on their way to the publisher task (batched into script calls).
     publish_tx: mpsc::Sender<publisher::Job>,
+    /// What every envelope of this node starts with (see `envelope::envelope_head`).
+    envelope_head: Vec<u8>,
 }
 
 /// Why one Redis call failed, before it becomes a [`BusError`].
@@ -179,6 +181,7 @@ impl RedisBus {
         let stop = CancellationToken::new();
         let (baseline_tx, baseline_rx) = mpsc::unbounded_channel();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let envelope_head = envelope::envelope_head(&cfg.node_id)?;
         let inner = Arc::new(Inner {
             keys: Keys::new(&cfg.prefix),
             presence: LocalPresence::default(),
@@ -199,6 +202,7 @@ impl RedisBus {
             baseline_tx,
             baseline_rx: Mutex::new(Some(baseline_rx)),
             publish_tx,
+            envelope_head,
         });
         inner.tasks.spawn(publisher::run(inner.clone(), publish_rx));
         // Say now, not at the first publish, when the URL or the password is wrong; a
@@ -575,8 +579,7 @@ impl RedisBus {
     async fn publish_inner(&self, req: PublishRequest) -> Result<PublishResult, BusError> {
         let inner = &self.inner;
         let room = &req.publication.room;
-        let parts =
-            envelope::split_message(&inner.cfg.node_id, &req.publication, req.skip.as_deref())?;
+        let parts = envelope::split_message(&req.publication, req.skip.as_deref())?;
         let (reply, answer) = oneshot::channel();
         let job = publisher::Job {
             meta: inner.keys.meta(room),
@@ -584,7 +587,6 @@ impl RedisBus {
             channel: inner.keys.room_channel(room),
             dedupe: req.idempotency_key.as_deref().map(|k| inner.keys.dedupe(k)),
             envelope: parts,
-            fresh_epoch: new_epoch(),
             volatile: req.volatile,
             reply,
         };

@@ -11,6 +11,7 @@
 use super::envelope::SplitEnvelope;
 use super::{Inner, OpError};
 use crate::bus::{BusError, BusStats};
+use crate::memory::new_epoch;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,7 +28,6 @@ pub(crate) struct Job {
     pub(crate) channel: String,
     pub(crate) dedupe: Option<String>,
     pub(crate) envelope: SplitEnvelope,
-    pub(crate) fresh_epoch: String,
     pub(crate) volatile: bool,
     pub(crate) reply: oneshot::Sender<Reply>,
 }
@@ -68,16 +68,16 @@ async fn call(inner: &Inner, batch: &[Job]) -> Result<Vec<(u8, String)>, BusErro
     let mut inv = inner.scripts.publish.prepare_invoke();
     inv.arg(inner.cfg.history_size)
         .arg(Inner::ms(inner.cfg.history_ttl))
-        .arg(Inner::ms(inner.cfg.dedupe_window));
+        .arg(Inner::ms(inner.cfg.dedupe_window))
+        .arg(&inner.envelope_head)
+        .arg(new_epoch());
     for job in batch {
         inv.key(&job.meta)
             .key(&job.history)
             .key(&job.channel)
             .key(job.dedupe.as_ref().unwrap_or(&job.meta));
-        inv.arg(&job.envelope.head)
-            .arg(job.envelope.fields)
-            .arg(&job.envelope.body)
-            .arg(&job.fresh_epoch)
+        inv.arg(job.envelope.fields)
+            .arg(job.envelope.body())
             .arg(if job.volatile { "1" } else { "0" })
             .arg(if job.dedupe.is_some() { "1" } else { "0" });
     }

@@ -48,21 +48,22 @@ end
 /// more than the commands inside it).
 ///
 /// KEYS, 4 per message: meta, history, room channel, dedupe (any key when it has none).
-/// ARGV: history size, history ttl (ms), dedupe window (ms); then 6 per message:
-/// envelope head, msg field count, msg fields, fresh epoch, volatile ('1'/'0'),
-/// has dedupe ('1'/'0').
+/// ARGV: history size, history ttl (ms), dedupe window (ms), envelope head (everything
+/// before the `msg` map's header: the same for all of a node's messages), a fresh epoch
+/// (for rooms whose history starts in this batch); then 4 per message: msg field count,
+/// msg fields, volatile ('1'/'0'), has dedupe ('1'/'0').
 /// Returns per message {duplicate (0/1), "<offset>:<epoch>"} (offset empty when volatile).
 const PUBLISH: &str = r#"
-local size, ttl, window = ARGV[1], ARGV[2], ARGV[3]
+local size, ttl, window, head, fresh = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local pack = cmsgpack.pack
 local out = {}
 -- per room in this batch: its epoch and last offset, read once and written back once
 local rooms = {}
 for i = 1, #KEYS / 4 do
   local k = 4 * (i - 1)
-  local a = 3 + 6 * (i - 1)
+  local a = 5 + 4 * (i - 1)
   local meta, hist, chan, dedupe = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local has_dedupe = ARGV[a + 6] == '1'
+  local has_dedupe = ARGV[a + 4] == '1'
   local prev = has_dedupe and redis.call('GET', dedupe)
   if prev then
     out[i] = {1, prev}
@@ -73,17 +74,17 @@ for i = 1, #KEYS / 4 do
       st = {epoch = e[1] or nil, o = tonumber(e[2] or '0') or 0, hist = hist, dirty = false}
       rooms[meta] = st
     end
-    local n = tonumber(ARGV[a + 2])
+    local n = tonumber(ARGV[a + 1])
     local offset = ''
     local epoch
     local payload
-    if ARGV[a + 5] == '1' then
+    if ARGV[a + 3] == '1' then
       epoch = st.epoch or ''
-      payload = ARGV[a + 1] .. string.char(128 + n) .. ARGV[a + 3]
+      payload = head .. string.char(128 + n) .. ARGV[a + 2]
     else
       if not st.epoch then
         -- a new history (first publish, or the old one was lost): new epoch, offsets from 1
-        st.epoch = ARGV[a + 4]
+        st.epoch = fresh
         st.o = 0
         redis.call('DEL', hist)
       end
@@ -92,7 +93,7 @@ for i = 1, #KEYS / 4 do
       st.dirty = true
       st.tail = st.tail or (pack('epoch') .. pack(epoch))
       offset = string.format('%d', st.o)
-      payload = ARGV[a + 1] .. string.char(128 + n + 2) .. ARGV[a + 3] ..
+      payload = head .. string.char(128 + n + 2) .. ARGV[a + 2] ..
         pack('offset') .. pack(st.o) .. st.tail
       redis.call('XADD', hist, 'MAXLEN', '~', size, offset .. '-0', 'd', payload)
     end

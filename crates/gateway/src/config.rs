@@ -145,6 +145,10 @@ pub struct Config {
     /// Initial read buffer per WebSocket connection, bytes (grows for larger frames).
     #[arg(long, env = "ROOMCAST_WS_READ_BUFFER", default_value_t = 512)]
     pub ws_read_buffer: usize,
+    /// Seconds between returns of freed heap pages to the OS (after connections came or
+    /// went); 0 turns it off. Only with glibc.
+    #[arg(long, env = "ROOMCAST_MALLOC_TRIM_INTERVAL", default_value_t = 10)]
+    pub malloc_trim_interval: u64,
     /// Outbound queue per connection, messages; overflow closes with 4008.
     #[arg(long, env = "ROOMCAST_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,

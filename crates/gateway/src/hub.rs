@@ -5,6 +5,7 @@
 
 use crate::metrics::Metrics;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use roomcast_protocol::{
     close, Encoding, MessageFrame, Publication, RoomName, ServerMessage, UserId,
 };
@@ -12,8 +13,8 @@ use roomcast_redis_bridge::{Bus, BusEvent, Delivery};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How a connection wants its frames.
@@ -82,7 +83,9 @@ pub type Outbound = Arc<Frame>;
 pub struct Mailbox {
     queue: Mutex<VecDeque<Outbound>>,
     cap: usize,
-    notify: Notify,
+    /// The one reader's waker (its session or SSE stream): lighter than a `Notify`, and
+    /// the reader's future stays a pointer wide (it is in every idle connection).
+    waker: AtomicWaker,
     kick: AtomicU16,
     closed: AtomicBool,
 }
@@ -102,7 +105,7 @@ impl Mailbox {
         Arc::new(Mailbox {
             queue: Mutex::new(VecDeque::new()),
             cap: cap.max(1),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
             kick: AtomicU16::new(0),
             closed: AtomicBool::new(false),
         })
@@ -115,7 +118,7 @@ impl Mailbox {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.notify.notify_one();
+            self.waker.wake();
         }
     }
 
@@ -137,24 +140,36 @@ impl Mailbox {
             }
             q.push_back(item);
         }
-        self.notify.notify_one();
+        self.waker.wake();
         true
     }
 
-    /// The next frame, or the close request; waits until there is one.
-    pub async fn next(&self) -> Mail {
-        loop {
-            let code = self.kick.load(Ordering::Acquire);
-            if code != 0 {
-                return Mail::Kick(code);
-            }
-            if let Some(item) = self.try_next() {
-                return Mail::Frame(item);
-            }
-            // A push or kick between the checks above and this wait leaves a permit:
-            // no wake-up is lost.
-            self.notify.notified().await;
+    /// The next frame, or the close request; waits until there is one. Only one task
+    /// reads a mailbox.
+    pub fn next(&self) -> impl std::future::Future<Output = Mail> + '_ {
+        std::future::poll_fn(move |cx| self.poll_next(cx))
+    }
+
+    /// Polls for the next frame or close request, waking the reader when one comes.
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Mail> {
+        if let Some(m) = self.ready() {
+            return Poll::Ready(m);
         }
+        self.waker.register(cx.waker());
+        // A push or kick between the check above and the registration has woken no one:
+        // look again now that the waker is in place.
+        match self.ready() {
+            Some(m) => Poll::Ready(m),
+            None => Poll::Pending,
+        }
+    }
+
+    fn ready(&self) -> Option<Mail> {
+        let code = self.kick.load(Ordering::Acquire);
+        if code != 0 {
+            return Some(Mail::Kick(code));
+        }
+        self.try_next().map(Mail::Frame)
     }
 
     /// The next frame if one is queued.
@@ -336,7 +351,8 @@ impl Hub {
     pub fn add_user(&self, m: &Member) {
         lock(&self.users)
             .entry(m.user.clone())
-            .or_default()
+            // Most users have one connection: a default Vec would reserve four.
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(m.clone());
     }
 

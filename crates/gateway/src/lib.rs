@@ -10,6 +10,7 @@ pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod session;
@@ -104,8 +105,14 @@ pub async fn run(
         connections: AtomicUsize::new(0),
         drain: CancellationToken::new(),
         sessions: TaskTracker::new(),
+        churn: Arc::default(),
         cfg,
     });
+    memory::spawn_trimmer(
+        Duration::from_secs(node.cfg.malloc_trim_interval),
+        node.churn.clone(),
+        shutdown.clone(),
+    );
     let addr = listener.local_addr()?;
     let mode = if node.cfg.redis_url.is_some() {
         "cluster"

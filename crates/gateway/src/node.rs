@@ -43,6 +43,8 @@ pub struct Node {
     pub drain: CancellationToken,
     /// Every session task, so that shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// Connections opened and closed, for the heap trimmer.
+    pub churn: Arc<crate::memory::Churn>,
 }
 
 impl Node {
@@ -63,6 +65,7 @@ impl Node {
             .with_label_values(&[transport])
             .inc();
         self.metrics.connections_accepted.inc();
+        self.churn.note();
         Some(ConnSlot {
             node: self.clone(),
             transport,
@@ -84,6 +87,7 @@ pub struct ConnSlot {
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.node.connections.fetch_sub(1, Ordering::AcqRel);
+        self.node.churn.note();
         self.node
             .metrics
             .connections

@@ -64,22 +64,28 @@ for i = 1, #KEYS / 4 do
   local a = 5 + 4 * (i - 1)
   local meta, hist, chan, dedupe = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local has_dedupe = ARGV[a + 4] == '1'
-  local prev = has_dedupe and redis.call('GET', dedupe)
+  local st = rooms[meta]
+  if not st then
+    local e = redis.call('HMGET', meta, 'e', 's')
+    st = {epoch = e[1] or nil, o = tonumber(e[2] or '0') or 0, hist = hist, dirty = false}
+    rooms[meta] = st
+  end
+  local volatile = ARGV[a + 3] == '1'
+  -- The result this message gets if it is new, known before anything is written.
+  local offset, epoch = '', st.epoch or ''
+  if not volatile then
+    epoch = st.epoch or fresh
+    offset = string.format('%d', st.o + 1)
+  end
+  local result = offset .. ':' .. epoch
+  -- One call checks and claims the id (Redis >= 7.0): a repeat gets the first result.
+  local prev = has_dedupe and redis.call('SET', dedupe, result, 'NX', 'GET', 'PX', window)
   if prev then
     out[i] = {1, prev}
   else
-    local st = rooms[meta]
-    if not st then
-      local e = redis.call('HMGET', meta, 'e', 's')
-      st = {epoch = e[1] or nil, o = tonumber(e[2] or '0') or 0, hist = hist, dirty = false}
-      rooms[meta] = st
-    end
     local n = tonumber(ARGV[a + 1])
-    local offset = ''
-    local epoch
     local payload
-    if ARGV[a + 3] == '1' then
-      epoch = st.epoch or ''
+    if volatile then
       payload = head .. string.char(128 + n) .. ARGV[a + 2]
     else
       if not st.epoch then
@@ -88,18 +94,14 @@ for i = 1, #KEYS / 4 do
         st.o = 0
         redis.call('DEL', hist)
       end
-      epoch = st.epoch
       st.o = st.o + 1
       st.dirty = true
-      st.tail = st.tail or (pack('epoch') .. pack(epoch))
-      offset = string.format('%d', st.o)
+      st.tail = st.tail or (pack('epoch') .. pack(st.epoch))
       payload = head .. string.char(128 + n + 2) .. ARGV[a + 2] ..
         pack('offset') .. pack(st.o) .. st.tail
       redis.call('XADD', hist, 'MAXLEN', '~', size, offset .. '-0', 'd', payload)
     end
     redis.call('PUBLISH', chan, payload)
-    local result = offset .. ':' .. epoch
-    if has_dedupe then redis.call('SET', dedupe, result, 'PX', window) end
     out[i] = {0, result}
   end
 end

@@ -1,12 +1,16 @@
 //! One connection to a target, in its own protocol: roomcast (PROTOCOL.md, through
-//! the protocol crate), the `ws` + `ioredis` peer (plain JSON), or Socket.IO 4
-//! (Engine.IO v4 text frames over a raw WebSocket, hand-rolled).
+//! the protocol crate), the `ws` + `ioredis` peer (plain JSON), Socket.IO 4
+//! (Engine.IO v4 text frames over a raw WebSocket, hand-rolled), or sockudo (the Pusher
+//! protocol 7: private channels authorized with the app secret, client events).
 
 use crate::sys::Target as Addr;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
 use roomcast_protocol::{ClientMessage, Encoding, EventName, ReqId, RoomName, ServerMessage};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::Sha256;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
@@ -23,6 +27,7 @@ pub enum Kind {
     Roomcast,
     Wsredis,
     Socketio,
+    Sockudo,
 }
 
 /// The payload every benchmark message carries in `data`.
@@ -66,13 +71,92 @@ pub struct Settings {
     pub token: Option<std::sync::Arc<dyn Fn() -> String + Send + Sync>>,
     pub sources: u8,
     pub timeout: Duration,
+    /// Sockudo: the app's key (in the URL) and secret (to sign channel subscriptions).
+    pub pusher: PusherApp,
 }
+
+/// A Pusher app's credentials, as configured on the sockudo nodes.
+#[derive(Clone, Default)]
+pub struct PusherApp {
+    pub key: String,
+    pub secret: String,
+}
+
+impl PusherApp {
+    /// `<key>:<hex HMAC-SHA256(secret, "<socket_id>:<channel>")>`, the private-channel
+    /// auth an app server would hand out.
+    fn auth(&self, socket_id: &str, channel: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.secret.as_bytes())
+            .expect("HMAC takes keys of any size");
+        mac.update(socket_id.as_bytes());
+        mac.update(b":");
+        mac.update(channel.as_bytes());
+        let mut out = String::with_capacity(self.key.len() + 65);
+        out.push_str(&self.key);
+        out.push(':');
+        for b in mac.finalize().into_bytes() {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A Pusher protocol frame: `{"event": ..., "channel": ..., "data": ...}`. `data` is a
+/// JSON string for the `pusher:` events and whatever the publisher sent for client events;
+/// kept raw, decoded once its event is known.
+#[derive(Deserialize)]
+struct PusherFrame<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+impl PusherFrame<'_> {
+    /// A client event's payload: the object the publisher sent (or JSON in a string).
+    fn payload(&self) -> Option<Payload> {
+        let d = self.data?.get();
+        if d.starts_with('"') {
+            serde_json::from_str(&serde_json::from_str::<String>(d).ok()?).ok()
+        } else {
+            serde_json::from_str(d).ok()
+        }
+    }
+
+    /// The `data` of a `pusher:` event, which is JSON in a string (or an object).
+    fn object(&self) -> serde_json::Value {
+        let Some(d) = self.data.map(RawValue::get) else {
+            return serde_json::Value::Null;
+        };
+        match serde_json::from_str::<serde_json::Value>(d) {
+            Ok(serde_json::Value::String(t)) => {
+                serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))
+            }
+            Ok(v) => v,
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+}
+
+fn pusher_channel(room: &str) -> String {
+    format!("private-{room}")
+}
+
+const PUSHER_PONG: &str = r#"{"event":"pusher:pong","data":{}}"#;
 
 pub struct Conn {
     ws: WebSocketStream<TcpStream>,
     kind: Kind,
     enc: Encoding,
     sio_ack: u64,
+    /// Sockudo: this connection's socket id, from `pusher:connection_established`.
+    socket_id: String,
+    pusher: PusherApp,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -118,6 +202,10 @@ impl Conn {
             }
             Kind::Wsredis => format!("{}/", target.base_path),
             Kind::Socketio => format!("{}/socket.io/?EIO=4&transport=websocket", target.base_path),
+            Kind::Sockudo => format!(
+                "{}/app/{}?protocol=7&client=roomcast-loadgen&version=1",
+                target.base_path, st.pusher.key
+            ),
         };
         let url = format!("ws://{}{}", target.host_port, path);
         let mut req = url.into_client_request()?;
@@ -136,6 +224,8 @@ impl Conn {
             kind: st.kind,
             enc: st.encoding,
             sio_ack: 0,
+            socket_id: String::new(),
+            pusher: st.pusher.clone(),
         };
         match st.kind {
             Kind::Roomcast => loop {
@@ -169,6 +259,28 @@ impl Conn {
                     }
                 }
             }
+            Kind::Sockudo => loop {
+                // `pusher:connection_established`, data a JSON string:
+                // {"socket_id":"123.456","activity_timeout":120}.
+                if let Raw::Text(t) = c.next_raw(st.timeout).await? {
+                    let f: PusherFrame = serde_json::from_str(&t)
+                        .with_context(|| format!("undecodable pusher frame: {t:.200}"))?;
+                    match &*f.event {
+                        "pusher:connection_established" => {
+                            let d = f.object();
+                            let Some(id) = d.get("socket_id").and_then(|v| v.as_str()) else {
+                                bail!("connection_established without socket_id: {t:.200}");
+                            };
+                            c.socket_id = id.to_owned();
+                            break;
+                        }
+                        "pusher:error" => {
+                            bail!("pusher:error before connection_established: {t:.200}")
+                        }
+                        _ => {}
+                    }
+                }
+            },
         }
         Ok(c)
     }
@@ -219,6 +331,33 @@ impl Conn {
                     }
                 }
             }
+            Kind::Sockudo => {
+                let channel = pusher_channel(room);
+                let auth = self.pusher.auth(&self.socket_id, &channel);
+                let m = serde_json::json!({
+                    "event": "pusher:subscribe",
+                    "data": {"channel": channel, "auth": auth},
+                });
+                self.ws.send(Message::text(m.to_string())).await?;
+                loop {
+                    if let Raw::Text(t) = self.next_raw(timeout).await? {
+                        let Ok(f) = serde_json::from_str::<PusherFrame>(&t) else {
+                            continue;
+                        };
+                        match &*f.event {
+                            "pusher_internal:subscription_succeeded"
+                                if f.channel.as_deref() == Some(channel.as_str()) =>
+                            {
+                                return Ok(0)
+                            }
+                            "pusher:subscription_error" | "pusher:error" => {
+                                bail!("subscribe {channel} refused: {t:.200}")
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -250,6 +389,11 @@ impl Conn {
                 "42{}",
                 serde_json::json!(["publish", {"room": room, "event": "m", "data": payload}])
             )),
+            // A client event: relayed to the channel's other subscribers, not echoed.
+            Kind::Sockudo => Message::text(
+                serde_json::json!({"event": "client-msg", "channel": pusher_channel(room), "data": payload})
+                    .to_string(),
+            ),
         };
         self.ws.feed(msg).await?;
         Ok(())
@@ -331,6 +475,36 @@ impl Conn {
                 }
                 Incoming::Other
             }
+            (Kind::Sockudo, Message::Text(t)) => {
+                let f = match serde_json::from_str::<PusherFrame>(&t) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        return Incoming::Error {
+                            id: None,
+                            msg: format!("undecodable: {e}"),
+                        }
+                    }
+                };
+                match &*f.event {
+                    "client-msg" => Incoming::Delivery {
+                        offset: None,
+                        payload: f.payload(),
+                    },
+                    "pusher:ping" => {
+                        // Unanswered, the server closes the connection after its activity
+                        // timeout.
+                        if self.ws.send(Message::text(PUSHER_PONG)).await.is_err() {
+                            return Incoming::Closed("pong failed".into());
+                        }
+                        Incoming::Other
+                    }
+                    "pusher:error" | "pusher:subscription_error" => Incoming::Error {
+                        id: None,
+                        msg: format!("{}: {}", f.event, f.object()),
+                    },
+                    _ => Incoming::Other,
+                }
+            }
             _ => Incoming::Other,
         }
     }
@@ -378,6 +552,9 @@ impl Conn {
             Message::Text(t) => {
                 if self.kind == Kind::Socketio && t.as_str() == "2" {
                     self.ws.send(Message::text("3")).await?;
+                }
+                if self.kind == Kind::Sockudo && t.contains("\"pusher:ping\"") {
+                    self.ws.send(Message::text(PUSHER_PONG)).await?;
                 }
                 Raw::Text(t.to_string())
             }

@@ -7,7 +7,7 @@ mod adapter;
 mod stats;
 mod sys;
 
-use adapter::{Conn, Incoming, Kind, Payload, Settings};
+use adapter::{Conn, Incoming, Kind, Payload, PusherApp, Settings};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use roomcast_protocol::Encoding;
@@ -44,6 +44,31 @@ struct Cli {
     /// Wire encoding for roomcast.
     #[arg(long, global = true, value_enum, default_value = "json")]
     encoding: Enc,
+    /// Sockudo: the app key (defaults match loadtest/peers/sockudo/config.toml).
+    #[arg(
+        long,
+        global = true,
+        env = "SOCKUDO_APP_KEY",
+        default_value = "roomcast-bench-key"
+    )]
+    sockudo_key: String,
+    /// Sockudo: the app secret, to sign private-channel subscriptions.
+    #[arg(
+        long,
+        global = true,
+        env = "SOCKUDO_APP_SECRET",
+        default_value = "roomcast-bench-secret",
+        hide_env_values = true
+    )]
+    sockudo_secret: String,
+    /// Sockudo: the app id (only reported: the WebSocket protocol names the app by key).
+    #[arg(
+        long,
+        global = true,
+        env = "SOCKUDO_APP_ID",
+        default_value = "roomcast-bench"
+    )]
+    sockudo_app_id: String,
     /// Spread source addresses over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, global = true, default_value_t = 16)]
     source_addrs: u8,
@@ -274,6 +299,10 @@ async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
             token,
             sources: cli.source_addrs.max(1),
             timeout: Duration::from_secs_f64(cli.connect_timeout.clamp(0.1, 120.0)),
+            pusher: PusherApp {
+                key: cli.sockudo_key.clone(),
+                secret: cli.sockudo_secret.clone(),
+            },
         },
         targets,
         prefix,
@@ -333,6 +362,12 @@ async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
     let cpu1 = sys::self_cpu();
     let obj = report.as_object_mut().context("report")?;
     obj.insert("target".into(), json!(cli.target));
+    if cli.target == Kind::Sockudo {
+        obj.insert(
+            "sockudo_app".into(),
+            json!({"id": cli.sockudo_app_id, "key": cli.sockudo_key}),
+        );
+    }
     obj.insert("urls".into(), json!(cli.url));
     obj.insert("label".into(), json!(cli.label));
     obj.insert("errors".into(), ctx.errors_json());
@@ -491,6 +526,9 @@ async fn idle(
 
 // ---------------------------------------------------------------- fanout
 
+/// Most gaps one receiver remembers, to tell a late message from a lost one.
+const MAX_TRACKED_GAPS: u64 = 100_000;
+
 #[derive(Default)]
 struct RecvResult {
     room: usize,
@@ -498,8 +536,13 @@ struct RecvResult {
     unique: u64,
     dups: u64,
     gaps: u64,
+    /// Arrivals that filled an earlier gap: late, not lost (a peer that does not keep
+    /// one order across nodes).
+    reordered: u64,
     /// Roomcast: the last offset seen (key 0). Peers: the last seq per publisher.
     last: HashMap<u32, u64>,
+    /// The gaps not filled yet, by (key, seq); bounded by [`MAX_TRACKED_GAPS`].
+    missing: std::collections::HashSet<(u32, u64)>,
     closed: bool,
     ok: bool,
 }
@@ -605,11 +648,21 @@ async fn fanout(
                         };
                         let last = r.last.entry(key).or_insert(0);
                         if seq <= *last {
-                            r.dups += 1;
-                            continue;
+                            if r.missing.remove(&(key, seq)) {
+                                r.reordered += 1;
+                                r.gaps -= 1;
+                            } else {
+                                r.dups += 1;
+                                continue;
+                            }
+                        } else {
+                            let gap = seq - *last - 1;
+                            if gap > 0 && r.missing.len() as u64 + gap <= MAX_TRACKED_GAPS {
+                                r.missing.extend((*last + 1..seq).map(|s| (key, s)));
+                            }
+                            r.gaps += gap;
+                            *last = seq;
                         }
-                        r.gaps += seq - *last - 1;
-                        *last = seq;
                         r.unique += 1;
                         unique_total.fetch_add(1, Relaxed);
                         if let Some(p) = payload {
@@ -842,6 +895,7 @@ async fn fanout(
     }
     let (mut delivered, mut unique, mut dups, mut lost, mut rx_closed, mut rx_missing) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut reordered = 0u64;
     for r in &recvs {
         let Some(r) = r else {
             rx_missing += 1;
@@ -854,6 +908,7 @@ async fn fanout(
         unique += r.unique;
         dups += r.dups;
         lost += r.gaps;
+        reordered += r.reordered;
         if kind == Kind::Roomcast {
             let last = r.last.get(&0).copied().unwrap_or(0);
             lost += final_offset
@@ -879,6 +934,8 @@ async fn fanout(
     let ok = connect_failed == 0
         && lost == 0
         && dups == 0
+        // roomcast promises one order per room: a late message is a failure there
+        && (reordered == 0 || kind != Kind::Roomcast)
         && pub_errors == 0
         && unacked == 0
         && rx_closed == 0
@@ -903,6 +960,7 @@ async fn fanout(
         "unique": unique,
         "duplicates": dups,
         "lost": lost,
+        "reordered": reordered,
         "publisher_side_deliveries": pub_other,
         "receivers_closed": rx_closed,
         "receivers_missing": rx_missing,
@@ -1043,9 +1101,9 @@ fn human(r: &Value) -> String {
         }
         Some("fanout") => {
             s += &format!(
-                "  published {} ({}/s), acked {}, errors {}; delivered {} (unique {}, dup {}, lost {}), {} deliveries/s\n",
+                "  published {} ({}/s), acked {}, errors {}; delivered {} (unique {}, dup {}, lost {}, late {}), {} deliveries/s\n",
                 g("published"), g("publish_rate"), g("acked"), g("publish_errors"), g("delivered"), g("unique"),
-                g("duplicates"), g("lost"), g("deliveries_per_s")
+                g("duplicates"), g("lost"), g("reordered"), g("deliveries_per_s")
             );
             s += &format!("  latency: {}\n", lat(&g("latency")));
             s += &format!(

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most messages one script call carries.
-pub(crate) const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 256;
 
 /// What the script answered for one message: duplicate (0/1) and "<offset>:<epoch>".
 pub(crate) type Reply = Result<(u8, String), BusError>;

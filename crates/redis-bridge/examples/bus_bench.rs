@@ -115,40 +115,45 @@ async fn main() -> anyhow::Result<()> {
     let event = EventName::try_from("m".to_string())?;
     let from = UserId::try_from("bench".to_string())?;
     let data = serde_json::Value::String("x".repeat(a.payload));
-    let sem = Arc::new(tokio::sync::Semaphore::new(a.in_flight.max(1)));
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
     let deadline = Duration::from_secs(a.timeout);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
+    // `--in-flight` publishers, each publishing the next message as soon as its last one
+    // is acked (as many clients pipelining): no task per message in the harness.
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..a.messages {
-        let permit = sem.clone().acquire_owned().await?;
-        if t0.elapsed() > deadline {
-            break;
-        }
-        let req = PublishRequest {
-            publication: Publication {
-                room: rooms[(i % rooms.len() as u64) as usize].clone(),
-                event: event.clone(),
-                data: data.clone(),
-                from: from.clone(),
-                offset: None,
-                ts: 0,
-            },
-            volatile: false,
-            idempotency_key: (!a.no_ids).then(|| format!("bench:{i}")),
-            skip: None,
-        };
-        let (bus, acked, failed) = (pub_bus.clone(), acked.clone(), failed.clone());
+    for _ in 0..a.in_flight.max(1) {
+        let (bus, acked, failed, next) =
+            (pub_bus.clone(), acked.clone(), failed.clone(), next.clone());
+        let (rooms, event, from, data) = (rooms.clone(), event.clone(), from.clone(), data.clone());
+        let (total, ids) = (a.messages, !a.no_ids);
         tasks.spawn(async move {
-            match bus.publish(req).await {
-                Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
-                Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-            };
-            drop(permit);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || t0.elapsed() > deadline {
+                    return;
+                }
+                let req = PublishRequest {
+                    publication: Publication {
+                        room: rooms[(i % rooms.len() as u64) as usize].clone(),
+                        event: event.clone(),
+                        data: data.clone(),
+                        from: from.clone(),
+                        offset: None,
+                        ts: 0,
+                    },
+                    volatile: false,
+                    idempotency_key: ids.then(|| format!("bench:{i}")),
+                    skip: None,
+                };
+                match bus.publish(req).await {
+                    Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
         });
-        while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
     let acked_s = t0.elapsed().as_secs_f64();

@@ -157,6 +157,9 @@ pub struct Conn {
     /// Sockudo: this connection's socket id, from `pusher:connection_established`.
     socket_id: String,
     pusher: PusherApp,
+    /// When the last frame `recv` returned came off the socket (µs since the epoch):
+    /// latency is measured to here, not to the end of this generator's decoding.
+    arrived_us: u64,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -226,6 +229,7 @@ impl Conn {
             sio_ack: 0,
             socket_id: String::new(),
             pusher: st.pusher.clone(),
+            arrived_us: 0,
         };
         match st.kind {
             Kind::Roomcast => loop {
@@ -409,8 +413,16 @@ impl Conn {
         match self.ws.next().await {
             None => Incoming::Closed("eof".into()),
             Some(Err(e)) => Incoming::Closed(e.to_string()),
-            Some(Ok(m)) => self.reduce(m).await,
+            Some(Ok(m)) => {
+                self.arrived_us = crate::stats::now_us();
+                self.reduce(m).await
+            }
         }
+    }
+
+    /// When the last frame `recv` returned arrived.
+    pub fn arrived_us(&self) -> u64 {
+        self.arrived_us
     }
 
     async fn reduce(&mut self, m: Message) -> Incoming {

@@ -666,7 +666,7 @@ async fn fanout(
                         r.unique += 1;
                         unique_total.fetch_add(1, Relaxed);
                         if let Some(p) = payload {
-                            rec.record(stats::now_us().saturating_sub(p.t));
+                            rec.record(c.arrived_us().saturating_sub(p.t));
                         }
                     }
                     Incoming::Closed(why) => {

@@ -241,7 +241,6 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
         // The session runs as a task of its own: this one (and what the upgrade needed)
         // ends here, so a connection holds only the session's memory.
         let session = session::start(n.clone(), ws, setup);
-        eprintln!("SIZES fut={}", std::mem::size_of_val(&session));
         n.sessions.spawn(session);
     };
     node.sessions.spawn(fut);

@@ -4,6 +4,7 @@
 //! Every loop is bounded in count and time; only loopback targets are accepted.
 
 mod adapter;
+mod floor;
 mod stats;
 mod sys;
 
@@ -163,6 +164,34 @@ enum Mode {
         #[arg(long, default_value_t = 30.0)]
         duration: f64,
     },
+    /// The machine's floor: one write(2) per delivery to loopback TCP sockets read by a
+    /// child process, no WebSocket and no broker; the writer's CPU per write and the
+    /// latency of a room's copies, at the fan-out's sizes and rates. Ignores --url.
+    Floor {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Messages per second (each written to every connection of its room).
+        #[arg(long, default_value_t = 250.0)]
+        rate: f64,
+        /// Writing time, seconds.
+        #[arg(long, default_value_t = 8.0)]
+        duration: f64,
+        /// Bytes per delivery (about a roomcast JSON delivery of the fan-out).
+        #[arg(long, default_value_t = 160)]
+        record_bytes: usize,
+    },
+    /// The reader side of `floor` (started by it).
+    #[command(hide = true)]
+    FloorSink {
+        #[arg(long)]
+        connections: usize,
+        #[arg(long)]
+        record_bytes: usize,
+        #[arg(long)]
+        deadline: f64,
+    },
 }
 
 /// What every mode shares.
@@ -224,25 +253,55 @@ impl Ctx {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let nofile = sys::raise_nofile().unwrap_or(0);
+    match &cli.mode {
+        Mode::FloorSink {
+            connections,
+            record_bytes,
+            deadline,
+        } => return floor::sink(*connections, *record_bytes, *deadline),
+        Mode::Floor {
+            connections,
+            rooms,
+            rate,
+            duration,
+            record_bytes,
+        } => {
+            let mut report = floor::run(&floor::FloorArgs {
+                connections: *connections,
+                rooms: *rooms,
+                rate: *rate,
+                duration: *duration,
+                record_bytes: *record_bytes,
+            })?;
+            report["label"] = json!(cli.label);
+            return finish(&cli, &report);
+        }
+        _ => {}
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cli.threads {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.enable_all().build()?;
     let report = rt.block_on(run(&cli, nofile))?;
+    rt.shutdown_timeout(Duration::from_secs(2));
+    finish(&cli, &report)
+}
+
+/// Writes the report (file, JSON on stdout, summary) and exits 0 when it is ok, 2 when not.
+fn finish(cli: &Cli, report: &Value) -> Result<()> {
     let ok = report.get("ok").and_then(Value::as_bool).unwrap_or(false);
-    let text = serde_json::to_string_pretty(&report)?;
+    let text = serde_json::to_string_pretty(report)?;
     if let Some(p) = &cli.out {
         std::fs::write(p, &text).with_context(|| format!("write {}", p.display()))?;
     }
-    let human = human(&report);
+    let human = human(report);
     if cli.json {
         eprintln!("{human}");
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(report)?);
     } else {
         println!("{human}");
     }
-    rt.shutdown_timeout(Duration::from_secs(2));
     std::process::exit(if ok { 0 } else { 2 });
 }
 
@@ -358,6 +417,7 @@ async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
             rooms,
             duration,
         } => connect(&ctx, *total, *concurrency, *rooms, *duration).await?,
+        Mode::Floor { .. } | Mode::FloorSink { .. } => bail!("floor runs without a target"),
     };
     let cpu1 = sys::self_cpu();
     let obj = report.as_object_mut().context("report")?;
@@ -1069,6 +1129,15 @@ fn human(r: &Value) -> String {
             v["p50_us"], v["p99_us"], v["p999_us"], v["max_us"], v["count"]
         )
     };
+    if g("mode").as_str() == Some("floor") {
+        return format!(
+            "roomcast-loadgen floor (raw loopback TCP, no server)  [{}]\n  {} messages at {}/s to {} rooms of {} connections: {} writes ({}/s), {} read\n  latency: {}\n  writer CPU {} s ({} us/write), reader {} us/read; writer behind schedule by at most {} ms",
+            if g("ok").as_bool() == Some(true) { "OK" } else { "NOT OK" },
+            g("messages"), g("rate"), g("rooms"), g("connections"), g("writes"), g("writes_per_s"),
+            g("records_read"), lat(&g("latency")), g("writer_cpu_s"), g("writer_cpu_us_per_write"),
+            g("reader_cpu_us_per_read"), g("behind_max_ms")
+        );
+    }
     let gen = &r["generator"];
     let mut s = format!(
         "roomcast-loadgen {} against {} {}  [{}]\n",

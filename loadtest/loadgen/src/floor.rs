@@ -2,9 +2,11 @@
 //! loopback TCP socket costs the writer, and how late the last of a room's copies lands,
 //! with no WebSocket, no Redis and no broker at all.
 //!
-//! A writer (one thread, blocking sockets: the cheapest a server could be) sends each
-//! message to every connection of its room, one write per delivery; a reader process (a
-//! tokio runtime like the generator's) reads the records and measures their latency. On
+//! Writers (one thread each, blocking sockets: the cheapest a server could be; two by
+//! default, as the cluster has two nodes, each writing to its half of every room) send
+//! each message to every connection of its room, one write per delivery; a reader
+//! process (a tokio runtime like the generator's) reads the records and measures their
+//! latency from when the message was due. On
 //! loopback the kernel runs the receiver's TCP receive and its wake-up inside the
 //! writer's `write`, so the writer's CPU per write is the least server CPU per delivery
 //! this machine can show, whatever the server does.
@@ -27,6 +29,7 @@ pub struct FloorArgs {
     pub rate: f64,
     pub duration: f64,
     pub record_bytes: usize,
+    pub writers: usize,
 }
 
 /// Runs the writer side and the reader as a child process of this binary; the report.
@@ -69,32 +72,64 @@ pub fn run(a: &FloorArgs) -> Result<Value> {
     if next_line()?.trim() != "ready" {
         bail!("the floor reader did not accept every connection");
     }
-    let mut buf = vec![0u8; record];
+    // Writer w owns the connections c with (c / rooms) % writers == w: each writes its
+    // share of every room, as each node of a two-node cluster writes to its half.
+    let writers = a.writers.clamp(1, 16);
+    let mut shares: Vec<Vec<(usize, TcpStream)>> = (0..writers).map(|_| Vec::new()).collect();
+    for (c, s) in conns.into_iter().enumerate() {
+        shares[(c / rooms) % writers].push((c % rooms, s));
+    }
     let cpu0 = sys::self_cpu();
     let sink0 = sys::sample_pid(sink_pid);
     let start = Instant::now();
     let total = (rate * duration).round() as u64;
+    let results: Vec<Result<(u64, Duration)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter_mut()
+            .map(|share| {
+                scope.spawn(move || -> Result<(u64, Duration)> {
+                    let mut buf = vec![0u8; record];
+                    let (mut writes, mut behind_max) = (0u64, Duration::ZERO);
+                    for i in 0..total {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        } else {
+                            behind_max = behind_max.max(now - due);
+                        }
+                        let room = (i as usize) % rooms;
+                        // Stamped when the message is due: a late writer's delay counts.
+                        let late = Instant::now().saturating_duration_since(due);
+                        let stamp = stats::now_us().saturating_sub(late.as_micros() as u64);
+                        buf[..8].copy_from_slice(&stamp.to_le_bytes());
+                        for (_, c) in share.iter_mut().filter(|(r, _)| *r == room) {
+                            c.write_all(&buf).context("write")?;
+                            writes += 1;
+                        }
+                    }
+                    Ok((writes, behind_max))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("writer panicked")))
+            })
+            .collect()
+    });
     let (mut writes, mut behind_max) = (0u64, Duration::ZERO);
-    for i in 0..total {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        } else {
-            behind_max = behind_max.max(now - due);
-        }
-        let room = (i as usize) % rooms;
-        buf[..8].copy_from_slice(&stats::now_us().to_le_bytes());
-        // Connection c is in room c % rooms, as the fan-out spreads its receivers.
-        for c in conns.iter_mut().skip(room).step_by(rooms) {
-            c.write_all(&buf).context("write")?;
-            writes += 1;
-        }
+    for r in results {
+        let (w, b) = r?;
+        writes += w;
+        behind_max = behind_max.max(b);
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu1 = sys::self_cpu();
     let sink1 = sys::sample_pid(sink_pid);
-    drop(conns);
+    drop(shares);
     let report: Value = serde_json::from_str(next_line()?.trim()).context("reader report")?;
     let _ = child.wait();
     let writer_cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
@@ -117,6 +152,7 @@ pub fn run(a: &FloorArgs) -> Result<Value> {
         "rooms": rooms,
         "rate": rate,
         "record_bytes": record,
+        "writers": writers,
         "messages": total,
         "writes": writes,
         "records_read": read,

@@ -181,6 +181,9 @@ enum Mode {
         /// Bytes per delivery (about a roomcast JSON delivery of the fan-out).
         #[arg(long, default_value_t = 160)]
         record_bytes: usize,
+        /// Writer threads, each writing to its share of every room (two: as two nodes).
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
     },
     /// The reader side of `floor` (started by it).
     #[command(hide = true)]
@@ -265,8 +268,10 @@ fn main() -> Result<()> {
             rate,
             duration,
             record_bytes,
+            writers,
         } => {
             let mut report = floor::run(&floor::FloorArgs {
+                writers: *writers,
                 connections: *connections,
                 rooms: *rooms,
                 rate: *rate,

@@ -170,6 +170,11 @@ pub struct Config {
     /// Seconds a bus (Redis) operation may take before it fails as `unavailable`.
     #[arg(long, env = "ROOMCAST_BUS_TIMEOUT", default_value_t = 5)]
     pub bus_timeout: u64,
+    /// Seconds a room message may arrive later than its publishing node's usual delay
+    /// before this node's subscription counts as fallen behind: it is dropped (with what
+    /// was queued for it) and re-synchronised from history. 0: never.
+    #[arg(long, env = "ROOMCAST_BUS_MAX_LAG", default_value_t = 30)]
+    pub bus_max_lag: u64,
     /// Seconds the drain may take on shutdown before remaining connections are dropped.
     #[arg(long, env = "ROOMCAST_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,

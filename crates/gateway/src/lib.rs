@@ -59,6 +59,7 @@ fn bus_config(cfg: &Config, node_id: &str) -> BusConfig {
         presence_ttl: Duration::from_secs(cfg.presence_ttl),
         max_recover: cfg.max_recover,
         op_timeout: Duration::from_secs(cfg.bus_timeout),
+        max_lag: Duration::from_secs(cfg.bus_max_lag),
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub bus_messages_received: IntCounter,
     /// Gaps on the bus repaired from history.
     pub bus_gap_repairs: IntCounter,
+    /// Times the subscription fell behind (`--bus-max-lag`) and was re-synchronised.
+    pub bus_lag_resyncs: IntCounter,
     /// Redis calls that carried room publishes.
     pub bus_publish_batches: IntCounter,
     /// Room publishes sent in those calls.
@@ -183,6 +185,11 @@ impl Metrics {
                 "roomcast_bus_gap_repairs_total",
                 "Gaps on the bus repaired from history",
             ),
+            bus_lag_resyncs: counter(
+                &r,
+                "roomcast_bus_lag_resyncs_total",
+                "Times the bus subscription fell behind and was re-synchronised",
+            ),
             bus_publish_batches: counter(
                 &r,
                 "roomcast_bus_publish_batches_total",
@@ -230,6 +237,10 @@ impl Metrics {
         catch_up(
             &self.bus_gap_repairs,
             bus.gap_repairs.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_lag_resyncs,
+            bus.lag_resyncs.load(Ordering::Relaxed),
         );
         catch_up(
             &self.bus_publish_batches,

@@ -27,6 +27,11 @@ pub struct BusConfig {
     pub max_recover: usize,
     /// How long a bus operation may take before it fails with [`BusError::Unavailable`].
     pub op_timeout: Duration,
+    /// How much later than its publishing node's usual delay a room message may reach
+    /// this node before the subscription counts as fallen behind: it is then dropped, with
+    /// whatever the client library had queued for it, and re-synchronised from the rooms'
+    /// history. Zero: never.
+    pub max_lag: Duration,
 }
 
 impl Default for BusConfig {
@@ -40,6 +45,7 @@ impl Default for BusConfig {
             presence_ttl: Duration::from_secs(30),
             max_recover: 1000,
             op_timeout: Duration::from_secs(5),
+            max_lag: Duration::from_secs(30),
         }
     }
 }
@@ -203,6 +209,8 @@ pub struct BusStats {
     pub gaps_lost: AtomicU64,
     /// Envelopes that could not be decoded (skipped).
     pub bad_envelopes: AtomicU64,
+    /// Times the subscription fell more than `max_lag` behind and was re-synchronised.
+    pub lag_resyncs: AtomicU64,
     /// Calls to Redis that carried room publishes (several publishes share one under
     /// load; publishes / batches is the batching factor).
     pub publish_batches: AtomicU64,

@@ -213,11 +213,20 @@ async fn connected_loop(
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    let mut lag = Lag::new(inner.cfg.max_lag);
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return Exit::Stopped,
             m = stream.next() => match m {
-                Some(m) => on_message(inner, delivery, m.get_channel_name(), m.get_payload_bytes()).await,
+                Some(m) => {
+                    let stamp = on_message(inner, delivery, m.get_channel_name(), m.get_payload_bytes()).await;
+                    if stamp.is_some_and(|(node, ts)| lag.behind(&node, ts, now_ms())) {
+                        // The client library reads the socket into a queue without bound:
+                        // let go of it (and of Redis's buffer) and repair from history.
+                        BusStats::incr(&inner.stats.lag_resyncs);
+                        return Exit::Lost("subscription fell behind");
+                    }
+                }
                 None => return Exit::Lost("connection closed"),
             },
             Some(room) = baselines.recv() => {
@@ -239,42 +248,102 @@ async fn connected_loop(
     }
 }
 
-/// Decodes one pub/sub message and delivers what it carries.
-async fn on_message(inner: &Inner, delivery: &dyn Delivery, channel: &str, payload: &[u8]) {
+/// Milliseconds since the Unix epoch (the clock messages' `ts` are stamped with).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Most publishing nodes whose delays one subscription keeps (beyond: not judged).
+const LAG_NODES: usize = 256;
+
+/// Judges whether the subscription fell behind, from the stamps of the room messages it
+/// receives. A message's delay (our clock minus its publishing node's stamp) includes that
+/// node's clock skew, so each node's smallest delay seen on this subscription is its
+/// baseline: the subscription is behind when a message comes more than `max` after that.
+/// A skewed clock, or an emitter stamping 0, moves the baseline, not the verdict.
+struct Lag {
+    max_ms: i64,
+    base: std::collections::HashMap<String, i64>,
+}
+
+impl Lag {
+    fn new(max: Duration) -> Self {
+        Lag {
+            max_ms: i64::try_from(max.as_millis()).unwrap_or(i64::MAX),
+            base: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Notes a message of `node` stamped `ts` received at `now`; whether it came more
+    /// than the allowed lag after that node's baseline. Never when the lag is zero.
+    fn behind(&mut self, node: &str, ts: u64, now: u64) -> bool {
+        if self.max_ms == 0 {
+            return false;
+        }
+        let delay = (now as i64).saturating_sub(ts as i64);
+        match self.base.get_mut(node) {
+            Some(b) => {
+                *b = (*b).min(delay);
+                delay.saturating_sub(*b) > self.max_ms
+            }
+            None => {
+                if self.base.len() < LAG_NODES {
+                    self.base.insert(node.to_string(), delay);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Decodes one pub/sub message and delivers what it carries; for a room message with an
+/// offset (one a node published through the script), its node and stamp.
+async fn on_message(
+    inner: &Inner,
+    delivery: &dyn Delivery,
+    channel: &str,
+    payload: &[u8],
+) -> Option<(String, u64)> {
     let env = match Envelope::from_msgpack(payload) {
         Ok(env) => env,
         Err(e) => {
             BusStats::incr(&inner.stats.bad_envelopes);
             tracing::debug!(channel, error = %e.message, "undecodable envelope skipped");
-            return;
+            return None;
         }
     };
     BusStats::incr(&inner.stats.messages_received);
     let channel = inner.keys.parse_channel(channel);
+    let node = env.node;
     match (channel, env.msg) {
         (Channel::Room(name), msg @ BusMessage::Message { .. }) => {
-            let Some(m) = envelope::room_message(msg) else {
-                return;
-            };
+            let m = envelope::room_message(msg)?;
             if m.publication.room.as_str() != name {
                 BusStats::incr(&inner.stats.bad_envelopes);
-                return;
+                return None;
             }
+            let stamp = m.publication.offset.map(|_| (node, m.publication.ts));
             on_room_message(inner, delivery, m).await;
+            stamp
         }
         (Channel::Room(name), BusMessage::MemberJoined { room, user }) if room.as_str() == name => {
             delivery.deliver(BusEvent::MemberJoined { room, user });
+            None
         }
         (Channel::Room(name), BusMessage::MemberLeft { room, user }) if room.as_str() == name => {
             delivery.deliver(BusEvent::MemberLeft { room, user });
+            None
         }
         (Channel::User(name), msg @ BusMessage::Direct { .. }) => {
             let BusMessage::Direct { ref to, .. } = msg else {
-                return;
+                return None;
             };
             if to.as_str() != name {
                 BusStats::incr(&inner.stats.bad_envelopes);
-                return;
+                return None;
             }
             let to = to.clone();
             if let Some(message) = msg.to_direct() {
@@ -283,12 +352,15 @@ async fn on_message(inner: &Inner, delivery: &dyn Delivery, channel: &str, paylo
                     message: Arc::new(message),
                 });
             }
+            None
         }
         (Channel::Control, BusMessage::Disconnect { user, code }) => {
             delivery.deliver(BusEvent::Disconnect { user, code });
+            None
         }
         _ => {
             BusStats::incr(&inner.stats.bad_envelopes);
+            None
         }
     }
 }
@@ -525,6 +597,42 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn falling_behind_is_judged_against_each_nodes_baseline() {
+        let mut lag = Lag::new(Duration::from_secs(30));
+        // node a: 2 ms of delay, then a message that waited 31 s more
+        assert!(!lag.behind("a", 100_000, 100_002));
+        assert!(!lag.behind("a", 200_000, 230_002), "exactly the limit");
+        assert!(lag.behind("a", 300_000, 330_003));
+        // node b's clock is a minute behind ours, steadily: not lag
+        assert!(!lag.behind("b", 100_000, 160_000));
+        assert!(!lag.behind("b", 500_000, 560_001));
+        // an emitter stamping 0, or a clock ahead of ours: the baseline absorbs it
+        assert!(!lag.behind("c", 0, 1_000_000));
+        assert!(!lag.behind("c", 0, 1_000_005));
+        assert!(!lag.behind("d", 900_000, 100_000));
+        assert!(!lag.behind("d", 900_010, 100_010));
+    }
+
+    #[test]
+    fn lag_zero_never_judges() {
+        let mut lag = Lag::new(Duration::ZERO);
+        assert!(!lag.behind("a", 100_000, 100_000));
+        assert!(!lag.behind("a", 100_000, 900_000));
+    }
+
+    #[test]
+    fn lag_keeps_a_bounded_number_of_nodes() {
+        let mut lag = Lag::new(Duration::from_secs(1));
+        for i in 0..LAG_NODES + 10 {
+            assert!(!lag.behind(&format!("n{i}"), 0, 0));
+        }
+        assert_eq!(lag.base.len(), LAG_NODES);
+        // an unknown node beyond the bound is never judged
+        assert!(!lag.behind("late", 0, 10_000));
+        assert!(!lag.behind("late", 0, 20_000));
+    }
 
     fn known(offset: u64) -> Track {
         Track::Known {

@@ -364,8 +364,16 @@ pub fn publication(room_name: &str, from: &str, data: serde_json::Value) -> Publ
         data,
         from: user(from),
         offset: None,
-        ts: 1,
+        ts: now_ms(),
     }
+}
+
+/// Milliseconds since the Unix epoch, as nodes stamp messages.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
 }
 
 pub fn direct(from: &str, data: serde_json::Value) -> DirectMessage {
@@ -373,7 +381,7 @@ pub fn direct(from: &str, data: serde_json::Value) -> DirectMessage {
         from: user(from),
         event: EventName::new("dm").expect("event"),
         data,
-        ts: 1,
+        ts: now_ms(),
     }
 }
 

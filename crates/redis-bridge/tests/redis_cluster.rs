@@ -299,6 +299,30 @@ async fn presence_is_cluster_wide_and_per_user() {
     b.bus.close().await;
 }
 
+/// The envelope a node publishes for message `offset` of `room`, stamped `ts`.
+fn room_envelope(
+    node: &str,
+    room_name: &str,
+    offset: u64,
+    epoch: &str,
+    ts: u64,
+    data: serde_json::Value,
+) -> Envelope {
+    Envelope::new(
+        node,
+        BusMessage::Message {
+            room: room(room_name),
+            event: EventName::new("msg").expect("event"),
+            data,
+            from: user("alice"),
+            offset: Some(offset),
+            ts,
+            epoch: Some(epoch.to_string()),
+            skip: None,
+        },
+    )
+}
+
 /// Writes message `offset` of `room` straight into Redis (meta and stream) without
 /// publishing it: a message the bus lost.
 async fn inject_lost_message(
@@ -317,18 +341,13 @@ async fn inject_lost_message(
         .await
         .expect("hincrby");
     if in_stream {
-        let env = Envelope::new(
+        let env = room_envelope(
             "a",
-            BusMessage::Message {
-                room: room(room_name),
-                event: EventName::new("msg").expect("event"),
-                data: json!(format!("lost {offset}")),
-                from: user("alice"),
-                offset: Some(offset),
-                ts: 1,
-                epoch: Some(epoch.to_string()),
-                skip: None,
-            },
+            room_name,
+            offset,
+            epoch,
+            1,
+            json!(format!("lost {offset}")),
         );
         let _: String = redis::cmd("XADD")
             .arg(format!("rc:history:{room_name}"))
@@ -612,18 +631,13 @@ async fn a_subscription_that_fell_behind_is_dropped_and_resynchronised() {
     // Message 2 is in the room's meta and stream, and its live copy reaches the nodes a
     // minute after it was stamped: as if it had waited that long in a node's queue.
     inject_lost_message(&server, "r", 2, &first.epoch, true).await;
-    let stale = Envelope::new(
+    let stale = room_envelope(
         "b",
-        BusMessage::Message {
-            room: room("r"),
-            event: EventName::new("msg").expect("event"),
-            data: json!("stale 2"),
-            from: user("bob"),
-            offset: Some(2),
-            ts: now_ms() - 60_000,
-            epoch: Some(first.epoch.clone()),
-            skip: None,
-        },
+        "r",
+        2,
+        &first.epoch,
+        now_ms() - 60_000,
+        json!("stale 2"),
     );
     let mut raw = server.conn().await;
     let _: i64 = redis::cmd("PUBLISH")

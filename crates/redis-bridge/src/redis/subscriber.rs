@@ -258,12 +258,15 @@ fn now_ms() -> u64 {
 
 /// Most publishing nodes whose delays one subscription keeps (beyond: not judged).
 const LAG_NODES: usize = 256;
+/// Delays this far off either way (a day) are taken for a broken stamp, not lag.
+const STAMP_SANITY_MS: u64 = 86_400_000;
 
 /// Judges whether the subscription fell behind, from the stamps of the room messages it
 /// receives. A message's delay (our clock minus its publishing node's stamp) includes that
 /// node's clock skew, so each node's smallest delay seen on this subscription is its
 /// baseline: the subscription is behind when a message comes more than `max` after that.
-/// A skewed clock, or an emitter stamping 0, moves the baseline, not the verdict.
+/// A steadily skewed clock moves the baseline, not the verdict; a stamp a day or more
+/// off (0, garbage) is not judged at all.
 struct Lag {
     max_ms: i64,
     base: std::collections::HashMap<String, i64>,
@@ -283,7 +286,14 @@ impl Lag {
         if self.max_ms == 0 {
             return false;
         }
-        let delay = (now as i64).saturating_sub(ts as i64);
+        let delay = i128::from(now) - i128::from(ts);
+        // A stamp a day or more off is no clock at all (0, garbage): not judged.
+        let Ok(delay) = i64::try_from(delay) else {
+            return false;
+        };
+        if delay.unsigned_abs() >= STAMP_SANITY_MS {
+            return false;
+        }
         match self.base.get_mut(node) {
             Some(b) => {
                 *b = (*b).min(delay);
@@ -608,11 +618,18 @@ mod tests {
         // node b's clock is a minute behind ours, steadily: not lag
         assert!(!lag.behind("b", 100_000, 160_000));
         assert!(!lag.behind("b", 500_000, 560_001));
-        // an emitter stamping 0, or a clock ahead of ours: the baseline absorbs it
-        assert!(!lag.behind("c", 0, 1_000_000));
-        assert!(!lag.behind("c", 0, 1_000_005));
+        // a stamp of 0 is not judged; a clock ahead of ours moves the baseline
+        assert!(!lag.behind("c", 0, 1_700_000_000_000));
+        assert!(!lag.behind("c", 0, 1_800_000_000_000));
         assert!(!lag.behind("d", 900_000, 100_000));
         assert!(!lag.behind("d", 900_010, 100_010));
+        assert!(
+            !lag.behind("e", u64::MAX, 100_000),
+            "a stamp past i64 does not wrap"
+        );
+        assert!(!lag.behind("e", 100_000, 100_010), "nor becomes a baseline");
+        assert!(!lag.behind("e", 100_000, 130_000));
+        assert!(lag.behind("e", 100_000, 130_011));
     }
 
     #[test]

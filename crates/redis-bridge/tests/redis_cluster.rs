@@ -253,6 +253,65 @@ async fn direct_disconnect_and_emitter_reach_every_node() {
     b.bus.close().await;
 }
 
+/// How many times Redis ran `cmd` (scripts' calls included), from INFO commandstats.
+async fn command_calls(server: &RedisServer, cmd: &str) -> u64 {
+    let mut raw = server.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_of_a_big_room_reads_only_about_its_limit() {
+    let server = RedisServer::start();
+    let a = node(&server, config("a")).await;
+    let r = room("big");
+    const USERS: usize = 1200;
+    for i in 0..USERS {
+        a.bus
+            .presence_join(&r, &user(&format!("u{i:04}")), &format!("c{i}"))
+            .await
+            .expect("join");
+    }
+    let scans = command_calls(&server, "hscan").await;
+    let p = a.bus.presence(&r, 5).await.expect("presence");
+    assert_eq!(p.count.users, USERS as u64);
+    assert_eq!(p.count.connections, USERS as u64);
+    assert_eq!(p.members.len(), 5, "cut to the limit");
+    let names: Vec<String> = p.members.iter().map(|m| m.user.to_string()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted, "distinct, sorted by name");
+    assert!(names.iter().all(|n| n.starts_with('u') && n.len() == 5));
+    assert!(p.members.iter().all(|m| m.connections == 1));
+    assert!(
+        command_calls(&server, "hscan").await > scans,
+        "a room this big is scanned, not read whole"
+    );
+    // a small room is still read whole: its first members by name
+    let small = room("small");
+    for u in ["dora", "carl", "anna", "bert"] {
+        a.bus
+            .presence_join(&small, &user(u), u)
+            .await
+            .expect("join");
+    }
+    let scans = command_calls(&server, "hscan").await;
+    let p = a.bus.presence(&small, 2).await.expect("presence");
+    let names: Vec<String> = p.members.iter().map(|m| m.user.to_string()).collect();
+    assert_eq!(names, vec!["anna", "bert"]);
+    assert_eq!(command_calls(&server, "hscan").await, scans);
+    a.bus.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_cluster_wide_and_per_user() {
     let server = RedisServer::start();

@@ -19,6 +19,11 @@ use std::time::Duration;
 
 /// Expired entries a sweep removes at most, per room and run.
 const SWEEP_MAX: usize = 1000;
+/// A room with at most `limit` x this many users (and at least [`FULL_READ_MIN`]) is read
+/// whole, so that its first `limit` members by name are listed; a bigger one is sampled.
+const FULL_READ_FACTOR: usize = 4;
+/// Rooms up to this many users are always read whole.
+const FULL_READ_MIN: usize = 1000;
 /// Scripts sent in one pipelined batch by the refresher.
 const BATCH: usize = 256;
 
@@ -140,7 +145,9 @@ pub(crate) async fn read(
         .key(inner.keys.room_channel(room))
         .arg(&inner.cfg.node_id)
         .arg(room.as_str())
-        .arg(SWEEP_MAX);
+        .arg(SWEEP_MAX)
+        .arg(limit.saturating_mul(FULL_READ_FACTOR).max(FULL_READ_MIN))
+        .arg(limit.max(1));
     let (users, connections, flat): (u64, u64, Vec<(String, i64)>) = inner
         .run("presence", async {
             let mut c = inner.conn().await?;

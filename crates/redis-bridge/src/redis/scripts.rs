@@ -212,14 +212,34 @@ const PRESENCE_SWEEP: &str = r#"
 return sweep(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]))
 "#;
 
-/// Sweeps, then reads a room's presence.
+/// Sweeps, then reads a room's presence: every user when there are at most `full`
+/// (the caller sorts and cuts them), else about `want` of them found by HSCAN, so that
+/// a read costs Redis O(limit), not O(room), however big the room.
 ///
 /// KEYS: presence zset, presence users hash, room channel.
-/// ARGV: node id, room, max entries to sweep.
+/// ARGV: node id, room, max entries to sweep, full, want.
 /// Returns {users, connections, {user, count, user, count, ...}}.
 const PRESENCE_READ: &str = r#"
 sweep(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]))
-return {redis.call('HLEN', KEYS[2]), redis.call('ZCARD', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+local users = redis.call('HLEN', KEYS[2])
+local conns = redis.call('ZCARD', KEYS[1])
+local want = tonumber(ARGV[5])
+if users <= tonumber(ARGV[4]) then
+  return {users, conns, redis.call('HGETALL', KEYS[2])}
+end
+local out = {}
+local cursor = '0'
+repeat
+  local r = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', want)
+  cursor = r[1]
+  local kv = r[2]
+  for i = 1, #kv, 2 do
+    if #out >= 2 * want then break end
+    out[#out + 1] = kv[i]
+    out[#out + 1] = kv[i + 1]
+  end
+until cursor == '0' or #out >= 2 * want
+return {users, conns, out}
 "#;
 
 /// The loaded scripts.

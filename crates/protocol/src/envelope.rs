@@ -136,7 +136,55 @@ impl BusMessage {
     }
 }
 
+/// Why a decoded envelope is refused: what a node never writes (PROTOCOL.md section 6:
+/// input from Redis is validated like a client's frame).
+fn invalid(env: &Envelope) -> Option<String> {
+    let name_ok =
+        |s: &str, max: usize| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
+    if !name_ok(&env.node, Envelope::MAX_NAME) {
+        return Some("node name must be 1 to 128 printable bytes".into());
+    }
+    if let BusMessage::Message {
+        offset,
+        epoch,
+        skip,
+        ..
+    } = &env.msg
+    {
+        match (offset, epoch) {
+            (None, None) => {}
+            (Some(0), _) => return Some("offset 0 (offsets start at 1)".into()),
+            (Some(_), Some(e)) => {
+                if e.is_empty()
+                    || e.len() > Envelope::MAX_EPOCH
+                    || !e.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Some("epoch must be 1 to 64 printable ASCII bytes".into());
+                }
+            }
+            (Some(_), None) => return Some("an offset without an epoch".into()),
+            (None, Some(_)) => return Some("an epoch without an offset".into()),
+        }
+        if skip
+            .as_deref()
+            .is_some_and(|s| !name_ok(s, Envelope::MAX_NAME))
+        {
+            return Some("skip must be a connection id of 1 to 128 printable bytes".into());
+        }
+    }
+    None
+}
+
 impl Envelope {
+    /// The largest envelope a node reads (bytes): room for a message whose `data` is
+    /// as large as any `--max-message-size` a deployment sensibly sets, far below what
+    /// Redis's pub/sub output limits would let through. Larger ones are dropped unread.
+    pub const MAX_BYTES: usize = 4 * 1024 * 1024;
+    /// Longest node name and `skip` connection id (bytes).
+    pub const MAX_NAME: usize = 128;
+    /// Longest epoch (bytes).
+    pub const MAX_EPOCH: usize = 64;
+
     /// Wraps `msg` from `node`.
     pub fn new(node: impl Into<String>, msg: BusMessage) -> Self {
         Envelope {
@@ -151,8 +199,22 @@ impl Envelope {
         rmp_serde::to_vec_named(self).map_err(|e| crate::EncodeError(e.to_string()))
     }
 
-    /// Decodes MessagePack; refuses versions other than 1.
+    /// Decodes MessagePack; refuses versions other than 1, envelopes over
+    /// [`Envelope::MAX_BYTES`], names that are not valid (rooms, users, events, the
+    /// node, `skip`), and an `offset` without an `epoch` or the reverse. The close code
+    /// of a `disconnect` is the reader's to judge (`close::valid_for_disconnect`).
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        if bytes.len() > Self::MAX_BYTES {
+            return Err(crate::DecodeError {
+                code: crate::ErrorCode::TooLarge,
+                message: format!(
+                    "envelope of {} bytes, more than {}",
+                    bytes.len(),
+                    Self::MAX_BYTES
+                ),
+                id: None,
+            });
+        }
         let env: Envelope = rmp_serde::from_slice(bytes).map_err(|e| crate::DecodeError {
             code: crate::ErrorCode::InvalidMessage,
             message: format!("bad envelope: {e}"),
@@ -165,6 +227,96 @@ impl Envelope {
                 id: None,
             });
         }
+        if let Some(why) = invalid(&env) {
+            return Err(crate::DecodeError {
+                code: crate::ErrorCode::InvalidMessage,
+                message: format!("bad envelope: {why}"),
+                id: None,
+            });
+        }
         Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn message(offset: Option<u64>, epoch: Option<&str>, skip: Option<&str>) -> BusMessage {
+        BusMessage::Message {
+            room: RoomName::new("r").expect("room"),
+            event: EventName::new("e").expect("event"),
+            data: json!(1),
+            from: UserId::new("u").expect("user"),
+            offset,
+            ts: 1,
+            epoch: epoch.map(str::to_string),
+            skip: skip.map(str::to_string),
+        }
+    }
+
+    fn decodes(node: &str, msg: BusMessage) -> bool {
+        let bytes = Envelope::new(node, msg).to_msgpack().expect("encode");
+        Envelope::from_msgpack(&bytes).is_ok()
+    }
+
+    #[test]
+    fn what_a_node_writes_decodes() {
+        assert!(decodes(
+            "n1",
+            message(Some(3), Some("0a1b2c3d4e5f"), Some("c1"))
+        ));
+        assert!(decodes("backend", message(None, None, None)));
+    }
+
+    #[test]
+    fn refuses_what_no_node_writes() {
+        assert!(!decodes("", message(None, None, None)), "empty node");
+        assert!(
+            !decodes(&"n".repeat(129), message(None, None, None)),
+            "long node"
+        );
+        assert!(
+            !decodes("a\nb", message(None, None, None)),
+            "control char in node"
+        );
+        assert!(!decodes("n", message(Some(0), Some("e"), None)), "offset 0");
+        assert!(
+            !decodes("n", message(Some(5), None, None)),
+            "offset without epoch"
+        );
+        assert!(
+            !decodes("n", message(None, Some("e"), None)),
+            "epoch without offset"
+        );
+        assert!(
+            !decodes("n", message(Some(5), Some(""), None)),
+            "empty epoch"
+        );
+        assert!(
+            !decodes("n", message(Some(5), Some(&"e".repeat(65)), None)),
+            "long epoch"
+        );
+        assert!(
+            !decodes("n", message(Some(5), Some("e f"), None)),
+            "space in epoch"
+        );
+        assert!(!decodes("n", message(None, None, Some(""))), "empty skip");
+        let big = vec![0u8; Envelope::MAX_BYTES + 1];
+        let e = Envelope::from_msgpack(&big).expect_err("too large");
+        assert_eq!(e.code, crate::ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn names_inside_are_validated() {
+        // a room name with a brace (never valid) written by hand
+        let mut m = serde_json::Map::new();
+        m.insert("type".into(), json!("member_joined"));
+        m.insert("room".into(), json!("a{b}"));
+        m.insert("user".into(), json!("u"));
+        let raw = json!({"v": 1, "node": "n", "msg": m});
+        let bytes = rmp_serde::to_vec_named(&raw).expect("encode");
+        assert!(Envelope::from_msgpack(&bytes).is_err());
     }
 }

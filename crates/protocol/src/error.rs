@@ -69,6 +69,11 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The node is going away (drain): reconnect through the load balancer.
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame broke RFC 6455's framing rules (reserved bits or opcodes, a fragmented or
+    /// oversized control frame, a continuation without a start, an unmasked frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame (or a close reason) that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation (for example a binary frame on the JSON subprotocol).
     pub const POLICY: u16 = 1008;
     /// A message was too big.
@@ -87,4 +92,54 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// Too many `rate_limited` errors in a row.
     pub const RATE_LIMIT_ABUSE: u16 = 4029;
+
+    /// Whether an endpoint may put `code` in a Close frame it sends (RFC 6455 section
+    /// 7.4): the defined codes that are not reserved for local use (1005, 1006, 1015 are
+    /// never sent; 1004 and 1016-2999 are unassigned), and the registered and private
+    /// ranges 3000-4999.
+    pub fn sendable(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+
+    /// Whether `code` may close a user's connections when another node or a backend asks
+    /// for it (the bus's `disconnect` control message, PROTOCOL.md sections 5 and 6): a
+    /// code a client can receive that means "you were disconnected", never a protocol
+    /// or frame error the client did not commit.
+    pub fn valid_for_disconnect(code: u16) -> bool {
+        matches!(
+            code,
+            NORMAL | GOING_AWAY | POLICY | INTERNAL | OVERLOADED | 3000..=4999
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close;
+
+    #[test]
+    fn close_codes_a_disconnect_may_carry() {
+        for ok in [1000, 1001, 1008, 1011, 1013, 3000, 4002, 4999] {
+            assert!(close::valid_for_disconnect(ok), "{ok}");
+            assert!(close::sendable(ok), "{ok}");
+        }
+        for bad in [
+            0,
+            1,
+            999,
+            1002,
+            1005,
+            1006,
+            1009,
+            1015,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            assert!(!close::valid_for_disconnect(bad), "{bad}");
+        }
+        for never in [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert!(!close::sendable(never), "{never}");
+        }
+    }
 }

@@ -1,12 +1,15 @@
 //! Messages from clients to the server (PROTOCOL.md section 3).
 
 use crate::names::{EventName, RoomName, UserId};
+use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The `id` a client puts on a request so that it can match the reply: a string or
-/// an integer, echoed back unchanged.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The `id` a client puts on a request so that it can match the reply: a string of
+/// 1 to [`ReqId::MAX_LEN`] bytes or an integer (signed 64-bit), echoed back unchanged.
+/// Deserializing refuses anything else (an empty or longer string, a float, a larger
+/// integer, any other type), so a decoded message only ever carries a usable id.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum ReqId {
     /// An integer id.
@@ -33,6 +36,43 @@ impl ReqId {
             ReqId::Int(i) => format!("i{i}"),
             ReqId::Str(s) => format!("s{s}"),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for ReqId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ReqIdVisitor)
+    }
+}
+
+struct ReqIdVisitor;
+
+impl<'de> Visitor<'de> for ReqIdVisitor {
+    type Value = ReqId;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a request id: an integer or a string of 1 to {} bytes",
+            ReqId::MAX_LEN
+        )
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<ReqId, E> {
+        Ok(ReqId::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<ReqId, E> {
+        i64::try_from(v)
+            .map(ReqId::Int)
+            .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<ReqId, E> {
+        if v.is_empty() || v.len() > ReqId::MAX_LEN {
+            return Err(E::invalid_length(v.len(), &self));
+        }
+        Ok(ReqId::Str(v.to_string()))
     }
 }
 

@@ -5,6 +5,7 @@ use crate::client::{ClientMessage, ReqId};
 use crate::error::ErrorCode;
 use crate::server::ServerMessage;
 use bytes::Bytes;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// A wire encoding.
@@ -34,13 +35,97 @@ pub struct DecodeError {
 #[error("encode: {0}")]
 pub struct EncodeError(pub String);
 
-/// Just enough of a frame to classify a decode failure and answer with its id.
-#[derive(Deserialize)]
+/// Just enough of a frame to classify a decode failure and answer with its id: the
+/// `type` and `id` entries of a map, whatever else the map holds and whatever their
+/// values are (so that `{"type": 5, "id": 4}` still yields the id 4).
+#[derive(Default)]
 struct Peek {
-    #[serde(rename = "type", default)]
-    ty: Option<String>,
-    #[serde(default)]
-    id: Option<ReqId>,
+    ty: PeekType,
+    id: PeekId,
+}
+
+/// The `type` entry of a frame.
+#[derive(Default)]
+enum PeekType {
+    #[default]
+    Missing,
+    Str(String),
+    NotString,
+}
+
+/// The `id` entry of a frame.
+#[derive(Default)]
+enum PeekId {
+    /// Absent or null.
+    #[default]
+    Missing,
+    Usable(ReqId),
+    /// Present but not a usable id (too long, empty, a float, a map...).
+    Unusable,
+}
+
+/// Any map key: only string keys can name `type` or `id`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PeekKey {
+    Str(String),
+    Other(IgnoredAny),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PeekTypeValue {
+    Str(String),
+    Other(IgnoredAny),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PeekIdValue {
+    Usable(ReqId),
+    Null(()),
+    Other(IgnoredAny),
+}
+
+impl<'de> Deserialize<'de> for Peek {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(PeekVisitor)
+    }
+}
+
+struct PeekVisitor;
+
+impl<'de> Visitor<'de> for PeekVisitor {
+    type Value = Peek;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a message object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Peek, A::Error> {
+        let mut peek = Peek::default();
+        while let Some(key) = map.next_key::<PeekKey>()? {
+            match key {
+                PeekKey::Str(k) if k == "type" => {
+                    peek.ty = match map.next_value::<PeekTypeValue>()? {
+                        PeekTypeValue::Str(t) => PeekType::Str(t),
+                        PeekTypeValue::Other(_) => PeekType::NotString,
+                    }
+                }
+                PeekKey::Str(k) if k == "id" => {
+                    peek.id = match map.next_value::<PeekIdValue>()? {
+                        PeekIdValue::Usable(id) => PeekId::Usable(id),
+                        PeekIdValue::Null(()) => PeekId::Missing,
+                        PeekIdValue::Other(_) => PeekId::Unusable,
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(peek)
+    }
 }
 
 impl Encoding {
@@ -112,27 +197,50 @@ impl Encoding {
             Encoding::Json => serde_json::from_slice(bytes).ok(),
             Encoding::MsgPack => rmp_serde::from_slice(bytes).ok(),
         };
-        let (ty, id) = match peek {
-            Some(p) => (p.ty, p.id.filter(ReqId::is_valid)),
-            None => (None, None),
+        let Some(peek) = peek else {
+            return Err(DecodeError {
+                code: ErrorCode::InvalidMessage,
+                message: format!("not a message object with a string \"type\": {err}"),
+                id: None,
+            });
         };
-        match ty {
-            Some(t) if !known.is_empty() && !known.contains(&t.as_str()) => Err(DecodeError {
+        let id = match peek.id {
+            PeekId::Usable(id) => Some(id),
+            PeekId::Missing => None,
+            // An id that cannot be echoed is refused as such, whatever else is wrong.
+            PeekId::Unusable => {
+                return Err(DecodeError {
+                    code: ErrorCode::InvalidMessage,
+                    message: format!(
+                        "invalid \"id\": a request id is an integer or a string of 1 to {} bytes",
+                        ReqId::MAX_LEN
+                    ),
+                    id: None,
+                })
+            }
+        };
+        Err(match peek.ty {
+            PeekType::Str(t) if !known.is_empty() && !known.contains(&t.as_str()) => DecodeError {
                 code: ErrorCode::UnknownType,
                 message: format!("unknown message type {t:?}"),
                 id,
-            }),
-            Some(_) => Err(DecodeError {
+            },
+            PeekType::Str(_) => DecodeError {
                 code: ErrorCode::InvalidMessage,
                 message: err,
                 id,
-            }),
-            None => Err(DecodeError {
+            },
+            PeekType::Missing => DecodeError {
                 code: ErrorCode::InvalidMessage,
-                message: format!("not a message object with a string \"type\": {err}"),
+                message: "missing \"type\"".to_string(),
                 id,
-            }),
-        }
+            },
+            PeekType::NotString => DecodeError {
+                code: ErrorCode::InvalidMessage,
+                message: "\"type\" must be a string".to_string(),
+                id,
+            },
+        })
     }
 }
 
@@ -300,6 +408,182 @@ mod tests {
                 id: Some(ReqId::Int(3))
             }
         );
+    }
+
+    /// Every frame of these, in both encodings, and what decoding it must give: the
+    /// error code and the id the reply carries.
+    fn f10_cases() -> Vec<(serde_json::Value, ErrorCode, Option<ReqId>)> {
+        let long = "x".repeat(ReqId::MAX_LEN + 1);
+        let max = "y".repeat(ReqId::MAX_LEN);
+        vec![
+            // A wrong or missing `type` still answers with the frame's id.
+            (
+                json!({"type": 5, "id": 4}),
+                ErrorCode::InvalidMessage,
+                Some(ReqId::Int(4)),
+            ),
+            (
+                json!({"type": 5, "id": "a"}),
+                ErrorCode::InvalidMessage,
+                Some(ReqId::Str("a".into())),
+            ),
+            (
+                json!({"type": null, "id": -3}),
+                ErrorCode::InvalidMessage,
+                Some(ReqId::Int(-3)),
+            ),
+            (
+                json!({"type": {"x": [1]}, "id": 9}),
+                ErrorCode::InvalidMessage,
+                Some(ReqId::Int(9)),
+            ),
+            (
+                json!({"id": 7}),
+                ErrorCode::InvalidMessage,
+                Some(ReqId::Int(7)),
+            ),
+            (
+                json!({"type": "dance", "id": 8}),
+                ErrorCode::UnknownType,
+                Some(ReqId::Int(8)),
+            ),
+            (
+                json!({"type": "join", "room": "bad room", "id": max.clone()}),
+                ErrorCode::InvalidMessage,
+                Some(ReqId::Str(max)),
+            ),
+            // An id that cannot be echoed is refused, and the reply has no id.
+            (
+                json!({"type": "ping", "id": ""}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": "ping", "id": long.clone()}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": "ping", "id": "z".repeat(1000)}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": "publish", "room": "r", "event": "e", "id": long}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": "ping", "id": 4.5}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": "ping", "id": u64::MAX}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": "ping", "id": [1]}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": "ping", "id": true}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": 5, "id": ""}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                json!({"type": "dance", "id": {}}),
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            // Not an object at all: nothing to echo.
+            (json!([5, 4]), ErrorCode::InvalidMessage, None),
+            (json!(4), ErrorCode::InvalidMessage, None),
+        ]
+    }
+
+    #[test]
+    fn errors_carry_the_frames_id_and_ids_are_bounded() {
+        for (frame, code, id) in f10_cases() {
+            for enc in Encoding::ALL {
+                let bytes = enc.encode(&frame).expect("encodes");
+                let e = enc
+                    .decode_client(&bytes)
+                    .expect_err(&format!("{enc:?} {frame} must be refused"));
+                assert_eq!(
+                    (e.code, &e.id),
+                    (code, &id),
+                    "{enc:?} {frame}: {}",
+                    e.message
+                );
+                if frame.get("id").is_some() && id.is_none() && frame.is_object() {
+                    assert!(
+                        e.message.contains("\"id\""),
+                        "names the field: {}",
+                        e.message
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ids_of_1_to_128_bytes_and_integers_are_echoed() {
+        for id in [
+            json!("a"),
+            json!("y".repeat(ReqId::MAX_LEN)),
+            json!(0),
+            json!(-1),
+            json!(i64::MAX),
+            json!(i64::MIN),
+        ] {
+            for enc in Encoding::ALL {
+                let bytes = enc
+                    .encode(&json!({"type": "ping", "id": id}))
+                    .expect("encodes");
+                let m = enc.decode_client(&bytes).expect("decodes");
+                let back = serde_json::to_value(m.id()).expect("to value");
+                assert_eq!(back, id, "{enc:?}");
+            }
+        }
+        // A null id is no id.
+        let m = Encoding::Json
+            .decode_client(br#"{"type":"ping","id":null}"#)
+            .expect("decodes");
+        assert_eq!(m.id(), None);
+    }
+
+    /// MessagePack maps may have non-string keys and ids of any type; the error still
+    /// carries a usable id.
+    #[test]
+    fn msgpack_odd_maps_keep_the_id() {
+        // {1: 2, "type": 5, "id": 4}
+        let bytes = [
+            0x83, 0x01, 0x02, 0xa4, b't', b'y', b'p', b'e', 0x05, 0xa2, b'i', b'd', 0x04,
+        ];
+        let e = Encoding::MsgPack
+            .decode_client(&bytes)
+            .expect_err("refused");
+        assert_eq!(
+            (e.code, e.id),
+            (ErrorCode::InvalidMessage, Some(ReqId::Int(4)))
+        );
+        // {"type": "ping", "id": <bin 2 bytes>}
+        let bytes = [
+            0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa2, b'i', b'd',
+            0xc4, 0x02, b'a', b'b',
+        ];
+        let e = Encoding::MsgPack
+            .decode_client(&bytes)
+            .expect_err("refused");
+        assert_eq!((e.code, e.id), (ErrorCode::InvalidMessage, None));
     }
 
     #[test]

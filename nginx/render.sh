@@ -52,14 +52,16 @@ function subst(line, name, value,   key, i) {
   line = $0
   # Comments (the placeholder documentation at the top) are copied as they are.
   if (line ~ /^[ \t]*#/) { print line; next }
-  if (index(line, "{{UPSTREAM_SERVERS}}") > 0) {
+  # {{UPSTREAM_SERVERS}} or {{UPSTREAM_SERVERS PARAMS}}: one server line per upstream, with
+  # PARAMS (max_fails=..., fail_timeout=...: the template says why each block has its own).
+  if (match(line, /\{\{UPSTREAM_SERVERS( [^}]*)?\}\}/)) {
     indent = line; sub(/[^ \t].*$/, "", indent)
+    params = substr(line, RSTART + 18, RLENGTH - 20)
     n = split(ENVIRON["RENDER_UPSTREAMS"], ups, " ")
     count = 0
     for (k = 1; k <= n; k++) {
       if (ups[k] == "") continue
-      # max_fails/fail_timeout: a dead node is skipped for 5 s, then tried again.
-      print indent "server " ups[k] " max_fails=1 fail_timeout=5s" ENVIRON["RENDER_SERVER_SUFFIX"] ";"
+      print indent "server " ups[k] params ENVIRON["RENDER_SERVER_SUFFIX"] ";"
       count++
     }
     if (count == 0) { print "render.sh: no upstream servers" > "/dev/stderr"; exit 3 }

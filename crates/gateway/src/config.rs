@@ -132,7 +132,9 @@ pub struct Config {
     /// Token bucket size (burst).
     #[arg(long, env = "ROOMCAST_RATE_BURST", default_value_t = 200.0)]
     pub rate_burst: f64,
-    /// `rate_limited` errors in a row that close the connection with 4029.
+    /// `rate_limited` answers that close the connection with 4029 when each comes within
+    /// 10 s of the one before (however the client paces its requests; frames admitted in
+    /// between do not reset the count).
     #[arg(long, env = "ROOMCAST_RATE_LIMIT_STRIKES", default_value_t = 20)]
     pub rate_limit_strikes: u32,
     /// Requests (publish, send, presence, ping) one connection may have in flight at
@@ -152,6 +154,15 @@ pub struct Config {
     /// Outbound queue per connection, messages; overflow closes with 4008.
     #[arg(long, env = "ROOMCAST_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// Seconds a client socket may accept no bytes while data waits for it before the
+    /// connection is closed with 4008 (slow consumer).
+    #[arg(long, env = "ROOMCAST_WRITE_TIMEOUT", default_value_t = 10)]
+    pub write_timeout: u64,
+    /// Kernel send buffer of each client socket, bytes (SO_SNDBUF; Linux doubles it for
+    /// its bookkeeping); bounds what a client that stops reading holds in kernel memory.
+    /// 0 leaves the kernel's default (auto-tuned up to net.ipv4.tcp_wmem's maximum).
+    #[arg(long, env = "ROOMCAST_SEND_BUFFER", default_value_t = 65536)]
+    pub send_buffer: usize,
     /// Messages of history kept per room.
     #[arg(long, env = "ROOMCAST_HISTORY_SIZE", default_value_t = 1000)]
     pub history_size: usize,
@@ -235,6 +246,12 @@ impl Config {
         if self.max_message_size < 256 {
             return bad("--max-message-size must be at least 256 bytes");
         }
+        if self.write_timeout == 0 {
+            return bad("--write-timeout must be at least 1 second");
+        }
+        if self.send_buffer != 0 && self.send_buffer < 4096 {
+            return bad("--send-buffer must be 0 (the kernel's default) or at least 4096 bytes");
+        }
         if self.outbound_queue == 0 {
             return bad("--outbound-queue must be at least 1");
         }
@@ -276,6 +293,11 @@ impl Config {
     /// Heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat)
+    }
+
+    /// How long a client socket may accept no bytes while data waits (4008).
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout)
     }
 
     /// The API keys, split.

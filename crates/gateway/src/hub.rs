@@ -164,6 +164,24 @@ impl Mailbox {
         }
     }
 
+    /// Waits for a close request only, leaving queued frames where they are: a session
+    /// blocked in a write to a full socket awaits this beside the write, so that a kick
+    /// ends it whatever it is waiting for. Only the mailbox's one reader calls it, and
+    /// not while it also waits in [`Mailbox::next`] (they share one waker).
+    pub fn kicked(&self) -> impl std::future::Future<Output = u16> + '_ {
+        std::future::poll_fn(move |cx| {
+            let code = self.kick.load(Ordering::Acquire);
+            if code != 0 {
+                return Poll::Ready(code);
+            }
+            self.waker.register(cx.waker());
+            match self.kick.load(Ordering::Acquire) {
+                0 => Poll::Pending,
+                code => Poll::Ready(code),
+            }
+        })
+    }
+
     fn ready(&self) -> Option<Mail> {
         let code = self.kick.load(Ordering::Acquire);
         if code != 0 {

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod session;
+pub mod socket;
 pub mod sse;
 
 use crate::auth::Authenticator;
@@ -162,6 +163,11 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
+        if node.cfg.send_buffer > 0 {
+            // A client that stops reading holds at most this much in the kernel; the
+            // rest waits in its bounded outbound queue, where --write-timeout finds it.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(node.cfg.send_buffer);
+        }
         let node = node.clone();
         let stop = stop_http.clone();
         let header_timeout = Duration::from_secs(node.cfg.handshake_timeout);

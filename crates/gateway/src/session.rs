@@ -1,6 +1,8 @@
 //! A WebSocket session: one task per connection, with explicit state (awaiting auth,
-//! authenticated, draining), selecting over the socket, its bounded outbound queue, its
-//! deadlines (heartbeat, auth timeout, token expiry) and the node's drain signal.
+//! authenticated), selecting over the socket, its bounded outbound queue (where drain and
+//! disconnect requests arrive too) and its deadlines (heartbeat, auth timeout, token
+//! expiry). It ends with the closing handshake of RFC 6455 section 7: it answers a
+//! client's Close, and after a Close of its own it reads on until the client's answer.
 
 use crate::auth::{AuthError, Identity};
 use crate::commands;
@@ -126,9 +128,22 @@ enum Event {
 
 /// Why the loop ended.
 enum End {
+    /// The node closes: send this Close frame, then read until the client answers.
     Close(u16, &'static str),
+    /// The client sent a Close frame: send the answer tungstenite queued, then go.
+    Answer,
+    /// The connection is gone (or unusable): just let go of it.
     Drop,
 }
+
+/// How long a closing connection is read after the node's Close frame, waiting for the
+/// client's (PROTOCOL.md section 4): so that neither the Close frame nor the frames
+/// before it are lost to a TCP reset while the client is still sending.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// `rate_limited` answers count together toward 4029 while each comes within this many
+/// seconds of the previous one; admitted frames between them do not reset the count.
+const STRIKE_WINDOW_S: u32 = 10;
 
 struct Session<S> {
     node: Arc<Node>,
@@ -136,7 +151,9 @@ struct Session<S> {
     conn_id: Arc<str>,
     encoding: Encoding,
     bucket: TokenBucket,
+    /// `rate_limited` answers so far, and when the last one was (seconds, wall clock).
     strikes: u32,
+    strike_at: u32,
     last_seen: Instant,
     /// The connection's inbox: frames once authenticated, and close requests (drain,
     /// slow consumer, disconnect) at any time.
@@ -182,6 +199,7 @@ where
         conn_id,
         encoding,
         strikes: 0,
+        strike_at: 0,
         last_seen: now,
         mailbox: Mailbox::new(node_queue),
         pending: None,
@@ -356,11 +374,7 @@ where
                     self.last_seen = Instant::now();
                     match frame {
                         None => return End::Drop,
-                        Some(Err(WsError::Capacity(_))) => return End::Close(close::TOO_BIG, "message too big"),
-                        Some(Err(e)) => {
-                            tracing::debug!(conn = %self.conn_id, error = %e, "socket error");
-                            return End::Drop;
-                        }
+                        Some(Err(e)) => return self.read_failed(e),
                         Some(Ok(msg)) => Event::Frame(msg),
                     }
                 }
@@ -388,15 +402,48 @@ where
     }
 
     async fn ping(&mut self) -> Result<(), End> {
-        if self
-            .ws
-            .feed(Message::Ping(bytes::Bytes::new()))
-            .await
-            .is_err()
-        {
-            return Err(End::Drop);
-        }
+        self.send(Message::Ping(bytes::Bytes::new())).await?;
         self.flush().await
+    }
+
+    /// What a read error means for the connection (RFC 6455 section 7.4.1): a frame that
+    /// breaks the framing rules closes with 1002, text that is not UTF-8 with 1007, a
+    /// message over the size cap with 1009; a lost socket is just gone.
+    fn read_failed(&self, e: WsError) -> End {
+        use tokio_tungstenite::tungstenite::error::ProtocolError;
+        tracing::debug!(conn = %self.conn_id, error = %e, "read failed");
+        match e {
+            WsError::Capacity(_) => End::Close(close::TOO_BIG, "message too big"),
+            WsError::Utf8(_) => End::Close(close::INVALID_PAYLOAD, "invalid UTF-8"),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Drop,
+            WsError::Protocol(_) => End::Close(close::PROTOCOL_ERROR, "protocol error"),
+            _ => End::Drop,
+        }
+    }
+
+    /// What a write error means: a socket that took nothing for `--write-timeout` is a
+    /// slow consumer (4008); anything else means the connection is gone.
+    fn write_failed(&self, e: WsError) -> End {
+        match e {
+            WsError::Io(io) if crate::socket::is_stalled(&io) => {
+                self.node.metrics.slow_consumer_closes.inc();
+                End::Close(close::SLOW_CONSUMER, STALLED_REASON)
+            }
+            _ => End::Drop,
+        }
+    }
+
+    /// Queues one frame for the socket (writing what the socket takes). It ends early when
+    /// the connection is kicked (a drain, a disconnect, a full queue), so that a session
+    /// blocked on a client that reads nothing still closes when asked.
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
+        let Session { ws, mailbox, .. } = self;
+        let r = tokio::select! {
+            biased;
+            r = ws.feed(msg) => r,
+            code = mailbox.kicked() => return Err(End::Close(code, kick_reason(code))),
+        };
+        r.map_err(|e| self.write_failed(e))
     }
 
     async fn reply_owned(&mut self, msg: ServerMessage) -> Result<(), End> {
@@ -420,9 +467,7 @@ where
                     Payload::Text(t) => Message::Text(t.clone()),
                     Payload::Binary(b) => Message::Binary(b.clone()),
                 };
-                if self.ws.feed(msg).await.is_err() {
-                    return Err(End::Drop);
-                }
+                self.send(msg).await?;
                 n += 1;
             }
             if n < 64 {
@@ -432,13 +477,16 @@ where
         self.flush().await
     }
 
-    /// Flushes, giving up on a socket that accepts nothing for two heartbeats.
+    /// Flushes: a socket that accepts nothing for `--write-timeout` is a slow consumer,
+    /// and a kick ends the wait (see [`Session::send`]).
     async fn flush(&mut self) -> Result<(), End> {
-        let limit = self.node.cfg.heartbeat_interval() * 2;
-        match tokio::time::timeout(limit, self.ws.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Drop),
-        }
+        let Session { ws, mailbox, .. } = self;
+        let r = tokio::select! {
+            biased;
+            r = ws.flush() => r,
+            code = mailbox.kicked() => return Err(End::Close(code, kick_reason(code))),
+        };
+        r.map_err(|e| self.write_failed(e))
     }
 
     async fn reply(&mut self, msg: &ServerMessage) -> Result<(), End> {
@@ -455,9 +503,7 @@ where
             Payload::Text(t) => Message::Text(t),
             Payload::Binary(b) => Message::Binary(b),
         };
-        if self.ws.feed(frame).await.is_err() {
-            return Err(End::Drop);
-        }
+        self.send(frame).await?;
         self.flush().await
     }
 
@@ -465,12 +511,20 @@ where
         let (bytes, binary): (&[u8], bool) = match &msg {
             Message::Text(t) => (t.as_bytes(), false),
             Message::Binary(b) => (b.as_ref(), true),
-            Message::Close(_) => return Err(End::Drop),
+            Message::Close(_) => return Err(End::Answer),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
         };
         self.node.metrics.bytes_in.inc_by(bytes.len() as u64);
+        if let State::AwaitingAuth { .. } = state {
+            return self.on_first_frame(state, bytes, binary).await;
+        }
         if !self.bucket.try_take(Instant::now().into_std()) {
             self.node.metrics.rate_limited.inc();
+            let now_s = (crate::hub::now_ms() / 1000) as u32;
+            if now_s.wrapping_sub(self.strike_at) > STRIKE_WINDOW_S {
+                self.strikes = 0;
+            }
+            self.strike_at = now_s;
             self.strikes += 1;
             if self.strikes >= self.node.cfg.rate_limit_strikes {
                 return Err(End::Close(close::RATE_LIMIT_ABUSE, "rate limit abused"));
@@ -484,7 +538,6 @@ where
                 ))
                 .await;
         }
-        self.strikes = 0;
         if bytes.len() > self.node.cfg.max_message_size {
             let id = self.request_id(bytes);
             return self
@@ -511,9 +564,6 @@ where
         let cmd = match self.encoding.decode_client(bytes) {
             Ok(c) => c,
             Err(e) => {
-                if matches!(state, State::AwaitingAuth { .. }) {
-                    return Err(End::Close(close::NOT_AUTHENTICATED, "authenticate first"));
-                }
                 return self
                     .reply(&ServerMessage::error(e.code, e.message, e.id))
                     .await;
@@ -525,17 +575,42 @@ where
             .with_label_values(&[cmd.kind()])
             .inc();
         match state {
-            State::AwaitingAuth { .. } => match cmd {
-                ClientMessage::Auth { token, id } => match self.node.auth.verify(&token) {
+            State::AwaitingAuth { .. } => {
+                Err(End::Close(close::NOT_AUTHENTICATED, "authenticate first"))
+            }
+            State::Active(active) => self.on_command(active, cmd).await,
+        }
+    }
+
+    /// The first message of a connection that has no token yet: a valid `auth` message,
+    /// or a close with 4003 for anything else (a frame of the wrong kind, an oversized
+    /// one, one that does not decode, another type).
+    async fn on_first_frame(
+        &mut self,
+        state: &mut State,
+        bytes: &[u8],
+        binary: bool,
+    ) -> Result<(), End> {
+        let refuse = End::Close(close::NOT_AUTHENTICATED, "authenticate first");
+        if bytes.len() > self.node.cfg.max_message_size || binary != self.encoding.is_binary() {
+            return Err(refuse);
+        }
+        match self.encoding.decode_client(bytes) {
+            Ok(ClientMessage::Auth { token, id }) => {
+                self.node
+                    .metrics
+                    .messages_in
+                    .with_label_values(&["auth"])
+                    .inc();
+                match self.node.auth.verify(&token) {
                     Ok(who) => {
                         *state = State::Active(self.authenticate(who, id).await?);
                         Ok(())
                     }
                     Err(e) => Err(self.auth_failed(&e)),
-                },
-                _ => Err(End::Close(close::NOT_AUTHENTICATED, "authenticate first")),
-            },
-            State::Active(active) => self.on_command(active, cmd).await,
+                }
+            }
+            _ => Err(refuse),
         }
     }
 
@@ -554,6 +629,18 @@ where
                             active.expires = self.expiry_deadline(&who);
                             let exp = who.exp.unwrap_or(0);
                             active.who = Arc::new(who);
+                            // A narrower `rooms` claim takes effect at once: the rooms the
+                            // new token does not allow are left, each with a `left`.
+                            let lost: Vec<RoomName> = active
+                                .rooms
+                                .names()
+                                .filter(|r| !active.who.may_access(r, node.auth.default_policy))
+                                .cloned()
+                                .collect();
+                            for room in lost {
+                                self.leave_room(active, &room).await;
+                                self.reply(&ServerMessage::Left { room, id: None }).await?;
+                            }
                             Some(ServerMessage::AuthOk { exp, id })
                         }
                         Err(e) => return Err(self.auth_failed(&e)),
@@ -574,14 +661,7 @@ where
                         id,
                     ))
                 } else {
-                    node.hub.leave(&room, &self.conn_id);
-                    if let Err(e) = node
-                        .bus
-                        .presence_leave(&room, &active.who.user, &self.conn_id)
-                        .await
-                    {
-                        tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire");
-                    }
+                    self.leave_room(active, &room).await;
                     Some(ServerMessage::Left { room, id })
                 }
             }
@@ -611,6 +691,20 @@ where
         match reply {
             Some(r) => self.reply(&r).await,
             None => Ok(()),
+        }
+    }
+
+    /// Leaves a room this connection had joined: live delivery and presence.
+    async fn leave_room(&mut self, active: &mut Active, room: &RoomName) {
+        active.rooms.remove(room);
+        self.node.hub.leave(room, &self.conn_id);
+        if let Err(e) = self
+            .node
+            .bus
+            .presence_leave(room, &active.who.user, &self.conn_id)
+            .await
+        {
+            tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire");
         }
     }
 
@@ -678,32 +772,74 @@ where
         }
     }
 
+    /// Ends the connection: it leaves its rooms and presence at once (a kicked or stalled
+    /// connection must not stay a member while its close handshake runs), and closes.
     async fn finish(mut self, state: State, end: End) {
-        if let End::Close(code, reason) = end {
-            self.node
-                .metrics
-                .closes
-                .with_label_values(&[&code.to_string()])
-                .inc();
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
-        }
-        if let State::Active(active) = state {
-            let node = &self.node;
+        let node = self.node.clone();
+        let conn = self.conn_id.clone();
+        // What is still queued will not be sent: free it now, not after the handshake.
+        self.mailbox.close();
+        if let State::Active(active) = &state {
             node.hub.remove_user(&self.member(&active.who));
             for room in active.rooms.names() {
-                node.hub.leave(room, &self.conn_id);
+                node.hub.leave(room, &conn);
             }
-            let leaves = active.rooms.names().map(|room| {
-                node.bus
-                    .presence_leave(room, &active.who.user, &self.conn_id)
-            });
-            for r in futures_util::future::join_all(leaves).await {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "presence leave failed at close; the entry will expire");
+            if let End::Close(close::SLOW_CONSUMER, reason) = end {
+                tracing::warn!(session = %conn, user = %active.who.user, reason, "slow consumer closed (4008)");
+            }
+        }
+        let presence = async {
+            if let State::Active(active) = &state {
+                let leaves = active
+                    .rooms
+                    .names()
+                    .map(|room| node.bus.presence_leave(room, &active.who.user, &conn));
+                for r in futures_util::future::join_all(leaves).await {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "presence leave failed at close; the entry will expire");
+                    }
+                }
+            }
+        };
+        tokio::join!(presence, self.close(end));
+    }
+
+    /// The closing handshake (RFC 6455 section 7), bounded by [`CLOSE_LINGER`].
+    async fn close(&mut self, end: End) {
+        match end {
+            End::Drop => {}
+            // tungstenite queued the answer (echoing the client's code) when it read the
+            // Close; flushing sends it (and reports the connection closed).
+            End::Answer => {
+                let _ = tokio::time::timeout(CLOSE_LINGER, self.ws.flush()).await;
+            }
+            End::Close(code, reason) => {
+                self.node
+                    .metrics
+                    .closes
+                    .with_label_values(&[&code.to_string()])
+                    .inc();
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                // The Close waits behind what the socket has not taken yet: it may take as
+                // long as the socket keeps taking bytes (the socket's own write timeout
+                // ends a stall), so that a client that reads late still learns the code.
+                let send_by = Instant::now() + self.node.cfg.write_timeout() + CLOSE_LINGER;
+                match tokio::time::timeout_at(send_by, self.ws.close(Some(frame))).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+                let linger = Instant::now() + CLOSE_LINGER;
+                // Read on, discarding, until the client's Close (or the end of the
+                // socket, or the linger): closing now, with the client still sending,
+                // would make the kernel reset the connection and lose what was sent.
+                while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(linger, self.ws.next()).await
+                {
+                    if let Message::Close(_) = msg {
+                        break;
+                    }
                 }
             }
         }
@@ -733,6 +869,9 @@ enum Due {
     AuthTimeout,
     Expired,
 }
+
+/// The reason of a 4008 sent because the socket took nothing for `--write-timeout`.
+const STALLED_REASON: &str = "slow consumer: the socket accepted nothing for the write timeout";
 
 fn kick_reason(code: u16) -> &'static str {
     match code {

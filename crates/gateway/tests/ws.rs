@@ -742,9 +742,12 @@ async fn origins_and_per_ip_limit_at_the_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_4008_and_others_get_everything() {
+    // The queue's rule alone: the socket's write timeout (the other rule) is an hour.
     let node = TestNode::start(&[
         "--auth",
         "none",
+        "--write-timeout",
+        "3600",
         "--outbound-queue",
         "16",
         "--rate-limit",

@@ -553,8 +553,23 @@ impl Delivery for Hub {
                 // After a Redis restart every watched room gaps at once: spread the closes
                 // so that the reconnects do not all land in the same instant.
                 tracing::warn!(%room, "unrecoverable gap on the bus; asking local members to reconnect");
-                if let Some(ms) = self.members(&room) {
-                    let all: Vec<Arc<Mailbox>> = ms.iter().map(|m| m.mailbox.clone()).collect();
+                // Out of the room now, not when each one's close comes: what the bus
+                // delivers next may be a new epoch's messages, whose offsets no member
+                // of the old epoch may receive. (Under the lock, as in `leave`.)
+                let gone = {
+                    let mut rooms = lock(&self.rooms);
+                    let gone = rooms.remove(&room);
+                    if gone.is_some() {
+                        if let Some(bus) = self.bus.get() {
+                            bus.unwatch_room(&room);
+                        }
+                    }
+                    self.metrics.rooms.set(rooms.len() as i64);
+                    gone
+                };
+                if let Some(r) = gone {
+                    let all: Vec<Arc<Mailbox>> =
+                        r.members.values().map(|m| m.mailbox.clone()).collect();
                     tokio::spawn(async move {
                         kick_spread(&all, close::OVERLOADED, GAP_KICK_SPREAD).await
                     });

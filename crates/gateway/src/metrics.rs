@@ -49,6 +49,14 @@ pub struct Metrics {
     pub bus_gap_repairs: IntCounter,
     /// Times the subscription fell behind (`--bus-max-lag`) and was re-synchronised.
     pub bus_lag_resyncs: IntCounter,
+    /// Losses on the bus that could not be repaired (members closed with 1013).
+    pub bus_gaps_lost: IntCounter,
+    /// Envelopes read from Redis and dropped as bad input.
+    pub bus_bad_envelopes: IntCounter,
+    /// Of those, room messages whose offset or epoch the room's history does not hold.
+    pub bus_forged_offsets: IntCounter,
+    /// Of those, disconnects with a close code a disconnect may not carry.
+    pub bus_bad_controls: IntCounter,
     /// Redis calls that carried room publishes.
     pub bus_publish_batches: IntCounter,
     /// Room publishes sent in those calls.
@@ -190,6 +198,26 @@ impl Metrics {
                 "roomcast_bus_lag_resyncs_total",
                 "Times the bus subscription fell behind and was re-synchronised",
             ),
+            bus_gaps_lost: counter(
+                &r,
+                "roomcast_bus_gaps_lost_total",
+                "Losses on the bus that history could not repair (local members closed with 1013)",
+            ),
+            bus_bad_envelopes: counter(
+                &r,
+                "roomcast_bus_bad_envelopes_total",
+                "Envelopes read from Redis and dropped as bad input (malformed, wrong channel, forged offset, bad close code)",
+            ),
+            bus_forged_offsets: counter(
+                &r,
+                "roomcast_bus_forged_offsets_total",
+                "Room messages dropped because the room's history does not hold their offset and epoch",
+            ),
+            bus_bad_controls: counter(
+                &r,
+                "roomcast_bus_bad_controls_total",
+                "Disconnects from the bus dropped for a close code a disconnect may not carry",
+            ),
             bus_publish_batches: counter(
                 &r,
                 "roomcast_bus_publish_batches_total",
@@ -241,6 +269,19 @@ impl Metrics {
         catch_up(
             &self.bus_lag_resyncs,
             bus.lag_resyncs.load(Ordering::Relaxed),
+        );
+        catch_up(&self.bus_gaps_lost, bus.gaps_lost.load(Ordering::Relaxed));
+        catch_up(
+            &self.bus_bad_envelopes,
+            bus.bad_envelopes.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_forged_offsets,
+            bus.forged_offsets.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_bad_controls,
+            bus.bad_controls.load(Ordering::Relaxed),
         );
         catch_up(
             &self.bus_publish_batches,

@@ -110,7 +110,9 @@ pub struct HistoryQuery {
     /// Everything after this position (when it is still held and the epoch matches).
     pub since: Option<StreamPosition>,
     /// Without `since`: the n most recent messages. With `since`, when recovery is
-    /// impossible: the n most recent messages instead.
+    /// impossible in its epoch: the n most recent messages instead. (A `since` in an
+    /// epoch the room no longer has gets the current epoch from its first offset, up to
+    /// `max_recover` messages, whatever `limit` says: PROTOCOL.md section 3.)
     pub limit: usize,
 }
 
@@ -207,8 +209,16 @@ pub struct BusStats {
     pub gap_repairs: AtomicU64,
     /// Gaps that could not be repaired.
     pub gaps_lost: AtomicU64,
-    /// Envelopes that could not be decoded (skipped).
+    /// Envelopes dropped as bad input (PROTOCOL.md section 6): undecodable or invalid,
+    /// on the wrong channel, with a forged offset, or a control message with a close
+    /// code a disconnect may not carry. Each is also counted below when it has a reason
+    /// of its own.
     pub bad_envelopes: AtomicU64,
+    /// Room messages dropped because their offset or epoch is not what the room's
+    /// history holds (not written by the publish script: forged, e.g. by an emitter).
+    pub forged_offsets: AtomicU64,
+    /// Control messages dropped for a close code a disconnect may not carry.
+    pub bad_controls: AtomicU64,
     /// Times the subscription fell more than `max_lag` behind and was re-synchronised.
     pub lag_resyncs: AtomicU64,
     /// Calls to Redis that carried room publishes (several publishes share one under

@@ -225,7 +225,17 @@ impl Bus for MemoryBus {
                     recovered: true,
                 });
             }
-            let messages = recent(query.limit);
+            let messages = if since.epoch != log.epoch {
+                // The epoch was lost: the current one from its start (PROTOCOL.md
+                // section 3), up to the recovery limit.
+                log.messages
+                    .iter()
+                    .take(self.cfg.max_recover)
+                    .map(|p| (**p).clone())
+                    .collect()
+            } else {
+                recent(query.limit)
+            };
             return Ok(History {
                 epoch: log.epoch.clone(),
                 offset: log.offset,
@@ -322,6 +332,11 @@ impl Bus for MemoryBus {
     }
 
     async fn disconnect_user(&self, user: &UserId, code: u16) -> Result<(), BusError> {
+        if !roomcast_protocol::close::valid_for_disconnect(code) {
+            return Err(BusError::Internal(format!(
+                "close code {code} cannot end a disconnected user's connections"
+            )));
+        }
         self.deliver(BusEvent::Disconnect {
             user: user.clone(),
             code,

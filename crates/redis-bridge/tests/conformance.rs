@@ -6,7 +6,8 @@ mod support;
 
 use roomcast_protocol::StreamPosition;
 use roomcast_redis_bridge::{
-    Bus, BusConfig, BusEvent, HistoryQuery, MemoryBus, PublishRequest, RedisBus, SendRequest,
+    Bus, BusConfig, BusError, BusEvent, HistoryQuery, MemoryBus, PublishRequest, RedisBus,
+    SendRequest,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -248,8 +249,9 @@ async fn history_since(kind: Kind) {
     let offsets: Vec<_> = wrong.messages.iter().map(|p| p.offset).collect();
     assert_eq!(
         offsets,
-        vec![Some(4), Some(5)],
-        "the limit most recent instead"
+        vec![Some(1), Some(2), Some(3), Some(4), Some(5)],
+        "an epoch the room no longer has: the current one from its start (PROTOCOL.md 3), \
+         whatever the limit"
     );
     let ahead = h
         .bus
@@ -257,6 +259,32 @@ async fn history_since(kind: Kind) {
         .await
         .expect("history");
     assert!(!ahead.recovered);
+    h.bus.close().await;
+}
+
+/// A `since` in an epoch the room no longer has gets the current epoch from its first
+/// offset held, at most `max_recover` messages of it.
+async fn history_of_a_lost_epoch_is_capped(kind: Kind) {
+    let cfg = BusConfig {
+        max_recover: 3,
+        ..config("n1")
+    };
+    let h = harness(kind, cfg).await;
+    for i in 1..=5 {
+        h.bus.publish(req("r", json!(i))).await.expect("publish");
+    }
+    let q = HistoryQuery {
+        since: Some(StreamPosition {
+            offset: 9,
+            epoch: "gone".into(),
+        }),
+        limit: 0,
+    };
+    let got = h.bus.history(&room("r"), q).await.expect("history");
+    assert!(!got.recovered);
+    assert_eq!(got.offset, 5);
+    let offsets: Vec<_> = got.messages.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![Some(1), Some(2), Some(3)]);
     h.bus.close().await;
 }
 
@@ -447,6 +475,15 @@ async fn send_delivers_direct(kind: Kind) {
 
 async fn disconnect_delivers(kind: Kind) {
     let mut h = harness(kind, config("n1")).await;
+    // a code no client could receive is refused at the source
+    for bad in [0, 1, 1005, 1006, 5000] {
+        let e = h
+            .bus
+            .disconnect_user(&user("mallory"), bad)
+            .await
+            .expect_err("not a disconnect code");
+        assert!(matches!(e, BusError::Internal(_)), "{e:?}");
+    }
     h.bus
         .disconnect_user(&user("mallory"), 4002)
         .await
@@ -498,6 +535,7 @@ suite!(
     history_recent,
     history_since,
     history_trimmed,
+    history_of_a_lost_epoch_is_capped,
     history_max_recover,
     presence_events_are_per_user,
     presence_counts_and_limit,

@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     publish_tx: mpsc::Sender<publisher::Job>,
     /// What every envelope of this node starts with (see `envelope::envelope_head`).
     envelope_head: Vec<u8>,
+    /// Bad input read from Redis is logged at most once a while (see `subscriber::RateLog`).
+    bad_log: subscriber::RateLog,
 }
 
 /// Why one Redis call failed, before it becomes a [`BusError`].
@@ -203,6 +205,7 @@ impl RedisBus {
             baseline_rx: Mutex::new(Some(baseline_rx)),
             publish_tx,
             envelope_head,
+            bad_log: subscriber::RateLog::default(),
         });
         inner.tasks.spawn(publisher::run(inner.clone(), publish_rx));
         // Say now, not at the first publish, when the URL or the password is wrong; a
@@ -467,7 +470,9 @@ impl Bus for RedisBus {
                 Some(m) => messages.push(m.publication),
                 None => {
                     BusStats::incr(&inner.stats.bad_envelopes);
-                    tracing::warn!(%room, "undecodable history entry skipped");
+                    inner
+                        .bad_log
+                        .warn("undecodable history entry skipped", room.as_str(), "");
                 }
             }
         }
@@ -503,6 +508,12 @@ impl Bus for RedisBus {
 
     async fn disconnect_user(&self, user: &UserId, code: u16) -> Result<(), BusError> {
         let inner = &self.inner;
+        // Every node would drop it (PROTOCOL.md section 6): say so here instead.
+        if !roomcast_protocol::close::valid_for_disconnect(code) {
+            return Err(BusError::Internal(format!(
+                "close code {code} cannot end a disconnected user's connections"
+            )));
+        }
         let payload = envelope::encode(
             &inner.cfg.node_id,
             BusMessage::Disconnect {

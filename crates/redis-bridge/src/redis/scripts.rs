@@ -130,7 +130,8 @@ return 0
 
 /// History read, atomic with the room's position. Creates the room's meta (epoch,
 /// offset 0) when it is missing, so that the epoch a joiner sees is the one the next
-/// publish uses.
+/// publish uses. A `since` in another epoch gets the current epoch from its start (up
+/// to max recover), not recovered (PROTOCOL.md section 3).
 ///
 /// KEYS: meta, history. ARGV: fresh epoch, history ttl (ms), history size,
 /// since offset ('' for none), since epoch, limit, max recover.
@@ -151,20 +152,29 @@ local size = tonumber(ARGV[3])
 if first < top - size + 1 then first = top - size + 1 end
 local recovered = 0
 local from = top + 1
+local to = top
+local lost = false
 if ARGV[4] ~= '' then
-  local since = tonumber(ARGV[4])
+  local since = tonumber(ARGV[4]) or 0
   if ARGV[5] == epoch and since <= top and since + 1 >= first and top - since <= tonumber(ARGV[7]) then
     recovered = 1
     from = since + 1
+  elseif ARGV[5] ~= epoch then
+    -- an epoch the room no longer has (its history was lost): the current epoch from
+    -- its first offset held, up to max recover, so that nothing acknowledged since the
+    -- loss is missed
+    lost = true
+    from = first
+    to = math.min(top, first + tonumber(ARGV[7]) - 1)
   end
 end
-if recovered == 0 then
+if recovered == 0 and not lost then
   local n = tonumber(ARGV[6])
   if n > 0 then from = math.max(first, top - n + 1) end
 end
 local out = {}
-if from <= top then
-  local range = redis.call('XRANGE', KEYS[2], string.format('%d-0', from), string.format('%d-0', top))
+if from <= to then
+  local range = redis.call('XRANGE', KEYS[2], string.format('%d-0', from), string.format('%d-0', to))
   for i, e in ipairs(range) do out[i] = e[2][2] end
 end
 return {epoch, top, recovered, out}

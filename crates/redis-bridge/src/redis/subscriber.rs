@@ -15,7 +15,7 @@ use super::{lock, Inner, OpError};
 use crate::bus::{BusError, BusEvent, BusStats, Delivery};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use roomcast_protocol::{BusMessage, Envelope, RoomName};
+use roomcast_protocol::{close, BusMessage, Envelope, RoomName};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -53,34 +53,53 @@ enum Plan {
     Deliver,
     /// Deliver and record it as the last one.
     Advance,
+    /// The first message of a room with no known epoch: deliver and record it, once the
+    /// stream says it is real (it sets the baseline every later message is judged by).
+    First,
     /// Already delivered (by a repair).
     Drop,
     /// Messages `from..offset` are missing: read them from the stream first.
     Repair { from: u64 },
+    /// A message of a new epoch: the room's history was lost and started again (expired
+    /// after `history_ttl` without publishes, flushed, or Redis restarted). Local members
+    /// hold offsets of the old epoch, which the new one's mean nothing to: the loss is
+    /// signalled (`BusEvent::Gap`) before anything of the new epoch is delivered, then
+    /// the new epoch is delivered complete from its offset 1.
+    NewEpoch,
 }
 
-/// A message of a new epoch seen live: the room's history was lost and started again
-/// (expired after `history_ttl` without publishes, or flushed). The subscription was up
-/// all along, so nothing of the old epoch was missed (pub/sub loses messages only across
-/// a disconnect, and `resync` judges those); the new epoch must be complete from 1.
-fn new_epoch(offset: u64) -> Plan {
-    if offset == 1 {
-        Plan::Advance
-    } else {
-        Plan::Repair { from: 1 }
+impl Plan {
+    /// Whether the message must be checked against the room's stream before it is
+    /// acted on: whatever would move the room's baseline other than one step forward
+    /// in a known epoch (a forged offset must not make the node report a loss, nor
+    /// set a baseline that would make the real messages look like one).
+    fn needs_check(&self) -> bool {
+        matches!(self, Plan::First | Plan::Repair { .. } | Plan::NewEpoch)
     }
 }
 
 fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
     match track {
         None => Plan::Deliver,
-        Some(Track::Pending) => Plan::Advance,
+        Some(Track::Pending) => Plan::First,
         Some(Track::Soft {
             offset: base,
-            epoch: e,
+            epoch: None,
         }) => {
-            if e.as_deref().is_some_and(|e| e != epoch) {
-                new_epoch(offset)
+            if offset <= *base {
+                Plan::Deliver
+            } else if offset == base + 1 {
+                Plan::First
+            } else {
+                Plan::Repair { from: base + 1 }
+            }
+        }
+        Some(Track::Soft {
+            offset: base,
+            epoch: Some(e),
+        }) => {
+            if e != epoch {
+                Plan::NewEpoch
             } else if offset <= *base {
                 Plan::Deliver
             } else if offset == base + 1 {
@@ -94,7 +113,7 @@ fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
             epoch: e,
         }) => {
             if e != epoch {
-                new_epoch(offset)
+                Plan::NewEpoch
             } else if offset <= *last {
                 Plan::Drop
             } else if offset == last + 1 {
@@ -104,6 +123,51 @@ fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
             }
         }
     }
+}
+
+/// How often at most a line is logged about bad input read from Redis.
+const BAD_LOG_EVERY_MS: u64 = 10_000;
+
+/// Logs bad input read from Redis at most once per [`BAD_LOG_EVERY_MS`], saying how many
+/// were not logged since: whoever can write to Redis cannot flood the node's log.
+#[derive(Debug, Default)]
+pub(crate) struct RateLog {
+    /// When the last line was written (ms since the Unix epoch; 0: never).
+    last: std::sync::atomic::AtomicU64,
+    /// Bad inputs not logged since that line.
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl RateLog {
+    /// Logs `what` (with where it was read and a detail) unless a line was written less
+    /// than [`BAD_LOG_EVERY_MS`] ago; then it only counts it.
+    pub(crate) fn warn(&self, what: &str, source: &str, detail: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_ms();
+        let last = self.last.load(Relaxed);
+        if now.saturating_sub(last) >= BAD_LOG_EVERY_MS
+            && self
+                .last
+                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                .is_ok()
+        {
+            let not_logged = self.skipped.swap(0, Relaxed);
+            tracing::warn!(
+                source,
+                detail,
+                not_logged,
+                "bad input from Redis dropped: {what}"
+            );
+        } else {
+            self.skipped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Counts and logs (at a rate limit) an envelope dropped as bad input.
+fn bad(inner: &Inner, what: &str, source: &str, detail: &str) {
+    BusStats::incr(&inner.stats.bad_envelopes);
+    inner.bad_log.warn(what, source, detail);
 }
 
 /// Why the connected loop ended.
@@ -219,7 +283,10 @@ async fn connected_loop(
             _ = inner.stop.cancelled() => return Exit::Stopped,
             m = stream.next() => match m {
                 Some(m) => {
-                    let stamp = on_message(inner, delivery, m.get_channel_name(), m.get_payload_bytes()).await;
+                    let stamp = match on_message(inner, delivery, m.get_channel_name(), m.get_payload_bytes()).await {
+                        Handled::Done(stamp) => stamp,
+                        Handled::Resync(why) => return Exit::Lost(why),
+                    };
                     if stamp.is_some_and(|(node, ts)| lag.behind(&node, ts, now_ms())) {
                         // The client library reads the socket into a queue without bound:
                         // let go of it (and of Redis's buffer) and repair from history.
@@ -309,51 +376,79 @@ impl Lag {
     }
 }
 
-/// Decodes one pub/sub message and delivers what it carries; for a room message with an
-/// offset (one a node published through the script), its node and stamp.
+/// What became of one pub/sub message.
+enum Handled {
+    /// Delivered or dropped; for a room message with an offset that was delivered, its
+    /// node and stamp (the lag check).
+    Done(Option<(String, u64)>),
+    /// A message could not be checked against Redis: let the connection go and
+    /// re-synchronise every watched room from history (which delivers it if it is real).
+    Resync(&'static str),
+}
+
+/// Decodes one pub/sub message and delivers what it carries. Nothing read here is
+/// trusted more than a client frame (PROTOCOL.md section 6): what is malformed, on the
+/// wrong channel, forged or out of range is counted, logged at a rate limit and dropped;
+/// it never closes a client.
 async fn on_message(
     inner: &Inner,
     delivery: &dyn Delivery,
     channel: &str,
     payload: &[u8],
-) -> Option<(String, u64)> {
+) -> Handled {
     let env = match Envelope::from_msgpack(payload) {
         Ok(env) => env,
         Err(e) => {
-            BusStats::incr(&inner.stats.bad_envelopes);
-            tracing::debug!(channel, error = %e.message, "undecodable envelope skipped");
-            return None;
+            bad(
+                inner,
+                "undecodable or invalid envelope",
+                channel,
+                &e.message,
+            );
+            return Handled::Done(None);
         }
     };
     BusStats::incr(&inner.stats.messages_received);
+    let source = channel;
     let channel = inner.keys.parse_channel(channel);
     let node = env.node;
     match (channel, env.msg) {
         (Channel::Room(name), msg @ BusMessage::Message { .. }) => {
-            let m = envelope::room_message(msg)?;
+            let Some(m) = envelope::room_message(msg) else {
+                bad(inner, "not a room message", source, "");
+                return Handled::Done(None);
+            };
             if m.publication.room.as_str() != name {
-                BusStats::incr(&inner.stats.bad_envelopes);
-                return None;
+                bad(inner, "room message on another room's channel", source, "");
+                return Handled::Done(None);
             }
             let stamp = m.publication.offset.map(|_| (node, m.publication.ts));
-            on_room_message(inner, delivery, m).await;
-            stamp
+            match on_room_message(inner, delivery, m, payload).await {
+                Ok(true) => Handled::Done(stamp),
+                Ok(false) => Handled::Done(None),
+                Err(why) => Handled::Resync(why),
+            }
         }
         (Channel::Room(name), BusMessage::MemberJoined { room, user }) if room.as_str() == name => {
             delivery.deliver(BusEvent::MemberJoined { room, user });
-            None
+            Handled::Done(None)
         }
         (Channel::Room(name), BusMessage::MemberLeft { room, user }) if room.as_str() == name => {
             delivery.deliver(BusEvent::MemberLeft { room, user });
-            None
+            Handled::Done(None)
         }
         (Channel::User(name), msg @ BusMessage::Direct { .. }) => {
             let BusMessage::Direct { ref to, .. } = msg else {
-                return None;
+                return Handled::Done(None);
             };
             if to.as_str() != name {
-                BusStats::incr(&inner.stats.bad_envelopes);
-                return None;
+                bad(
+                    inner,
+                    "direct message on another user's channel",
+                    source,
+                    "",
+                );
+                return Handled::Done(None);
             }
             let to = to.clone();
             if let Some(message) = msg.to_direct() {
@@ -362,15 +457,32 @@ async fn on_message(
                     message: Arc::new(message),
                 });
             }
-            None
+            Handled::Done(None)
         }
         (Channel::Control, BusMessage::Disconnect { user, code }) => {
-            delivery.deliver(BusEvent::Disconnect { user, code });
-            None
+            // Only a code a client can receive and that means "disconnected": never one
+            // that RFC 6455 forbids on the wire (0, 1, 1005, ...) or a frame error.
+            if close::valid_for_disconnect(code) {
+                delivery.deliver(BusEvent::Disconnect { user, code });
+            } else {
+                BusStats::incr(&inner.stats.bad_controls);
+                bad(
+                    inner,
+                    "disconnect with a close code a disconnect may not carry",
+                    source,
+                    &code.to_string(),
+                );
+            }
+            Handled::Done(None)
         }
         _ => {
-            BusStats::incr(&inner.stats.bad_envelopes);
-            None
+            bad(
+                inner,
+                "message of a kind its channel does not carry",
+                source,
+                "",
+            );
+            Handled::Done(None)
         }
     }
 }
@@ -395,19 +507,51 @@ fn lost(inner: &Inner, delivery: &dyn Delivery, room: &RoomName, why: &str) {
     delivery.deliver(BusEvent::Gap { room: room.clone() });
 }
 
-async fn on_room_message(inner: &Inner, delivery: &dyn Delivery, m: RoomMessage) {
+/// Delivers a room message in its room's order, repairing gaps and signalling lost
+/// history first. `Ok(false)`: dropped as forged (counted); `Err`: it could not be
+/// checked (Redis failed), the subscription must re-synchronise.
+async fn on_room_message(
+    inner: &Inner,
+    delivery: &dyn Delivery,
+    m: RoomMessage,
+    payload: &[u8],
+) -> Result<bool, &'static str> {
     let Some(offset) = m.publication.offset else {
-        // volatile or emitter message: no order to keep
+        // volatile or emitter message: no order to keep, and it moves nothing
         deliver_room(delivery, m);
-        return;
+        return Ok(true);
     };
-    let epoch = m.epoch.clone().unwrap_or_default();
     let room = m.publication.room.clone();
-    let plan = plan(lock(&inner.watched).get(&room), offset, &epoch);
+    // The envelope decoder refuses an offset without an epoch.
+    let Some(epoch) = m.epoch.clone() else {
+        bad(inner, "an offset without an epoch", room.as_str(), "");
+        return Ok(false);
+    };
+    let track = lock(&inner.watched).get(&room).cloned();
+    let plan = plan(track.as_ref(), offset, &epoch);
+    if plan.needs_check() {
+        match written_by_the_script(inner, &room, offset, &epoch, payload).await {
+            Ok(true) => {}
+            Ok(false) => {
+                BusStats::incr(&inner.stats.forged_offsets);
+                bad(
+                    inner,
+                    "room message whose offset or epoch the room's history does not hold",
+                    room.as_str(),
+                    &format!("offset {offset} epoch {epoch}"),
+                );
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "cannot check a room message against history");
+                return Err("cannot check a room message against history");
+            }
+        }
+    }
     match plan {
         Plan::Deliver => deliver_room(delivery, m),
         Plan::Drop => tracing::trace!(%room, offset, "duplicate dropped"),
-        Plan::Advance => {
+        Plan::Advance | Plan::First => {
             deliver_room(delivery, m);
             set_track(inner, &room, Track::Known { offset, epoch });
         }
@@ -416,7 +560,51 @@ async fn on_room_message(inner: &Inner, delivery: &dyn Delivery, m: RoomMessage)
             deliver_room(delivery, m);
             set_track(inner, &room, Track::Known { offset, epoch });
         }
+        Plan::NewEpoch => {
+            // The loss first: no member of the old epoch may see an offset of the new.
+            lost(inner, delivery, &room, "history lost: a new epoch started");
+            if offset > 1 {
+                repair(inner, delivery, &room, 1, offset - 1, &epoch).await;
+            }
+            deliver_room(delivery, m);
+            set_track(inner, &room, Track::Known { offset, epoch });
+        }
     }
+    Ok(true)
+}
+
+/// Whether a room message is one the publish script wrote: the script XADDs the exact
+/// bytes it PUBLISHes (at `<offset>-0`, before the PUBLISH, atomically), so a real
+/// message is in the room's stream, or, if trimmed since, at or below the room's
+/// offset in the same epoch. An offset ahead of the room's, an epoch the room does not
+/// have, or other bytes at that offset are not the script's.
+async fn written_by_the_script(
+    inner: &Inner,
+    room: &RoomName,
+    offset: u64,
+    epoch: &str,
+    payload: &[u8],
+) -> Result<bool, BusError> {
+    let id = format!("{offset}-0");
+    let mut p = redis::pipe();
+    p.cmd("XRANGE")
+        .arg(inner.keys.history(room))
+        .arg(&id)
+        .arg(&id);
+    p.cmd("HMGET").arg(inner.keys.meta(room)).arg("e").arg("s");
+    let (entries, (meta_epoch, meta_offset)): (Vec<StreamEntry>, (Option<String>, Option<u64>)) =
+        inner
+            .run("check a room message", async {
+                let mut c = inner.conn().await?;
+                p.query_async(&mut c).await.map_err(OpError::from)
+            })
+            .await?;
+    if let Some((_, fields)) = entries.first() {
+        return Ok(fields
+            .iter()
+            .any(|(k, d)| k == "d" && d.as_slice() == payload));
+    }
+    Ok(meta_epoch.as_deref() == Some(epoch) && meta_offset.is_some_and(|s| offset <= s))
 }
 
 /// Reads `from..=to` of `epoch` from the room's stream and delivers it, or reports a gap.
@@ -576,8 +764,10 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
             };
             match meta {
                 None => {
-                    // The room's history is gone (expired, or Redis lost its data).
-                    if last > 0 {
+                    // The room's history is gone (expired, or Redis lost its data):
+                    // members that know its epoch (every member read it when joining)
+                    // must learn it, or they would take the next epoch's offsets for it.
+                    if last > 0 || known_epoch.is_some() {
                         lost(inner, delivery, room, "history lost");
                     }
                     set_track(
@@ -661,16 +851,16 @@ mod tests {
     #[test]
     fn plans() {
         assert_eq!(plan(None, 5, "e"), Plan::Deliver);
-        assert_eq!(plan(Some(&Track::Pending), 5, "e"), Plan::Advance);
+        assert_eq!(plan(Some(&Track::Pending), 5, "e"), Plan::First);
         assert_eq!(plan(Some(&known(4)), 5, "e"), Plan::Advance);
         assert_eq!(plan(Some(&known(5)), 5, "e"), Plan::Drop);
         assert_eq!(plan(Some(&known(2)), 5, "e"), Plan::Repair { from: 3 });
         assert_eq!(
             plan(Some(&known(2)), 1, "f"),
-            Plan::Advance,
+            Plan::NewEpoch,
             "a new history"
         );
-        assert_eq!(plan(Some(&known(9)), 3, "f"), Plan::Repair { from: 1 });
+        assert_eq!(plan(Some(&known(9)), 3, "f"), Plan::NewEpoch);
         let soft = Track::Soft {
             offset: 4,
             epoch: Some("e".into()),
@@ -678,13 +868,34 @@ mod tests {
         assert_eq!(plan(Some(&soft), 3, "e"), Plan::Deliver);
         assert_eq!(plan(Some(&soft), 5, "e"), Plan::Advance);
         assert_eq!(plan(Some(&soft), 7, "e"), Plan::Repair { from: 5 });
-        assert_eq!(plan(Some(&soft), 5, "f"), Plan::Repair { from: 1 });
+        assert_eq!(plan(Some(&soft), 5, "f"), Plan::NewEpoch);
         let empty = Track::Soft {
             offset: 0,
             epoch: None,
         };
-        assert_eq!(plan(Some(&empty), 1, "x"), Plan::Advance);
+        assert_eq!(plan(Some(&empty), 1, "x"), Plan::First);
         assert_eq!(plan(Some(&empty), 3, "x"), Plan::Repair { from: 1 });
+        // only one step forward in a known epoch goes unchecked
+        for (p, checked) in [
+            (Plan::Deliver, false),
+            (Plan::Advance, false),
+            (Plan::Drop, false),
+            (Plan::First, true),
+            (Plan::Repair { from: 1 }, true),
+            (Plan::NewEpoch, true),
+        ] {
+            assert_eq!(p.needs_check(), checked, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_logged_at_a_rate_limit() {
+        let log = RateLog::default();
+        for _ in 0..100 {
+            log.warn("test", "here", "");
+        }
+        // one line was written; the other 99 only counted
+        assert_eq!(log.skipped.load(std::sync::atomic::Ordering::Relaxed), 99);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::node::Node;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use roomcast_protocol::{
     close, Encoding, ErrorCode, EventName, Publication, RoomName, ServerMessage, UserId,
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An API failure: status, PROTOCOL-style code, message.
 struct ApiError(StatusCode, &'static str, String);
@@ -58,10 +60,46 @@ impl From<BusError> for ApiError {
 
 type ApiResult = Result<Response<Body>, ApiError>;
 
-/// Routes `/api/*` and `/client/commands`; anything else is 404.
-pub async fn route(node: Arc<Node>, _peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Routes `/api/*` and `/client/commands`; anything else is 404. Each of these requests
+/// holds one of its client IP's `--max-http-per-ip` slots until it is answered, and must
+/// send its body within `--http-body-timeout`, so that half-sent bodies cannot pile up.
+pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let _slot = if path == "/client/commands" || path.starts_with("/api/") {
+        let xff = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let ip = crate::limits::client_ip(peer.ip(), xff, &node.trusted_proxies);
+        match node
+            .ip_limiter
+            .acquire_request(ip, node.cfg.max_http_per_ip)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                node.metrics
+                    .errors
+                    .with_label_values(&[ErrorCode::RateLimited.as_str()])
+                    .inc();
+                let mut resp = ApiError(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited.as_str(),
+                    format!(
+                        "more than {} requests in progress from this address",
+                        node.cfg.max_http_per_ip
+                    ),
+                )
+                .response();
+                // The body was not read: this connection cannot carry another request.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+        }
+    } else {
+        None
+    };
     let (label, result): (&'static str, ApiResult) = match (method.clone(), path.as_str()) {
         (Method::POST, "/client/commands") => {
             ("client_commands", client_commands(&node, req).await)
@@ -83,7 +121,11 @@ pub async fn route(node: Arc<Node>, _peer: SocketAddr, req: Request<Incoming>) -
             )),
         ),
     };
-    let resp = result.unwrap_or_else(ApiError::response);
+    let mut resp = result.unwrap_or_else(ApiError::response);
+    if resp.status() == StatusCode::REQUEST_TIMEOUT {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if label != "other" {
         node.metrics
             .api_requests
@@ -134,7 +176,19 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn read_json(node: &Node, req: Request<Incoming>) -> Result<Value, ApiError> {
     let limit = node.cfg.max_message_size.saturating_mul(16);
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    let timeout = Duration::from_secs(node.cfg.http_body_timeout);
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect());
+    let Ok(read) = read.await else {
+        return Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the body did not arrive within {} s (--http-body-timeout)",
+                node.cfg.http_body_timeout
+            ),
+        ));
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -157,7 +211,7 @@ fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct PublishBody {
+pub struct PublishBody {
     room: RoomName,
     event: EventName,
     #[serde(default)]
@@ -169,7 +223,7 @@ struct PublishBody {
 }
 
 #[derive(Deserialize)]
-struct SendBody {
+pub struct SendBody {
     user: UserId,
     event: EventName,
     #[serde(default)]
@@ -179,7 +233,7 @@ struct SendBody {
 }
 
 #[derive(Deserialize)]
-struct DisconnectBody {
+pub struct DisconnectBody {
     user: UserId,
 }
 

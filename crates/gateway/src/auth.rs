@@ -1,7 +1,7 @@
 //! Authentication: JWT verification (PROTOCOL.md §2) and what a verified token allows.
 
 use crate::config::{AuthMode, Config, RoomPolicy};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use roomcast_protocol::{RoomName, UserId};
 use serde::Deserialize;
 use std::str::FromStr;
@@ -66,6 +66,121 @@ struct Claims {
     publish: Option<bool>,
     #[serde(default)]
     presence: Option<bool>,
+    /// Issued-at: a NumericDate (any other type fails the token).
+    #[serde(default)]
+    iat: Option<NumericDate>,
+}
+
+/// A JSON number of seconds (RFC 7519 NumericDate); a string or any other type is an error.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(untagged)]
+enum NumericDate {
+    Int(u64),
+    Float(f64),
+}
+
+impl NumericDate {
+    fn secs(self) -> Option<f64> {
+        match self {
+            NumericDate::Int(n) => Some(n as f64),
+            NumericDate::Float(f) if f.is_finite() && f >= 0.0 => Some(f),
+            NumericDate::Float(_) => None,
+        }
+    }
+}
+
+fn family_name(f: AlgorithmFamily) -> &'static str {
+    match f {
+        AlgorithmFamily::Hmac => "HMAC, a shared secret",
+        AlgorithmFamily::Rsa => "RSA",
+        AlgorithmFamily::Ec => "ECDSA",
+        AlgorithmFamily::Ed => "EdDSA",
+    }
+}
+
+fn key_kind(algs: &[Algorithm]) -> &'static str {
+    match algs.first() {
+        Some(Algorithm::ES256) => "an EC P-256 key",
+        Some(Algorithm::ES384) => "an EC P-384 key",
+        Some(Algorithm::EdDSA) => "an Ed25519 key",
+        Some(a) if a.family() == AlgorithmFamily::Rsa => "an RSA key",
+        _ => "a key",
+    }
+}
+
+/// Reads a PEM public key: the key and every algorithm it can verify (the first is the
+/// default). Refuses private keys, certificates, several blocks and anything unreadable.
+fn public_key(pem: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>), String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "not a PEM file (not text)".to_string())?;
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("-----BEGIN ")
+                .and_then(|r| r.strip_suffix("-----"))
+        })
+        .collect();
+    let label = match labels.as_slice() {
+        [] => return Err("not a PEM file (no -----BEGIN line)".into()),
+        [one] => *one,
+        _ => {
+            return Err(format!(
+                "holds {} PEM blocks; give one public key",
+                labels.len()
+            ))
+        }
+    };
+    if label.contains("PRIVATE") {
+        return Err(format!(
+            "that is a private key ({label}); give the public one (openssl pkey -in KEY -pubout)"
+        ));
+    }
+    if label == "CERTIFICATE" {
+        return Err(
+            "that is a certificate; give its public key (openssl x509 -in CERT -pubkey -noout)"
+                .into(),
+        );
+    }
+    if label != "PUBLIC KEY" && label != "RSA PUBLIC KEY" {
+        return Err(format!("a PEM {label:?} is not a public key"));
+    }
+    let der = pem_body(text).ok_or("the PEM body is not base64")?;
+    let bad = || "not an RSA, EC (P-256, P-384) or Ed25519 public key".to_string();
+    // OIDs, DER-encoded: id-ecPublicKey with its curve, Ed25519, rsaEncryption.
+    const EC_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const EC_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    const EC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    if label == "RSA PUBLIC KEY" || !(has(EC_KEY) || has(ED25519)) {
+        let key = DecodingKey::from_rsa_pem(pem).map_err(|_| bad())?;
+        return Ok((key, AlgorithmFamily::Rsa.algorithms().to_vec()));
+    }
+    if has(ED25519) {
+        let key = DecodingKey::from_ed_pem(pem).map_err(|_| bad())?;
+        return Ok((key, vec![Algorithm::EdDSA]));
+    }
+    let alg = if has(EC_P256) {
+        Algorithm::ES256
+    } else if has(EC_P384) {
+        Algorithm::ES384
+    } else {
+        return Err("an EC key on a curve other than P-256 (ES256) or P-384 (ES384)".into());
+    };
+    let key = DecodingKey::from_ec_pem(pem).map_err(|_| bad())?;
+    Ok((key, vec![alg]))
+}
+
+/// The DER bytes of a one-block PEM text.
+fn pem_body(text: &str) -> Option<Vec<u8>> {
+    let b64: String = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("-----BEGIN "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END "))
+        .collect();
+    crate::http::base64_decode(b64.as_bytes()).filter(|d| !d.is_empty())
 }
 
 /// Verifies tokens with the configured key and rules; the accepted algorithms come
@@ -79,55 +194,91 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the verifier from configuration; fails with a message naming the setting.
+    /// Builds the verifier from configuration; fails with a one-line message naming the
+    /// setting. Key material that cannot verify a token (a private key, a certificate,
+    /// garbage, a key of another type than the algorithms) and algorithm lists that no
+    /// single key can serve (HMAC mixed with a public-key family, RSA with EC, an EC curve
+    /// that is not the algorithm's) are refused here, at start, not token by token.
     pub fn from_config(cfg: &Config) -> Result<Self, String> {
-        let (key, default_algs): (Option<DecodingKey>, Vec<Algorithm>) =
-            match (&cfg.jwt_secret, &cfg.jwt_public_key) {
-                (Some(secret), _) => (
+        let algorithms = match &cfg.jwt_algorithms {
+            Some(list) => {
+                let algs = crate::config::split_list(list)
+                    .iter()
+                    .map(|a| {
+                        Algorithm::from_str(a)
+                            .map_err(|_| format!("--jwt-algorithms: unknown algorithm {a:?} (known: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if algs.is_empty() {
+                    return Err("--jwt-algorithms must name at least one algorithm".into());
+                }
+                let family = algs[0].family();
+                if let Some(other) = algs.iter().find(|a| a.family() != family) {
+                    return Err(format!(
+                        "--jwt-algorithms: {:?} and {other:?} cannot be verified with one key ({} and {}); list algorithms of one family",
+                        algs[0],
+                        family_name(family),
+                        family_name(other.family())
+                    ));
+                }
+                Some(algs)
+            }
+            None => None,
+        };
+        let (key, default_algs): (Option<DecodingKey>, Vec<Algorithm>) = match (
+            &cfg.jwt_secret,
+            &cfg.jwt_public_key,
+        ) {
+            (Some(_), Some(_)) => return Err(
+                "give --jwt-secret or --jwt-public-key, not both (one key verifies every token)"
+                    .into(),
+            ),
+            (Some(secret), None) => {
+                if secret.is_empty() {
+                    return Err("--jwt-secret must not be empty".into());
+                }
+                (
                     Some(DecodingKey::from_secret(secret.as_bytes())),
-                    vec![Algorithm::HS256],
-                ),
-                (None, Some(path)) => {
-                    let pem = std::fs::read(path)
-                        .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
-                    let text = String::from_utf8_lossy(&pem);
-                    // Try the key kinds in turn; the first that parses decides the default algorithm.
-                    if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-                        (Some(k), vec![Algorithm::RS256])
-                    } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-                        (Some(k), vec![Algorithm::ES256])
-                    } else if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
-                        (Some(k), vec![Algorithm::EdDSA])
-                    } else {
-                        let hint = if text.contains("PRIVATE") {
-                            " (that is a private key: give the public one)"
+                    AlgorithmFamily::Hmac.algorithms().to_vec(),
+                )
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
+                let (key, algs) = public_key(&pem)
+                    .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
+                (Some(key), algs)
+            }
+            (None, None) if cfg.auth == AuthMode::Jwt => {
+                return Err("--auth jwt needs --jwt-secret or --jwt-public-key".into());
+            }
+            (None, None) => (None, vec![Algorithm::HS256]),
+        };
+        let algorithms = match algorithms {
+            Some(algs) => {
+                if key.is_some() {
+                    // default_algs is every algorithm the key can verify.
+                    if let Some(a) = algs.iter().find(|a| !default_algs.contains(a)) {
+                        let what = if cfg.jwt_secret.is_some() {
+                            "an HMAC secret (--jwt-secret)".to_string()
                         } else {
-                            ""
+                            format!("the key in --jwt-public-key ({})", key_kind(&default_algs))
                         };
                         return Err(format!(
-                        "--jwt-public-key {}: not an RSA, EC or Ed25519 public key in PEM{hint}",
-                        path.display()
-                    ));
+                            "--jwt-algorithms: {a:?} cannot be verified with {what}; it fits {}",
+                            default_algs
+                                .iter()
+                                .map(|a| format!("{a:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
                     }
                 }
-                (None, None) if cfg.auth == AuthMode::Jwt => {
-                    return Err("--auth jwt needs --jwt-secret or --jwt-public-key".into());
-                }
-                (None, None) => (None, vec![Algorithm::HS256]),
-            };
-        let algorithms = match &cfg.jwt_algorithms {
-            Some(list) => crate::config::split_list(list)
-                .iter()
-                .map(|a| {
-                    Algorithm::from_str(a)
-                        .map_err(|_| format!("--jwt-algorithms: unknown algorithm {a:?}"))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            None => default_algs,
+                algs
+            }
+            // Without a list: the key's first (and most common) algorithm.
+            None => default_algs.into_iter().take(1).collect(),
         };
-        if algorithms.is_empty() {
-            return Err("--jwt-algorithms must name at least one algorithm".into());
-        }
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.leeway = cfg.jwt_leeway;
@@ -189,6 +340,16 @@ impl Authenticator {
                 }
             })?;
         let c = data.claims;
+        if let Some(iat) = c.iat {
+            // Issued in the future (beyond the clock leeway): a clock or a forger at
+            // work; refused like a token whose nbf has not come.
+            let now = jsonwebtoken::get_current_timestamp() as f64;
+            match iat.secs() {
+                Some(t) if t <= now + self.validation.leeway as f64 => {}
+                Some(_) => return Err(AuthError::Invalid("iat is in the future".into())),
+                None => return Err(AuthError::Invalid("iat is not a NumericDate".into())),
+            }
+        }
         let user = UserId::new(&c.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if user.as_str() == roomcast_protocol::SERVER_USER {
             // Reserved for the backend API: a client must not look like the backend.

@@ -192,6 +192,14 @@ pub struct Config {
     /// Milliseconds over which drain closes (1001) are spread, to avoid a reconnect storm.
     #[arg(long, env = "ROOMCAST_DRAIN_SPREAD_MS", default_value_t = 1000)]
     pub drain_spread_ms: u64,
+    /// Seconds a client has to send the whole body of a /client/commands or /api request
+    /// once its headers are in; beyond, the request is answered 408 and closed.
+    #[arg(long, env = "ROOMCAST_HTTP_BODY_TIMEOUT", default_value_t = 10)]
+    pub http_body_timeout: u64,
+    /// Most /client/commands and /api requests one client IP may have in progress at once
+    /// (beyond: 429); 0: unlimited.
+    #[arg(long, env = "ROOMCAST_MAX_HTTP_PER_IP", default_value_t = 64)]
+    pub max_http_per_ip: usize,
 }
 
 /// A configuration that cannot run, with the reason.
@@ -274,6 +282,12 @@ impl Config {
             }
         }
         crate::limits::parse_cidrs(&self.trusted_proxies).map_err(ConfigError::Invalid)?;
+        if self.http_body_timeout == 0 {
+            return bad("--http-body-timeout must be at least 1 second");
+        }
+        // Key material and algorithm lists are checked at start (a private key, garbage,
+        // a key that does not fit the algorithms), not token by token.
+        crate::auth::Authenticator::from_config(self).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -150,27 +150,114 @@ pub async fn route(
     Ok(resp)
 }
 
-/// Checks Origin, drain, connection limits; answers 101 and hands the socket to a session.
-fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Whether a header holds `token` in its comma-separated list (case-insensitive), as
+/// `Connection: keep-alive, Upgrade` does.
+fn has_token(h: &hyper::HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Decodes standard base64 (with `=` padding); `None` when it is not base64.
+pub fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let pad = s.iter().rev().take_while(|c| **c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let data = &s[..s.len() - pad];
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in data {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Why an upgrade request is not a valid RFC 6455 opening handshake (section 4.2.1), as
+/// the status and body of the answer; `None` when it is one.
+fn handshake_error(req: &Request<Incoming>) -> Option<Response<Body>> {
+    let bad = |why: &str| Some(text(StatusCode::BAD_REQUEST, format!("{why} (RFC 6455)\n")));
     let h = req.headers();
-    let is_upgrade = h
+    if req.version() < hyper::Version::HTTP_11 {
+        return bad("a WebSocket upgrade needs HTTP/1.1");
+    }
+    if h.get(header::HOST).is_none_or(|v| v.is_empty()) {
+        return bad("a WebSocket upgrade needs a Host header");
+    }
+    let upgrade_ws = h
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = h
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| derive_accept_key(k.as_bytes()));
-    let version_ok = h
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v == "13");
-    let (Some(accept), true, true) = (key, is_upgrade, version_ok) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade (RFC 6455, version 13)\n",
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+        });
+    if !upgrade_ws {
+        return bad("expected a WebSocket upgrade: Upgrade: websocket");
+    }
+    if !has_token(h, header::CONNECTION, "upgrade") {
+        return bad("a WebSocket upgrade needs Connection: Upgrade");
+    }
+    let key_ok = h.get_all(header::SEC_WEBSOCKET_KEY).iter().count() == 1
+        && h.get(header::SEC_WEBSOCKET_KEY)
+            .and_then(|k| base64_decode(k.as_bytes()))
+            .is_some_and(|k| k.len() == 16);
+    if !key_ok {
+        return bad("Sec-WebSocket-Key must be one base64-encoded 16-byte value");
+    }
+    let version = h.get(header::SEC_WEBSOCKET_VERSION);
+    if version.is_none_or(|v| v != "13") {
+        // Section 4.4: say which version this server speaks.
+        let (status, why) = match version {
+            None => (StatusCode::BAD_REQUEST, "Sec-WebSocket-Version is missing"),
+            Some(_) => (
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported Sec-WebSocket-Version",
+            ),
+        };
+        let mut r = text(status, format!("{why}: this server speaks version 13\n"));
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
         );
-    };
-    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    if !node.origins.allows(origin) {
+        return Some(r);
+    }
+    None
+}
+
+/// Checks the handshake, Origin, drain, connection limits; answers 101 and hands the
+/// socket to a session.
+fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    if let Some(refusal) = handshake_error(&req) {
+        return refusal;
+    }
+    let h = req.headers();
+    let accept = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    // A present Origin that is not readable text is not "no Origin": with an allow-list
+    // it cannot match, so it is refused.
+    if !node.origins.allows_header(h.get(header::ORIGIN)) {
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     if node.draining.load(Ordering::Relaxed) {
@@ -228,9 +315,10 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
                 return;
             }
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        // The socket under `upgraded` is the accepted one, already watched for stalls
+        // (--write-timeout, see lib.rs).
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
         let setup = session::Setup {
             conn_id,
             encoding,

@@ -40,18 +40,22 @@ impl TokenBucket {
     }
 }
 
-/// Counts connections per client IP. A [`IpGuard`] gives the slot back when dropped.
+/// Counts connections per client IP, and apart from them the HTTP requests in progress
+/// per client IP (/client/commands and the API). A [`IpGuard`] gives the slot back when
+/// dropped.
 #[derive(Debug, Default)]
 pub struct IpLimiter {
     max: usize,
     counts: Mutex<HashMap<IpAddr, usize>>,
+    requests: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One connection's slot in the [`IpLimiter`].
+/// One connection's (or one request's) slot in the [`IpLimiter`].
 #[derive(Debug)]
 pub struct IpGuard {
     limiter: Arc<IpLimiter>,
     ip: IpAddr,
+    request: bool,
 }
 
 impl IpLimiter {
@@ -60,20 +64,40 @@ impl IpLimiter {
         Arc::new(IpLimiter {
             max,
             counts: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
         })
     }
 
     /// Takes a slot for `ip`, or `None` when it has `max` already.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        self.take(ip, self.max, false)
+    }
+
+    /// Takes a slot for one HTTP request of `ip`, or `None` when it has `max` requests
+    /// in progress already (0: unlimited). Counted apart from connections.
+    pub fn acquire_request(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpGuard> {
+        self.take(ip, max, true)
+    }
+
+    fn map(&self, request: bool) -> &Mutex<HashMap<IpAddr, usize>> {
+        if request {
+            &self.requests
+        } else {
+            &self.counts
+        }
+    }
+
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize, request: bool) -> Option<IpGuard> {
+        let mut c = self.map(request).lock().unwrap_or_else(|p| p.into_inner());
         let n = c.entry(ip).or_insert(0);
-        if self.max > 0 && *n >= self.max {
+        if max > 0 && *n >= max {
             return None;
         }
         *n += 1;
         Some(IpGuard {
             limiter: self.clone(),
             ip,
+            request,
         })
     }
 }
@@ -82,7 +106,7 @@ impl Drop for IpGuard {
     fn drop(&mut self) {
         let mut c = self
             .limiter
-            .counts
+            .map(self.request)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = c.get_mut(&self.ip) {
@@ -243,6 +267,17 @@ impl Origins {
             }
         }
     }
+
+    /// Whether a request with this Origin header value may connect. A header that is
+    /// present but not visible ASCII (a non-ASCII byte) matches no listed Origin: it is
+    /// refused by a list and allowed only by `*`, never treated as absent.
+    pub fn allows_header(&self, origin: Option<&hyper::header::HeaderValue>) -> bool {
+        match origin.map(|v| v.to_str()) {
+            None => true,
+            Some(Ok(o)) => self.allows(Some(o)),
+            Some(Err(_)) => matches!(self, Origins::Any),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +312,13 @@ mod tests {
         assert!(l.acquire(ip).is_none());
         drop(a);
         assert!(l.acquire(ip).is_some());
+        // Requests are counted apart from connections, against the limit given.
+        let r1 = l.acquire_request(ip, 1);
+        assert!(r1.is_some());
+        assert!(l.acquire_request(ip, 1).is_none());
+        drop(r1);
+        assert!(l.acquire_request(ip, 1).is_some());
+        assert!(l.acquire_request(ip, 0).is_some(), "0: unlimited");
     }
 
     #[test]
@@ -312,5 +354,10 @@ mod tests {
         assert!(!o.allows(Some("http://app.example.com")));
         assert!(!o.allows(Some("http://localhost:30001")));
         assert!(Origins::parse("*").allows(Some("http://x")));
+        let bad = hyper::header::HeaderValue::from_bytes(b"https://app.example.com\xff")
+            .expect("header value");
+        assert!(!o.allows_header(Some(&bad)), "unreadable Origin is refused");
+        assert!(o.allows_header(None));
+        assert!(Origins::parse("*").allows_header(Some(&bad)));
     }
 }

@@ -18,6 +18,7 @@ pub mod socket;
 pub mod sse;
 
 use crate::auth::Authenticator;
+use crate::socket::Watched;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::{parse_cidrs, IpLimiter, Origins};
@@ -171,6 +172,9 @@ pub async fn run(
         let node = node.clone();
         let stop = stop_http.clone();
         let header_timeout = Duration::from_secs(node.cfg.handshake_timeout);
+        // Every client socket (HTTP, SSE, and the WebSocket it may become) fails its writes
+        // once it has taken nothing for --write-timeout while data waits (slow consumers).
+        let write_timeout = node.cfg.write_timeout();
         conns.spawn(async move {
             let svc = service_fn(move |req| http::route(node.clone(), peer, req));
             let mut builder = http1::Builder::new();
@@ -179,7 +183,7 @@ pub async fn run(
                 .header_read_timeout(header_timeout)
                 .keep_alive(true);
             let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(TokioIo::new(Watched::new(stream, write_timeout)), svc)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {

@@ -451,3 +451,52 @@ async fn a_refreshed_token_with_fewer_rooms_leaves_the_others() {
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sse_stream_is_closed_by_the_write_timeout() {
+    // The SSE body is written by hyper: a reader that stops reading blocked that write
+    // with no bound; the watched socket ends it.
+    let node = TestNode::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--write-timeout",
+        "1",
+        "--send-buffer",
+        "4096",
+        "--outbound-queue",
+        "100000",
+    ])
+    .await;
+    let t = token("sse", json!({}));
+    let auth = format!("Bearer {t}");
+    let mut sse = SseStream::open(
+        node.addr,
+        "/sse?rooms=big",
+        &[("Authorization", auth.as_str())],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
+    let (mut publisher, mut watcher) = (
+        Client::connect(&url("pub")).await,
+        Client::connect(&url("watch")).await,
+    );
+    publisher.recv().await;
+    watcher.recv().await;
+    assert!(
+        members(&mut watcher, "big")
+            .await
+            .contains(&"sse".to_string()),
+        "the SSE reader is in presence"
+    );
+    assert!(
+        flood_until_gone(&mut publisher, &mut watcher, "big", "sse").await,
+        "the stalled SSE reader left presence"
+    );
+    assert!(sse.ended().await, "and its stream was closed");
+    node.stop().await;
+}

@@ -4,6 +4,7 @@
 //! Every loop is bounded in count and time; only loopback targets are accepted.
 
 mod adapter;
+mod chaos;
 mod floor;
 mod stats;
 mod sys;
@@ -185,6 +186,9 @@ enum Mode {
         #[arg(long, default_value_t = 2)]
         writers: usize,
     },
+    /// The chaos suite's checker (scripts/chaos): acks, offsets, loss, duplicates, reorder,
+    /// reconnect times through the load balancer while faults are injected.
+    ChaosCheck(chaos::ChaosArgs),
     /// The reader side of `floor` (started by it).
     #[command(hide = true)]
     FloorSink {
@@ -257,6 +261,16 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let nofile = sys::raise_nofile().unwrap_or(0);
     match &cli.mode {
+        Mode::ChaosCheck(a) => {
+            let url = cli.url.first().map(String::as_str).unwrap_or_default();
+            return chaos::main(
+                a.clone(),
+                url,
+                cli.jwt_secret.clone(),
+                cli.room_prefix.clone(),
+                cli.out.clone(),
+            );
+        }
         Mode::FloorSink {
             connections,
             record_bytes,
@@ -422,7 +436,9 @@ async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
             rooms,
             duration,
         } => connect(&ctx, *total, *concurrency, *rooms, *duration).await?,
-        Mode::Floor { .. } | Mode::FloorSink { .. } => bail!("floor runs without a target"),
+        Mode::Floor { .. } | Mode::FloorSink { .. } | Mode::ChaosCheck(_) => {
+            bail!("floor and chaos-check run on their own")
+        }
     };
     let cpu1 = sys::self_cpu();
     let obj = report.as_object_mut().context("report")?;

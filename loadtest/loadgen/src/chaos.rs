@@ -470,7 +470,7 @@ async fn slow_receiver(sh: Arc<Shared>, st: Arc<Settings>, room: usize, idx: usi
         // Stop reading: the node's queue and the sockets fill up.
         tokio::time::sleep(Duration::from_secs_f64(st.args.slow_hold)).await;
         // Read what is left: the node must have ended the connection.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match tokio::time::timeout_at(deadline.into(), next_json(&mut ws)).await {
                 Ok(Ok(_)) => continue,

@@ -105,9 +105,12 @@ struct Shared {
     ack_conflicts: Mutex<Vec<String>>,
     reconnects: Mutex<Vec<(String, f64)>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Publishes sent again with the same id (after a reconnect, or an ack that never came).
+    resent: std::sync::atomic::AtomicU64,
     publishing: tokio::sync::watch::Receiver<bool>,
     stop_all: tokio::sync::watch::Receiver<bool>,
-    pending_total: Mutex<HashMap<(usize, usize), usize>>,
+    /// Per publisher: (unacknowledged publishes, done: publishing stopped and nothing pending).
+    pending_total: Mutex<HashMap<(usize, usize), (usize, bool)>>,
 }
 
 impl Shared {
@@ -534,6 +537,7 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
         // Resend what was never acknowledged, same ids, in order.
         let resend: Vec<u64> = pending.keys().copied().collect();
         for s in resend {
+            sh.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let copies = if st.args.idem_race { 2 } else { 1 };
             for _ in 0..copies {
                 if ws.send(Message::text(msg(s))).await.is_err() {
@@ -548,10 +552,10 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         loop {
             let on = *publishing.borrow();
+            if let Ok(mut m) = sh.pending_total.lock() {
+                m.insert((room, p), (pending.len(), !on && pending.is_empty()));
+            }
             if !on && pending.is_empty() {
-                if let Ok(mut m) = sh.pending_total.lock() {
-                    m.insert((room, p), 0);
-                }
                 if *stop.borrow() {
                     let _ = ws.close(None).await;
                     break 'outer;
@@ -574,10 +578,10 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
                         .filter(|(_, t)| now.duration_since(**t) > Duration::from_secs(2))
                         .map(|(s, _)| *s).collect();
                     for s in due {
+                        sh.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if ws.send(Message::text(msg(s))).await.is_err() { break; }
                         pending.insert(s, now);
                     }
-                    if let Ok(mut m) = sh.pending_total.lock() { m.insert((room, p), pending.len()); }
                 }
                 m = next_json(&mut ws) => match m {
                     Ok(v) => match v["type"].as_str() {
@@ -639,6 +643,7 @@ async fn run(st: Arc<Settings>) -> Result<Value> {
         ack_conflicts: Mutex::new(Vec::new()),
         reconnects: Mutex::new(Vec::new()),
         errors: Mutex::new(BTreeMap::new()),
+        resent: std::sync::atomic::AtomicU64::new(0),
         publishing: pub_rx,
         stop_all: stop_rx,
         pending_total: Mutex::new(HashMap::new()),
@@ -716,13 +721,15 @@ async fn run(st: Arc<Settings>) -> Result<Value> {
     let settle_by = Instant::now() + Duration::from_secs_f64(a.settle);
     let mut settled = false;
     while Instant::now() < settle_by {
-        let pending: usize = sh
+        let (pending, pubs_done) = sh
             .pending_total
             .lock()
-            .map(|m| m.values().sum())
-            .unwrap_or(1);
-        let pubs_done =
-            sh.pending_total.lock().map(|m| m.len()).unwrap_or(0) == a.rooms * a.publishers;
+            .map(|m| {
+                let pending: usize = m.values().map(|(n, _)| *n).sum();
+                let done = m.values().filter(|(_, d)| *d).count() == a.rooms * a.publishers;
+                (pending, done)
+            })
+            .unwrap_or((1, false));
         let caught_up = recvs.iter().all(|(room, _, r)| {
             let Ok(r) = r.lock() else { return false };
             let Ok(acked) = sh.acked[*room].lock() else {
@@ -893,6 +900,7 @@ async fn run(st: Arc<Settings>) -> Result<Value> {
         "rooms": a.rooms, "receivers": a.rooms * a.receivers, "publishers": a.rooms * a.publishers,
         "published_for_s": stopped_at,
         "acked": acked_total,
+        "resent": sh.resent.load(std::sync::atomic::Ordering::Relaxed),
         "delivered": delivered,
         "silent_loss": silent,
         "offset_gaps": gaps,

@@ -555,11 +555,9 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
             if let Ok(mut m) = sh.pending_total.lock() {
                 m.insert((room, p), (pending.len(), !on && pending.is_empty()));
             }
-            if !on && pending.is_empty() {
-                if *stop.borrow() {
-                    let _ = ws.close(None).await;
-                    break 'outer;
-                }
+            if !on && pending.is_empty() && *stop.borrow() {
+                let _ = ws.close(None).await;
+                break 'outer;
             }
             tokio::select! {
                 _ = tick.tick(), if on => {

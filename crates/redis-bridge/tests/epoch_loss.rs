@@ -160,3 +160,50 @@ async fn a_flush_is_signalled_before_any_message_of_the_new_epoch() {
     a.bus.close().await;
     b.bus.close().await;
 }
+
+/// Members joined a room nobody has published in yet (the join created its epoch); Redis
+/// restarts empty. Nothing was delivered, but the members hold the lost epoch: the next
+/// messages would be another epoch's offsets to them, so the loss is signalled too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_lost_before_any_message_is_signalled_too() {
+    let mut server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let r = room("quiet");
+    // what a join does: watch, then read the history (which creates the epoch)
+    a.bus.watch_room(&r);
+    let joined = a
+        .bus
+        .history(
+            &r,
+            HistoryQuery {
+                since: None,
+                limit: 0,
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(joined.offset, 0);
+    server.restart();
+    let mut gap = false;
+    a.events
+        .until(|e| match e {
+            BusEvent::Gap { room } if room.as_str() == "quiet" => {
+                gap = true;
+                None
+            }
+            BusEvent::State { up: true } => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        gap,
+        "the lost epoch is signalled before the bus says it is up"
+    );
+    let after = a
+        .bus
+        .publish(req("quiet", json!("after")))
+        .await
+        .expect("publish");
+    assert_ne!(after.epoch, joined.epoch);
+    a.bus.close().await;
+}

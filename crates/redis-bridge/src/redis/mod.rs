@@ -461,6 +461,18 @@ impl Bus for RedisBus {
                 Ok(inv.invoke_async(&mut c).await?)
             })
             .await?;
+        // A member of a watched room now holds this epoch: if the subscriber does not
+        // know the room's epoch yet (its baseline read found no history, or has not run),
+        // this read is as good a baseline, and a later loss of the epoch is then
+        // signalled to that member too (it must never take another epoch's offsets).
+        if let Some(t) = lock(&inner.watched).get_mut(room) {
+            if matches!(t, Track::Pending | Track::Soft { epoch: None, .. }) {
+                *t = Track::Soft {
+                    offset,
+                    epoch: Some(epoch.clone()),
+                };
+            }
+        }
         let mut messages = Vec::with_capacity(entries.len());
         for raw in entries {
             match Envelope::from_msgpack(&raw)

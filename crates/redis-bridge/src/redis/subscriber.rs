@@ -527,8 +527,7 @@ async fn on_room_message(
         bad(inner, "an offset without an epoch", room.as_str(), "");
         return Ok(false);
     };
-    let track = lock(&inner.watched).get(&room).cloned();
-    let plan = plan(track.as_ref(), offset, &epoch);
+    let plan = plan(lock(&inner.watched).get(&room), offset, &epoch);
     if plan.needs_check() {
         match written_by_the_script(inner, &room, offset, &epoch, payload).await {
             Ok(true) => {}

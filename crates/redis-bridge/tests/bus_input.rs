@@ -287,3 +287,45 @@ async fn a_disconnect_with_a_code_no_client_could_receive_is_dropped() {
     );
     a.bus.close().await;
 }
+
+/// What a flood of forged offsets costs a node: each is checked against the room's
+/// stream (one Redis round trip in the subscriber). By hand:
+/// `cargo test -p roomcast-redis-bridge --test bus_input -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn forged_offset_flood_rate() {
+    let server = RedisServer::start();
+    let mut a = node(&server, config("a")).await;
+    let r = room("r");
+    a.bus.watch_room(&r);
+    let epoch = a
+        .bus
+        .publish(req("r", json!(0)))
+        .await
+        .expect("publish")
+        .epoch;
+    assert_eq!(messages_through(&mut a.events, 1).await, vec![1]);
+    const N: u64 = 5000;
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        pipe.cmd("PUBLISH")
+            .arg("rc:room:r")
+            .arg(forged("r", Some(100 + i), Some(&epoch)))
+            .ignore();
+    }
+    let mut c = server.conn().await;
+    let started = std::time::Instant::now();
+    let _: () = pipe.query_async(&mut c).await.expect("pipeline");
+    a.bus
+        .publish(req("r", json!("end")))
+        .await
+        .expect("publish");
+    assert_eq!(messages_through(&mut a.events, 2).await, vec![2]);
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(a.bus.stats().forged_offsets.load(Ordering::Relaxed), N);
+    eprintln!(
+        "{N} forged offsets judged and dropped in {secs:.2}s: {:.0}/s",
+        N as f64 / secs
+    );
+    a.bus.close().await;
+}

@@ -2,7 +2,8 @@
 """Stalled clients: what a node holds, in its heap and in the kernel, while N clients
 that stopped reading sit in a busy room, and how long until it lets them go.
 
-N raw WebSocket clients join one room and then never read again; one publisher sends
+N raw WebSocket clients join one room (reading while the others join) and then stop
+reading; one publisher sends
 `--rate` messages a second of `--payload` bytes into that room for `--duration` seconds
 and reads its acks. Every second it prints: the node's RSS, the bytes queued in the
 kernel's send buffers of the node's sockets (the `w` of `ss -tm`), the TCP memory of the
@@ -50,8 +51,9 @@ def kernel_queued(port: int):
     out = subprocess.run(["ss", "-tmnH", "state", "established", f"( sport = :{port} )"],
                          capture_output=True, text=True).stdout
     queued = sum(int(m) for m in re.findall(r"\bw(\d+)", out))
-    conns = sum(1 for l in out.splitlines() if l and not l.startswith("\t") and "skmem" not in l)
-    return queued, conns
+    plain = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+                           capture_output=True, text=True).stdout
+    return queued, sum(1 for l in plain.splitlines() if l.strip())
 
 def sockstat_tcp_pages():
     for line in open("/proc/net/sockstat"):
@@ -86,7 +88,10 @@ async def main():
         got = b""
         while b'"joined"' not in got:
             got += await r.read(4096)
-        stalled.append((r, w))  # never read again
+        # Read on (the member events of the later joins) until every client is in.
+        stalled.append((r, w, asyncio.create_task(read_frames(r, asyncio.Event()))))
+    for _, _, t in stalled:
+        t.cancel()  # from here on, nobody reads
     pr, pw = await open_ws(a.port, "127.0.9.1")
     stop = asyncio.Event()
     reader = asyncio.create_task(read_frames(pr, stop))

@@ -82,6 +82,15 @@ pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
                     .errors
                     .with_label_values(&[ErrorCode::RateLimited.as_str()])
                     .inc();
+                let label = if path == "/client/commands" {
+                    "client_commands"
+                } else {
+                    api_label(&method, &path)
+                };
+                node.metrics
+                    .api_requests
+                    .with_label_values(&[label, StatusCode::TOO_MANY_REQUESTS.as_str()])
+                    .inc();
                 let mut resp = ApiError(
                     StatusCode::TOO_MANY_REQUESTS,
                     ErrorCode::RateLimited.as_str(),

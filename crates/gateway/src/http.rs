@@ -317,8 +317,9 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
         };
         // The socket under `upgraded` is the accepted one, already watched for stalls
         // (--write-timeout, see lib.rs).
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-            .await;
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
         let setup = session::Setup {
             conn_id,
             encoding,

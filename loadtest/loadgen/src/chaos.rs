@@ -277,17 +277,19 @@ impl Recv {
             sh.error("delivery without data.p/data.s/offset");
             return;
         };
-        if self.seen.contains(&k) {
-            self.duplicates += 1;
-            return;
-        }
+        // Offsets first: a duplicate that was given a new offset still takes that offset.
+        let dup = self.seen.contains(&k);
         match self.last {
-            Some(l) if off <= l => self.reorder += 1,
+            Some(l) if off <= l && !dup => self.reorder += 1,
             Some(l) if off > l + 1 => self.gaps += off - l - 1,
             _ => {}
         }
         if self.last.is_none_or(|l| off > l) {
             self.last = Some(off);
+        }
+        if dup {
+            self.duplicates += 1;
+            return;
         }
         self.seen.insert(k);
         if let (Some(ep), Ok(mut map)) = (&self.epoch, sh.epoch_of[room].lock()) {
@@ -501,6 +503,10 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
     let stop = sh.stop_all.clone();
     // id -> (seq, last sent)
     let mut pending: BTreeMap<u64, Instant> = BTreeMap::new();
+    // --idem-race: the latest acknowledged sequence numbers, sent again on purpose (after a
+    // reconnect, and now and then on the same connection): each must get its original ack
+    // and no second delivery.
+    let mut acked_recent: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let mut seq = 0u64;
     let mut lost_at: Option<Instant> = None;
     let mut attempt = 0u32;
@@ -547,6 +553,21 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
             }
             pending.insert(s, Instant::now());
         }
+        if st.args.idem_race {
+            for s in acked_recent
+                .iter()
+                .rev()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+            {
+                sh.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if ws.send(Message::text(msg(s))).await.is_err() {
+                    lost_at = Some(Instant::now());
+                    continue 'outer;
+                }
+            }
+        }
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(Duration::from_millis(500));
@@ -566,6 +587,12 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
                     pending.insert(seq, Instant::now());
                     for _ in 0..copies {
                         if ws.send(Message::text(msg(seq))).await.is_err() { break; }
+                    }
+                    if st.args.idem_race && seq % 10 == 0 {
+                        if let Some(old) = acked_recent.front().copied() {
+                            sh.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let _ = ws.send(Message::text(msg(old))).await;
+                        }
                     }
                 }
                 _ = retry.tick() => {
@@ -588,7 +615,12 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
                             let s = id.split_once('-').and_then(|(_, s)| s.parse::<u64>().ok());
                             match (s, v["offset"].as_u64()) {
                                 (Some(s), Some(off)) => {
-                                    pending.remove(&s);
+                                    if pending.remove(&s).is_some() {
+                                        acked_recent.push_back(s);
+                                        if acked_recent.len() > 16 {
+                                            acked_recent.pop_front();
+                                        }
+                                    }
                                     if let Ok(mut a) = sh.acked[room].lock() {
                                         match a.get(&(p, s)) {
                                             Some((o, _)) if *o != off => {

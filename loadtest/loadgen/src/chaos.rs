@@ -588,7 +588,7 @@ async fn publisher(sh: Arc<Shared>, st: Arc<Settings>, room: usize, p: usize) {
                     for _ in 0..copies {
                         if ws.send(Message::text(msg(seq))).await.is_err() { break; }
                     }
-                    if st.args.idem_race && seq % 10 == 0 {
+                    if st.args.idem_race && seq.is_multiple_of(10) {
                         if let Some(old) = acked_recent.front().copied() {
                             sh.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let _ = ws.send(Message::text(msg(old))).await;

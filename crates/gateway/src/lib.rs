@@ -18,12 +18,12 @@ pub mod socket;
 pub mod sse;
 
 use crate::auth::Authenticator;
-use crate::socket::Watched;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::{parse_cidrs, IpLimiter, Origins};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::socket::Watched;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};

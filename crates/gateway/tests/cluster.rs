@@ -724,7 +724,13 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
             )
             .await;
         assert!(
-            matches!(j, ServerMessage::Joined { recovered: false, .. }),
+            matches!(
+                j,
+                ServerMessage::Joined {
+                    recovered: false,
+                    ..
+                }
+            ),
             "{j:?}"
         );
     }

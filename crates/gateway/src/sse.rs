@@ -156,10 +156,7 @@ pub fn http_identity(node: &Node, req: &Request<Incoming>) -> Result<Identity, R
 /// Opens an event stream.
 pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let h = req.headers();
-    if !node
-        .origins
-        .allows(h.get(header::ORIGIN).and_then(|v| v.to_str().ok()))
-    {
+    if !node.origins.allows_header(h.get(header::ORIGIN)) {
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     if node.draining.load(Ordering::Relaxed) {

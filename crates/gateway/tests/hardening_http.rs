@@ -241,6 +241,19 @@ async fn unreadable_origin_is_refused_by_an_allow_list() {
             403,
             "Origin {bad:?} is present, unreadable, and refused"
         );
+        // The same rule on /sse.
+        let mut sse = format!(
+            "GET /sse?rooms=a HTTP/1.1\r\nHost: {}\r\nOrigin: ",
+            node.addr
+        )
+        .into_bytes();
+        sse.extend_from_slice(bad);
+        sse.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            raw(node.addr, &sse).await.status,
+            403,
+            "/sse with Origin {bad:?}"
+        );
     }
     node.stop().await;
 

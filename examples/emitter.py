@@ -5,7 +5,7 @@ The emitter path of PROTOCOL.md section 6 (like Socket.IO's redis-emitter): ever
 delivers the message to its members. Such messages carry no offset (no history, no
 recovery); use POST /api/publish when you need those.
 
-    pip install redis msgpack
+    pip install redis msgpack   (examples/test puts them in a venv of its own)
     python3 examples/emitter.py redis://127.0.0.1:6379 lobby '{"text":"hello"}'
 """
 import json

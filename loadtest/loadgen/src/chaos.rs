@@ -74,6 +74,10 @@ pub struct ChaosArgs {
     slow_after: f64,
     #[arg(long, default_value_t = 20.0)]
     slow_hold: f64,
+    /// Slow receivers resume reading as soon as this file exists (the suite creates it
+    /// once the nodes logged their 4008 closes); --slow-hold is then only the upper bound.
+    #[arg(long)]
+    slow_resume_file: Option<PathBuf>,
     /// Send every publish twice at once (same id), and resend pending ones on reconnect:
     /// exactly one delivery per id is expected.
     #[arg(long)]
@@ -473,7 +477,18 @@ async fn slow_receiver(sh: Arc<Shared>, st: Arc<Settings>, room: usize, idx: usi
             r?;
         }
         // Stop reading: the node's queue and the sockets fill up.
-        tokio::time::sleep(Duration::from_secs_f64(st.args.slow_hold)).await;
+        let hold_until = Instant::now() + Duration::from_secs_f64(st.args.slow_hold);
+        while Instant::now() < hold_until {
+            if st
+                .args
+                .slow_resume_file
+                .as_ref()
+                .is_some_and(|f| f.exists())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // Read what is left: the node must have ended the connection.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Publish to a roomcast room from any backend by writing the bus envelope to Redis.
 
-The emitter path of PROTOCOL.md section 6 (like Socket.IO's redis-emitter): every node
+The emitter path of docs/protocol.md section 6 (like Socket.IO's redis-emitter): every node
 delivers the message to its members. Such messages carry no offset (no history, no
 recovery); use POST /api/publish when you need those.
 

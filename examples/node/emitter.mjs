@@ -1,5 +1,5 @@
 // Publish to a roomcast room from a Node backend by writing the bus envelope to Redis
-// (PROTOCOL.md section 6, the emitter path). No offset, no history: use POST /api/publish
+// (docs/protocol.md section 6, the emitter path). No offset, no history: use POST /api/publish
 // when you need those.
 //
 //   cd examples/node && npm install

@@ -1,5 +1,5 @@
 /**
- * Wire types of the roomcast protocol, version 1 (see PROTOCOL.md, sections 3 and 4).
+ * Wire types of the roomcast protocol, version 1 (see docs/protocol.md, sections 3 and 4).
  * Unknown fields are ignored by both sides, so every interface here is open.
  */
 
@@ -111,7 +111,7 @@ export type ServerMessage =
   | MemberEventMsg
   | ErrorMsg;
 
-/** WebSocket close codes used by roomcast (PROTOCOL.md section 4). */
+/** WebSocket close codes used by roomcast (docs/protocol.md section 4). */
 export const CloseCodes = {
   NORMAL: 1000,
   GOING_AWAY: 1001,

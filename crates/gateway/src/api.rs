@@ -1,4 +1,4 @@
-//! The backend API (PROTOCOL.md §5) and the HTTP fallback for client commands
+//! The backend API (docs/protocol.md section 5) and the HTTP fallback for client commands
 //! (`POST /client/commands`). Errors are `{"error": {"code", "message"}}` with a
 //! 4xx/5xx status; the OpenAPI document is docs/openapi.json.
 
@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// An API failure: status, PROTOCOL-style code, message.
+/// An API failure: status, error code (docs/protocol.md section 5), message.
 struct ApiError(StatusCode, &'static str, String);
 
 impl ApiError {

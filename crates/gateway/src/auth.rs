@@ -1,4 +1,4 @@
-//! Authentication: JWT verification (PROTOCOL.md §2) and what a verified token allows.
+//! Authentication: JWT verification (docs/protocol.md section 2) and what a verified token allows.
 
 use crate::config::{AuthMode, Config, RoomPolicy};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};

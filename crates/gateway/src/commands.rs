@@ -11,7 +11,7 @@ use roomcast_protocol::{
 };
 use roomcast_redis_bridge::{BusError, History, HistoryQuery, PublishRequest, SendRequest};
 
-/// The PROTOCOL.md code for a bus failure.
+/// The error code for a bus failure (docs/protocol.md section 4.1).
 pub fn bus_error(e: &BusError, id: Option<ReqId>) -> ServerMessage {
     match e {
         BusError::Unavailable(m) => ServerMessage::error(ErrorCode::Unavailable, m.clone(), id),

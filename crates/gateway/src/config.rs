@@ -1,6 +1,6 @@
 //! Node configuration: every setting is a flag, an environment variable
 //! `ROOMCAST_<NAME>` and a key of the optional TOML file given by `--config`;
-//! flags win over the environment, the environment over the file (PROTOCOL.md §7).
+//! flags win over the environment, the environment over the file (README.md, Configuration).
 
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;

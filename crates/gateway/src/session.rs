@@ -137,7 +137,7 @@ enum End {
 }
 
 /// How long a closing connection is read after the node's Close frame, waiting for the
-/// client's (PROTOCOL.md section 4): so that neither the Close frame nor the frames
+/// client's (docs/protocol.md section 4.3): so that neither the Close frame nor the frames
 /// before it are lost to a TCP reset while the client is still sending.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 

@@ -1,5 +1,5 @@
 //! A client socket that notices when it stops taking bytes: the write timeout of
-//! PROTOCOL.md section 4. A client that stops reading is found by time, not only by the
+//! docs/protocol.md section 4.5. A client that stops reading is found by time, not only by the
 //! length of its outbound queue, because the kernel's buffers would otherwise hide it.
 
 use std::future::Future;

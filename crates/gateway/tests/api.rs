@@ -1,5 +1,5 @@
 //! The backend API, the HTTP fallback for client commands and the SSE transport
-//! (issue 4, PROTOCOL.md §1 and §5), mostly against a two-node cluster on a real
+//! (issue 4, docs/protocol.md sections 1 and 5), mostly against a two-node cluster on a real
 //! redis-server; and docs/openapi.json checked against the real routes.
 
 mod support;
@@ -298,7 +298,7 @@ async fn emitter_messages_reach_websocket_and_sse_clients_on_every_node() {
         r#"{"room":"feed","event":"e","data":1}"#,
     )
     .await;
-    // PROTOCOL.md §6: any process may PUBLISH the envelope to the room channel.
+    // docs/protocol.md section 6: any process may PUBLISH the envelope to the room channel.
     let env = Envelope::new(
         "billing-backend",
         BusMessage::Message {

@@ -1,4 +1,4 @@
-//! What a node does with bad input read from Redis (issue 13; PROTOCOL.md section 6),
+//! What a node does with bad input read from Redis (issue 13; docs/protocol.md section 6),
 //! seen by a real WebSocket client: a forged room envelope and disconnects with close
 //! codes no client could receive, PUBLISHed raw to the channels, are counted in /metrics
 //! and dropped; the client is not closed and real messages go on in order.

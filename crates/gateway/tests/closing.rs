@@ -1,4 +1,4 @@
-//! How connections end (PROTOCOL.md section 4, RFC 6455 section 7): the closing
+//! How connections end (docs/protocol.md section 4.3, RFC 6455 section 7): the closing
 //! handshake in both directions, frames that break the framing rules, what a connection
 //! may send before it authenticates, rate-limit abuse however it is paced, slow
 //! consumers found by time and by queue, and a token refresh that narrows the rooms.

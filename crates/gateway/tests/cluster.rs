@@ -1,4 +1,4 @@
-//! Cluster mode (issue 3, PROTOCOL.md §6) at the WebSocket level: nodes started on port
+//! Cluster mode (issue 3, docs/protocol.md section 6) at the WebSocket level: nodes started on port
 //! 0 and bridged by a real redis-server, real WebSocket clients on several nodes.
 
 mod support;

@@ -1,5 +1,5 @@
 //! Redis loses its data (issue 13, fault 2), seen by real WebSocket clients of a node on a
-//! real redis-server. PROTOCOL.md section 3: members of the lost epoch are closed with
+//! real redis-server. docs/protocol.md section 3: members of the lost epoch are closed with
 //! 1013 and never receive a new-epoch offset first; a re-join with the old `since` gets
 //! `recovered: false` and every message acknowledged in the new epoch before it.
 

@@ -1,4 +1,4 @@
-//! PROTOCOL.md sections 2 to 4 over real WebSockets against one node; the tests about
+//! docs/protocol.md sections 2 to 4 over real WebSockets against one node; the tests about
 //! publish, history, recovery, send and presence run on both buses (in-process and Redis).
 
 mod support;
@@ -384,7 +384,7 @@ async fn join_since_recovers_exactly_what_was_missed(mode: Mode) {
         other => panic!("{other:?}"),
     }
     // A wrong epoch cannot be recovered: the current epoch is replayed from its start
-    // instead, whatever `history` says (PROTOCOL.md 1.1 section 3).
+    // instead, whatever `history` says (docs/protocol.md section 3.2).
     let (mut other, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let j = other.request(json!({"type": "join", "room": "news", "since": {"offset": 1, "epoch": "nope"}, "history": 1}), "j").await;
     assert!(

@@ -1,4 +1,4 @@
-//! Messages from clients to the server (PROTOCOL.md section 3).
+//! Messages from clients to the server (docs/protocol.md section 3).
 
 use crate::names::{EventName, RoomName, UserId};
 use serde::de::{self, Deserializer, Unexpected, Visitor};

@@ -17,7 +17,7 @@ pub enum Encoding {
     MsgPack,
 }
 
-/// Why bytes could not be decoded into a message; carries the PROTOCOL.md code to
+/// Why bytes could not be decoded into a message; carries the docs/protocol.md code to
 /// answer with and the request id when one could be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]

@@ -1,4 +1,4 @@
-//! The bus envelope (PROTOCOL.md section 6): what nodes, and backends using the emitter
+//! The bus envelope (docs/protocol.md section 6): what nodes, and backends using the emitter
 //! path, write to the room, user and control channels, always as MessagePack.
 
 use crate::names::{EventName, RoomName, UserId};
@@ -19,7 +19,7 @@ pub struct Envelope {
     pub msg: BusMessage,
 }
 
-/// What an envelope carries. `type: "message"` is the `message` object of PROTOCOL.md
+/// What an envelope carries. `type: "message"` is the `message` object of docs/protocol.md
 /// section 4; the other types are roomcast's own (member events, direct messages,
 /// control), documented in docs/protocol.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,7 +136,7 @@ impl BusMessage {
     }
 }
 
-/// Why a decoded envelope is refused: what a node never writes (PROTOCOL.md section 6:
+/// Why a decoded envelope is refused: what a node never writes (docs/protocol.md section 6:
 /// input from Redis is validated like a client's frame).
 fn invalid(env: &Envelope) -> Option<String> {
     let name_ok =

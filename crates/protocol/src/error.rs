@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The `code` of an `error` message (PROTOCOL.md section 4).
+/// The `code` of an `error` message (docs/protocol.md section 4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -63,7 +63,7 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// WebSocket close codes (PROTOCOL.md section 4).
+/// WebSocket close codes (docs/protocol.md section 4.2).
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
@@ -102,7 +102,7 @@ pub mod close {
     }
 
     /// Whether `code` may close a user's connections when another node or a backend asks
-    /// for it (the bus's `disconnect` control message, PROTOCOL.md sections 5 and 6): a
+    /// for it (the bus's `disconnect` control message, docs/protocol.md sections 5 and 6): a
     /// code a client can receive that means "you were disconnected", never a protocol
     /// or frame error the client did not commit.
     pub fn valid_for_disconnect(code: u16) -> bool {

@@ -1,4 +1,4 @@
-//! The roomcast wire protocol, version 1 (`shared/PROTOCOL.md`): the messages clients
+//! The roomcast wire protocol, version 1 (`docs/protocol.md`): the messages clients
 //! and servers exchange, the bus envelope nodes exchange through Redis, validated names,
 //! error and close codes, and the two codecs (JSON text, MessagePack binary).
 //!

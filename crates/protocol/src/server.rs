@@ -1,4 +1,4 @@
-//! Messages from the server to clients (PROTOCOL.md section 4).
+//! Messages from the server to clients (docs/protocol.md section 4).
 
 use crate::client::ReqId;
 use crate::error::ErrorCode;

@@ -112,7 +112,7 @@ pub struct HistoryQuery {
     /// Without `since`: the n most recent messages. With `since`, when recovery is
     /// impossible in its epoch: the n most recent messages instead. (A `since` in an
     /// epoch the room no longer has gets the current epoch from its first offset, up to
-    /// `max_recover` messages, whatever `limit` says: PROTOCOL.md section 3.)
+    /// `max_recover` messages, whatever `limit` says: docs/protocol.md section 3.)
     pub limit: usize,
 }
 
@@ -209,7 +209,7 @@ pub struct BusStats {
     pub gap_repairs: AtomicU64,
     /// Gaps that could not be repaired.
     pub gaps_lost: AtomicU64,
-    /// Envelopes dropped as bad input (PROTOCOL.md section 6): undecodable or invalid,
+    /// Envelopes dropped as bad input (docs/protocol.md section 6): undecodable or invalid,
     /// on the wrong channel, with a forged offset, or a control message with a close
     /// code a disconnect may not carry. Each is also counted below when it has a reason
     /// of its own.

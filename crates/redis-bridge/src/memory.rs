@@ -226,7 +226,7 @@ impl Bus for MemoryBus {
                 });
             }
             let messages = if since.epoch != log.epoch {
-                // The epoch was lost: the current one from its start (PROTOCOL.md
+                // The epoch was lost: the current one from its start (docs/protocol.md
                 // section 3), up to the recovery limit.
                 log.messages
                     .iter()

@@ -1,4 +1,4 @@
-//! Input read from Redis is not trusted more than a client frame (PROTOCOL.md section 6,
+//! Input read from Redis is not trusted more than a client frame (docs/protocol.md section 6,
 //! issue 13): envelopes and control messages written straight to the channels with a raw
 //! PUBLISH, as any process that can reach Redis could, are validated; what is malformed,
 //! forged or out of range is counted and dropped, never reported as a loss (which closes

@@ -250,7 +250,7 @@ async fn history_since(kind: Kind) {
     assert_eq!(
         offsets,
         vec![Some(1), Some(2), Some(3), Some(4), Some(5)],
-        "an epoch the room no longer has: the current one from its start (PROTOCOL.md 3), \
+        "an epoch the room no longer has: the current one from its start (docs/protocol.md section 3.2), \
          whatever the limit"
     );
     let ahead = h

@@ -1,5 +1,5 @@
 //! Redis loses a room's history (a restart without persistence, a flush): issue 13, fault
-//! 2. PROTOCOL.md section 3: a join whose `since` names the lost epoch gets the new
+//! 2. docs/protocol.md section 3: a join whose `since` names the lost epoch gets the new
 //! epoch's history from its first offset, so that nothing acknowledged after the loss is
 //! missed; and no member of the old epoch may be handed the new epoch's offsets: the loss
 //! is signalled (`Gap`, which closes local members with 1013) before any of them.

@@ -27,7 +27,7 @@ function b64url(s) {
   return encoding.b64encode(s, 'rawurl');
 }
 
-// An HS256 JWT for user `sub` (PROTOCOL.md section 2), or '' when JWT_SECRET is unset
+// An HS256 JWT for user `sub` (docs/protocol.md section 2), or '' when JWT_SECRET is unset
 // (nodes running with --auth none).
 export function token(sub) {
   if (!JWT_SECRET) return '';

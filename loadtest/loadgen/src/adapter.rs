@@ -1,4 +1,4 @@
-//! One connection to a target, in its own protocol: roomcast (PROTOCOL.md, through
+//! One connection to a target, in its own protocol: roomcast (docs/protocol.md, through
 //! the protocol crate), the `ws` + `ioredis` peer (plain JSON), Socket.IO 4
 //! (Engine.IO v4 text frames over a raw WebSocket, hand-rolled), or sockudo (the Pusher
 //! protocol 7: private channels authorized with the app secret, client events).

@@ -1,6 +1,6 @@
 // A stand-in for a roomcast node, for trying the demo before the real server is there:
 // --auth none semantics, standalone, JSON over /ws, /demo from demo/dist. A small subset of
-// PROTOCOL.md (welcome, join with history/since, leave, publish with ack/echo/volatile, presence,
+// docs/protocol.md (welcome, join with history/since, leave, publish with ack/echo/volatile, presence,
 // member events, ping; /sse with since and POST /client/commands); no JWT, no limits.
 // Not a reference: the Rust node is.
 // Usage: node test/e2e/mock-node.mjs [port]   (listens on 127.0.0.1 only, prints "listening on 127.0.0.1:PORT")

@@ -1,4 +1,4 @@
-//! Building envelopes (PROTOCOL.md section 6) for the scripts, and reading them back
+//! Building envelopes (docs/protocol.md section 6) for the scripts, and reading them back
 //! from pub/sub payloads and history entries.
 
 use crate::bus::BusError;

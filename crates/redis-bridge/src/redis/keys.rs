@@ -1,4 +1,4 @@
-//! Every Redis key and channel name the bridge uses (PROTOCOL.md section 6), and the
+//! Every Redis key and channel name the bridge uses (docs/protocol.md section 6), and the
 //! reverse: which channel a pub/sub message came on. Nothing else in the crate formats
 //! a key, so the layout can be read (and changed) here alone.
 

@@ -1,4 +1,4 @@
-//! [`RedisBus`]: the bus of a cluster (PROTOCOL.md section 6).
+//! [`RedisBus`]: the bus of a cluster (docs/protocol.md section 6).
 //!
 //! Connections: a multiplexed [`ConnectionManager`] for publishes and sends; room
 //! publishes reach it through the publisher task (`publisher.rs`), which batches them
@@ -520,7 +520,7 @@ impl Bus for RedisBus {
 
     async fn disconnect_user(&self, user: &UserId, code: u16) -> Result<(), BusError> {
         let inner = &self.inner;
-        // Every node would drop it (PROTOCOL.md section 6): say so here instead.
+        // Every node would drop it (docs/protocol.md section 6): say so here instead.
         if !roomcast_protocol::close::valid_for_disconnect(code) {
             return Err(BusError::Internal(format!(
                 "close code {code} cannot end a disconnected user's connections"

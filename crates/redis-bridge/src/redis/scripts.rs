@@ -131,7 +131,7 @@ return 0
 /// History read, atomic with the room's position. Creates the room's meta (epoch,
 /// offset 0) when it is missing, so that the epoch a joiner sees is the one the next
 /// publish uses. A `since` in another epoch gets the current epoch from its start (up
-/// to max recover), not recovered (PROTOCOL.md section 3).
+/// to max recover), not recovered (docs/protocol.md section 3).
 ///
 /// KEYS: meta, history. ARGV: fresh epoch, history ttl (ms), history size,
 /// since offset ('' for none), since epoch, limit, max recover.

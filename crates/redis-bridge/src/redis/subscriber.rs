@@ -387,7 +387,7 @@ enum Handled {
 }
 
 /// Decodes one pub/sub message and delivers what it carries. Nothing read here is
-/// trusted more than a client frame (PROTOCOL.md section 6): what is malformed, on the
+/// trusted more than a client frame (docs/protocol.md section 6): what is malformed, on the
 /// wrong channel, forged or out of range is counted, logged at a rate limit and dropped;
 /// it never closes a client.
 async fn on_message(

@@ -965,3 +965,76 @@ async fn run(st: Arc<Settings>) -> Result<Value> {
         "examples": examples,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let (_p, publishing) = tokio::sync::watch::channel(true);
+        let (_s, stop_all) = tokio::sync::watch::channel(false);
+        Shared {
+            t0: Instant::now(),
+            acked: vec![Mutex::new(HashMap::new())],
+            epoch_of: vec![Mutex::new(HashMap::new())],
+            ack_conflicts: Mutex::new(Vec::new()),
+            reconnects: Mutex::new(Vec::new()),
+            errors: Mutex::new(BTreeMap::new()),
+            resent: std::sync::atomic::AtomicU64::new(0),
+            publishing,
+            stop_all,
+            pending_total: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn msg(s: u64, offset: u64) -> Value {
+        json!({"type": "message", "offset": offset, "data": {"p": 0, "s": s}})
+    }
+
+    #[test]
+    fn gaps_duplicates_and_reorder_are_counted_apart() {
+        let sh = shared();
+        let mut r = Recv::default();
+        r.joined(
+            &sh,
+            0,
+            &json!({"epoch": "e1", "offset": 10, "recovered": false}),
+            false,
+        );
+        r.deliver(&sh, 0, &msg(1, 11));
+        r.deliver(&sh, 0, &msg(2, 13)); // offset 12 never came: a gap of one
+        r.deliver(&sh, 0, &msg(2, 14)); // the same message again, with a new offset
+        r.deliver(&sh, 0, &msg(3, 12)); // an older offset after a newer one
+        assert_eq!((r.gaps, r.duplicates, r.reorder), (1, 1, 1));
+        assert_eq!(r.last, Some(14));
+    }
+
+    #[test]
+    fn a_recovered_rejoin_continues_and_a_new_epoch_starts_at_one() {
+        let sh = shared();
+        let mut r = Recv::default();
+        r.joined(
+            &sh,
+            0,
+            &json!({"epoch": "e1", "offset": 0, "recovered": false}),
+            false,
+        );
+        r.deliver(&sh, 0, &msg(1, 1));
+        let j = json!({"epoch": "e1", "offset": 2, "recovered": true, "messages": [msg(2, 2)]});
+        r.joined(&sh, 0, &j, true);
+        assert_eq!((r.gaps, r.recovered_true), (0, 1));
+        // History lost: the new epoch's history must be replayed from its first offset.
+        let j = json!({"epoch": "e2", "offset": 3, "recovered": false, "messages": [msg(4, 2), msg(5, 3)]});
+        r.joined(&sh, 0, &j, true);
+        assert_eq!(r.gaps, 1, "offset 1 of the new epoch was not replayed");
+        assert_eq!(r.left_epochs.len(), 1);
+        assert_eq!(
+            sh.epoch_of[0]
+                .lock()
+                .map(|m| m.get(&(0, 5)).cloned())
+                .ok()
+                .flatten(),
+            Some("e2".to_string())
+        );
+    }
+}

@@ -16,6 +16,7 @@
 //! when Redis cannot be reached; nothing waits for Redis to come back.
 
 mod envelope;
+mod interest;
 mod keys;
 mod presence;
 mod publisher;
@@ -88,6 +89,8 @@ pub(crate) struct Inner {
     envelope_head: Vec<u8>,
     /// Bad input read from Redis is logged at most once a while (see `subscriber::RateLog`).
     bad_log: subscriber::RateLog,
+    /// Rooms mode: the room and user channels this node's members need.
+    interest: interest::Interest,
 }
 
 /// Why one Redis call failed, before it becomes a [`BusError`].
@@ -201,6 +204,7 @@ impl RedisBus {
             cmd_up: AtomicBool::new(true),
             reported: Mutex::new(None),
             watched: Mutex::new(HashMap::new()),
+            interest: interest::Interest::default(),
             baseline_tx,
             baseline_rx: Mutex::new(Some(baseline_rx)),
             publish_tx,
@@ -235,6 +239,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// Rooms mode: sets the gauges of subscribed room and user channels.
+    fn count_subscriptions(&self) {
+        let (rooms, users) = self
+            .interest
+            .counts(|c| matches!(self.keys.parse_channel(c), keys::Channel::Room(_)));
+        self.stats.subscribed_rooms.store(rooms, Ordering::Relaxed);
+        self.stats.subscribed_users.store(users, Ordering::Relaxed);
+    }
+
     /// Runs one Redis operation under the timeout, mapping its failure and keeping the
     /// command connection's health up to date.
     pub(crate) async fn run<T>(
@@ -300,6 +313,12 @@ impl Inner {
     /// two tasks reporting at once agree on one sequence; `deliver` does not block.
     fn report_state(&self) {
         if self.delivery.get().is_none() {
+            return;
+        }
+        if self.closed.load(Ordering::Acquire) {
+            // Closed on purpose (the node is stopping): not an outage, so the node is not
+            // told "down" (it would log a failure); `close` logs "redis bus closed" and
+            // `is_ready` answers false from now on.
             return;
         }
         let mut reported = lock(&self.reported);
@@ -558,6 +577,9 @@ impl Bus for RedisBus {
                 true
             }
         };
+        if self.inner.cfg.subscribe == SubscribeMode::Rooms {
+            self.inner.interest.want(self.inner.keys.room_channel(room));
+        }
         if new {
             // The subscriber reads the room's current offset as its baseline; if it is
             // gone (closed), there is nothing to track anyway.
@@ -567,6 +589,39 @@ impl Bus for RedisBus {
 
     fn unwatch_room(&self, room: &RoomName) {
         lock(&self.inner.watched).remove(room);
+        if self.inner.cfg.subscribe == SubscribeMode::Rooms {
+            self.inner.interest.unwant(&self.inner.keys.room_channel(room));
+        }
+    }
+
+    async fn room_ready(&self, room: &RoomName) -> Result<(), BusError> {
+        if self.inner.cfg.subscribe != SubscribeMode::Rooms {
+            return Ok(());
+        }
+        let Some(confirmed) = self.inner.interest.ready(&self.inner.keys.room_channel(room)) else {
+            return Ok(());
+        };
+        match tokio::time::timeout(self.inner.cfg.op_timeout, confirmed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(BusError::Unavailable(format!(
+                "subscribing to room {room}: given up"
+            ))),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "subscribing to room {room}: not confirmed in time"
+            ))),
+        }
+    }
+
+    fn watch_user(&self, user: &UserId) {
+        if self.inner.cfg.subscribe == SubscribeMode::Rooms {
+            self.inner.interest.want(self.inner.keys.user_channel(user));
+        }
+    }
+
+    fn unwatch_user(&self, user: &UserId) {
+        if self.inner.cfg.subscribe == SubscribeMode::Rooms {
+            self.inner.interest.unwant(&self.inner.keys.user_channel(user));
+        }
     }
 
     fn is_ready(&self) -> bool {
@@ -593,7 +648,6 @@ impl Bus for RedisBus {
         {
             tracing::warn!("redis bus tasks did not stop in time");
         }
-        inner.report_state();
         tracing::info!("redis bus closed");
     }
 }

@@ -1,35 +1,77 @@
 //! The `roomcast` binary: reads configuration, sets up logging, binds, and runs the
 //! node until SIGTERM or SIGINT.
+//!
+//! A node that cannot start (bad configuration, a port in use, a Redis URL it cannot
+//! use) prints one line, `roomcast: <why>`, on stderr and exits with status 2; it
+//! never prints a backtrace for them, whatever `RUST_BACKTRACE` says.
 
 use roomcast_gateway::config::{Config, LogFormat};
+use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+/// The exit status of a node that could not start.
+const EXIT_STARTUP: i32 = 2;
+
+fn main() {
     let cfg = match Config::load() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("roomcast: {e}");
-            std::process::exit(2);
-        }
+        Err(e) => fail(&e),
     };
+    init_logging(&cfg);
+    if let Err(e) = serve(cfg) {
+        fail(&e);
+    }
+}
+
+/// Prints why the node cannot run, as one line, and exits with status 2.
+fn fail(why: &dyn std::fmt::Display) -> ! {
+    // One line even when the cause spans several (an OS or parser message).
+    let line = why.to_string().replace(['\n', '\r'], " ");
+    eprintln!("roomcast: {}", line.trim_end());
+    std::process::exit(EXIT_STARTUP);
+}
+
+/// Whether log lines may carry ANSI colour: only when they go to a terminal (logs are
+/// written to stdout) and `NO_COLOR` is unset or empty.
+fn colour(no_color: Option<std::ffi::OsString>, terminal: bool) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+fn init_logging(cfg: &Config) {
     let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = colour(
+        std::env::var_os("NO_COLOR"),
+        std::io::stdout().is_terminal(),
+    );
     match cfg.log_format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
+            .with_ansi(false)
             .with_env_filter(filter)
             .init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init(),
     }
+}
+
+/// Builds the runtime, binds and runs the node until a signal; an error is a node that
+/// could not start.
+fn serve(cfg: Config) -> Result<(), String> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if cfg.worker_threads > 0 {
         rt.worker_threads(cfg.worker_threads);
     }
-    let rt = rt.enable_all().build()?;
+    let rt = rt
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
@@ -39,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         });
         roomcast_gateway::run(listener, cfg, shutdown)
             .await
-            .map_err(anyhow::Error::from)
+            .map_err(|e| e.to_string())
     })
 }
 
@@ -55,5 +97,20 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+    use std::ffi::OsString;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(None, true));
+        assert!(colour(Some(OsString::new()), true));
+        assert!(!colour(Some(OsString::from("1")), true));
+        assert!(!colour(None, false));
+        assert!(!colour(Some(OsString::from("0")), false));
     }
 }

@@ -9,6 +9,7 @@
 #   NGINX_RESOLVER              resolver address(es) for NGINX_RESOLVE=1 (127.0.0.11: Docker's DNS)
 #   NGINX_RESOLVER_VALID        how long to cache answers (5s)
 #   NGINX_CLIENT_SNDBUF         send buffer of client sockets (256k; see the template)
+#   NGINX_WORKER_RLIMIT_NOFILE  descriptors per worker (default: `ulimit -Hn` here, at most 65536)
 #   NGINX_LISTEN NGINX_SERVER_NAME NGINX_PROXY_TIMEOUT NGINX_WORKER_PROCESSES
 #   NGINX_PID_FILE NGINX_ERROR_LOG NGINX_ACCESS_LOG NGINX_TEMP_DIR
 #
@@ -38,10 +39,16 @@ RENDER_LISTEN=${NGINX_LISTEN:-80}
 RENDER_SERVER_NAME=${NGINX_SERVER_NAME:-_}
 RENDER_PROXY_TIMEOUT=${NGINX_PROXY_TIMEOUT:-120s}
 RENDER_CLIENT_SNDBUF=${NGINX_CLIENT_SNDBUF:-256k}
+# What this machine (or container) allows: a worker_rlimit_nofile above the hard limit
+# makes every worker log "[alert] setrlimit(RLIMIT_NOFILE, ...) failed".
+hard=$(ulimit -Hn 2>/dev/null || echo unlimited)
+case $hard in ''|*[!0-9]*) hard=65536 ;; esac
+[ "$hard" -gt 65536 ] && hard=65536
+RENDER_WORKER_RLIMIT_NOFILE=${NGINX_WORKER_RLIMIT_NOFILE:-$hard}
 RENDER_UPSTREAMS=$(printf '%s' "$NGINX_UPSTREAMS" | tr ',' ' ')
 export RENDER_RESOLVER RENDER_SERVER_SUFFIX RENDER_WORKER_PROCESSES RENDER_PID_FILE \
   RENDER_ERROR_LOG RENDER_ACCESS_LOG RENDER_TEMP_DIR RENDER_LISTEN RENDER_SERVER_NAME \
-  RENDER_PROXY_TIMEOUT RENDER_CLIENT_SNDBUF RENDER_UPSTREAMS
+  RENDER_PROXY_TIMEOUT RENDER_CLIENT_SNDBUF RENDER_UPSTREAMS RENDER_WORKER_RLIMIT_NOFILE
 
 awk '
 function subst(line, name, value,   key, i) {
@@ -69,7 +76,7 @@ function subst(line, name, value,   key, i) {
     if (count == 0) { print "render.sh: no upstream servers" > "/dev/stderr"; exit 3 }
     next
   }
-  split("WORKER_PROCESSES PID_FILE ERROR_LOG ACCESS_LOG TEMP_DIR LISTEN SERVER_NAME PROXY_TIMEOUT CLIENT_SNDBUF RESOLVER", names, " ")
+  split("WORKER_PROCESSES PID_FILE ERROR_LOG ACCESS_LOG TEMP_DIR LISTEN SERVER_NAME PROXY_TIMEOUT CLIENT_SNDBUF RESOLVER WORKER_RLIMIT_NOFILE", names, " ")
   for (k in names) line = subst(line, names[k], ENVIRON["RENDER_" names[k]])
   if (line ~ /\{\{[A-Z_]+\}\}/) {
     print "render.sh: unknown placeholder left in: " line > "/dev/stderr"; exit 3

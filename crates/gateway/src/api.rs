@@ -318,6 +318,10 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
                 idempotency_key: b.id.map(|id| format!("{SERVER_USER}\u{1f}api\u{1f}{id}")),
             };
             node.bus.send(req).await?;
+            // `{}`: no count of connections reached. The message goes out once on the
+            // bus and each node delivers it to what it holds; this node cannot know
+            // what the others hold (PUBLISH counts subscribed nodes, and every node
+            // subscribes). docs/openapi.json says so.
             Ok(json(StatusCode::OK, &json!({})))
         }
         (Method::POST, "/api/disconnect") => {
@@ -326,6 +330,7 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
             node.bus
                 .disconnect_user(&b.user, close::INVALID_TOKEN)
                 .await?;
+            // `{}` for the reason given under /api/send.
             Ok(json(StatusCode::OK, &json!({})))
         }
         (Method::GET, p) if p.starts_with("/api/rooms/") => {

@@ -71,6 +71,16 @@ function system(text: string) {
   scrollDown();
 }
 
+/** How a user shows: the name their messages or hello gave, else a short label ("guest-1a2b")
+ * rather than the whole id (anonymous users have long hex ids). */
+function label(user: string): string {
+  const known = names.get(user);
+  if (known) return known;
+  if (user === client.welcome?.user && myName) return myName;
+  if (user === 'backend') return 'backend'; // messages published by a backend (HTTP API, emitters)
+  return `guest-${user.slice(0, 4)}`;
+}
+
 function chatLine(name: string, text: string, ts: number | undefined, cls: string[]): HTMLLIElement {
   const li = document.createElement('li');
   li.className = ['chat', ...cls].join(' ');
@@ -97,7 +107,7 @@ function showChat(m: RoomMessageOf<Events> & { event: 'chat' }) {
   if (d.mid && shownMids.has(d.mid)) return;
   if (d.mid) shownMids.add(d.mid);
   const mine = d.mid !== undefined && pendingByMid.has(d.mid);
-  const li = chatLine(d.name || m.from, d.text, m.ts, mine ? ['mine'] : []);
+  const li = chatLine(d.name || label(m.from), d.text, m.ts, mine ? ['mine'] : []);
   if (typeof m.offset === 'number') li.dataset.offset = String(m.offset);
   const pending = d.mid ? pendingByMid.get(d.mid) : undefined;
   if (pending) {
@@ -133,7 +143,7 @@ function renderMembers() {
   membersEl.replaceChildren(
     ...members.map((m) => {
       const li = document.createElement('li');
-      li.textContent = names.get(m.user) ?? (m.user === me ? myName : `guest ${m.user.slice(0, 6)}`);
+      li.textContent = label(m.user);
       if (m.user === me) li.className = 'me';
       li.dataset.user = m.user;
       return li;
@@ -172,7 +182,7 @@ function joinRoom(name: string, roomName: string) {
     r.onEvent('typing', (d, m) => {
       if (d.cid === myCid || m.from === client.welcome?.user) return; // our own (echoed over SSE)
       clearTyping(m.from);
-      typing.set(m.from, { name: d.name, timer: setTimeout(() => clearTyping(m.from), 3000) });
+      typing.set(m.from, { name: d.name || label(m.from), timer: setTimeout(() => clearTyping(m.from), 3000) });
       renderTyping();
     }),
     r.on('joined', (ev) => {
@@ -194,14 +204,14 @@ function joinRoom(name: string, roomName: string) {
           ev.user,
           setTimeout(() => {
             joinNotices.delete(ev.user);
-            system(`${names.get(ev.user) ?? 'a guest'} joined`);
+            system(`${label(ev.user)} joined`);
           }, 1500),
         );
       }
       r.publishVolatile('hello', { name: myName }); // let the newcomer learn our name
     }),
     r.on('member_left', (ev) => {
-      system(`${names.get(ev.user) ?? 'someone'} left`);
+      system(`${label(ev.user)} left`);
       clearTyping(ev.user);
     }),
     r.on('members', () => renderMembers()),

@@ -247,6 +247,27 @@ async function main() {
     );
 
   const nodeOf = (p) => p.evaluate(() => window.roomcast?.welcome?.node ?? '').catch(() => '');
+  await step('before joining only the join form shows; the chat pane after', async () => {
+    // The pane is <main id="chat" hidden>: a `main { display: grid }` rule once showed it (and a
+    // Send box whose text went nowhere) before the user had joined.
+    const ctx = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+    const p = await ctx.newPage();
+    const u = new URL(baseA.replace(/\/$/, '') + '/demo/');
+    if (wsA) u.searchParams.set('ws', wsA);
+    await p.goto(u.toString(), { timeout: STEP_TIMEOUT });
+    await p.waitForSelector('#join', { state: 'visible', timeout: STEP_TIMEOUT });
+    for (const sel of ['#chat', '#compose', '#text', '#messages']) {
+      if (await p.isVisible(sel)) throw new Error(`${sel} is visible before joining`);
+    }
+    await p.fill('#name', 'erin');
+    await p.fill('#room', `${room}-join`);
+    await p.click('#join button[type="submit"]');
+    await p.waitForSelector('#chat', { state: 'visible', timeout: STEP_TIMEOUT });
+    await p.waitForSelector('#text', { state: 'visible', timeout: STEP_TIMEOUT });
+    await connected(p);
+    await ctx.close();
+  });
+
   await step('both pages load the demo and connect', async () => {
     await a.goto(demoUrl(baseA, 'alice', room, { ws: wsA }), { timeout: STEP_TIMEOUT });
     await connected(a);

@@ -215,3 +215,128 @@ impl ClientMessage {
         }
     }
 }
+
+/// The shape of a field of a client message, in docs/protocol.md's words (never a Rust
+/// type name: these words go back to clients in `invalid_message` errors).
+#[derive(Clone, Copy)]
+enum Shape {
+    /// Any string (the JWT).
+    Text,
+    /// A room name.
+    Room,
+    /// A user id.
+    User,
+    /// An event name.
+    Event,
+    /// An integer from 0 to 2^32 - 1 (`history`, `limit`); null means absent.
+    Count,
+    /// `{"offset": <integer>, "epoch": "<string>"}`; null means absent.
+    Since,
+    /// `true` or `false`.
+    Flag,
+}
+
+impl Shape {
+    fn expected(self) -> &'static str {
+        match self {
+            Shape::Text => "a string",
+            Shape::Room => {
+                "a room name (a string of 1 to 128 bytes: letters, digits and _-:.@/=+#~!$)"
+            }
+            Shape::User => "a user id (a string of 1 to 128 bytes, no control characters)",
+            Shape::Event => "an event name (a string of 1 to 64 bytes, no control characters)",
+            Shape::Count => "an integer from 0 to 4294967295",
+            Shape::Since => r#"{"offset": <integer>, "epoch": "<string>"}"#,
+            Shape::Flag => "true or false",
+        }
+    }
+
+    /// Whether null stands for "absent".
+    fn nullable(self) -> bool {
+        matches!(self, Shape::Count | Shape::Since)
+    }
+
+    /// What is wrong with `v`, if anything.
+    fn problem(self, v: &serde_json::Value) -> Option<String> {
+        use serde_json::Value;
+        let expected = || Some(format!("expected {}", self.expected()));
+        let name = |r: Result<(), crate::names::NameError>| {
+            r.err().map(|e| {
+                let why = match e {
+                    crate::names::NameError::Empty(_) => "must not be empty".to_string(),
+                    crate::names::NameError::TooLong(_, n) => format!("is longer than {n} bytes"),
+                    crate::names::NameError::BadChar(_, c) => {
+                        format!("contains a character that is not allowed: {c:?}")
+                    }
+                };
+                format!("{why}; expected {}", self.expected())
+            })
+        };
+        match (self, v) {
+            (Shape::Text, Value::String(_)) => None,
+            (Shape::Room, Value::String(s)) => name(RoomName::new(s).map(drop)),
+            (Shape::User, Value::String(s)) => name(UserId::new(s).map(drop)),
+            (Shape::Event, Value::String(s)) => name(EventName::new(s).map(drop)),
+            (Shape::Count, v) if v.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => None,
+            (Shape::Flag, Value::Bool(_)) => None,
+            (Shape::Since, Value::Object(m)) => {
+                let why = match (m.get("offset"), m.get("epoch")) {
+                    (None, _) => "\"offset\" is missing",
+                    (Some(o), _) if o.as_u64().is_none() => {
+                        "\"offset\" must be an integer from 0 to 18446744073709551615"
+                    }
+                    (_, None) => "\"epoch\" is missing",
+                    (_, Some(Value::String(_))) => return None,
+                    (_, Some(_)) => "\"epoch\" must be a string",
+                };
+                Some(format!("expected {} ({why})", self.expected()))
+            }
+            _ => expected(),
+        }
+    }
+}
+
+/// The fields of each client message type that can be wrong: (name, shape, required).
+/// `data` takes any value and `id` is checked before (codec).
+fn fields(kind: &str) -> &'static [(&'static str, Shape, bool)] {
+    match kind {
+        "auth" => &[("token", Shape::Text, true)],
+        "join" => &[
+            ("room", Shape::Room, true),
+            ("history", Shape::Count, false),
+            ("since", Shape::Since, false),
+        ],
+        "leave" => &[("room", Shape::Room, true)],
+        "publish" => &[
+            ("room", Shape::Room, true),
+            ("event", Shape::Event, true),
+            ("volatile", Shape::Flag, false),
+            ("echo", Shape::Flag, false),
+        ],
+        "send" => &[("to", Shape::User, true), ("event", Shape::Event, true)],
+        "presence" => &[("room", Shape::Room, true), ("limit", Shape::Count, false)],
+        _ => &[],
+    }
+}
+
+/// Why a message of the known type `kind` could not be decoded, in the protocol's words:
+/// the first field that is missing or has the wrong shape, named, with the shape it must
+/// have (`since: expected {"offset": <integer>, "epoch": "<string>"} ("offset" is
+/// missing)`). `None` when every field fits (the decoder's own message is used then).
+pub(crate) fn explain_invalid(
+    kind: &str,
+    msg: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    for &(field, shape, required) in fields(kind) {
+        let why = match msg.get(field) {
+            None if required => Some(format!("missing; expected {}", shape.expected())),
+            None => None,
+            Some(serde_json::Value::Null) if shape.nullable() => None,
+            Some(v) => shape.problem(v),
+        };
+        if let Some(why) = why {
+            return Some(format!("{field}: {why}"));
+        }
+    }
+    None
+}

@@ -180,6 +180,38 @@ impl Encoding {
         self.decode_with_peek(bytes, &[])
     }
 
+    /// Why bytes that are not a map at all cannot be a message.
+    fn not_a_message(self, bytes: &[u8]) -> String {
+        match self {
+            Encoding::Json => match serde_json::from_slice::<IgnoredAny>(bytes) {
+                Err(e) => format!("not valid JSON: {e}"),
+                Ok(_) => "a message is a JSON object with a string \"type\"".to_string(),
+            },
+            Encoding::MsgPack => match rmp_serde::from_slice::<IgnoredAny>(bytes) {
+                Err(e) => format!("not valid MessagePack: {e}"),
+                Ok(_) => "a message is a MessagePack map with a string \"type\"".to_string(),
+            },
+        }
+    }
+
+    /// The protocol's words for what is wrong with a client message of type `kind`.
+    fn explain_client(self, bytes: &[u8], kind: &str) -> Option<String> {
+        let value: Option<serde_json::Value> = match self {
+            Encoding::Json => serde_json::from_slice(bytes).ok(),
+            Encoding::MsgPack => rmp_serde::from_slice(bytes).ok(),
+        };
+        match value {
+            Some(serde_json::Value::Object(m)) => crate::client::explain_invalid(kind, &m),
+            // Only MessagePack gets here (binary or extension values, maps with keys that
+            // are not strings): nothing a message can hold.
+            _ => Some(
+                "a message holds only strings, numbers, booleans, nil, arrays and maps with \
+                 string keys (no binary or extension values)"
+                    .to_string(),
+            ),
+        }
+    }
+
     fn decode_with_peek<T: for<'de> Deserialize<'de>>(
         self,
         bytes: &[u8],
@@ -200,7 +232,7 @@ impl Encoding {
         let Some(peek) = peek else {
             return Err(DecodeError {
                 code: ErrorCode::InvalidMessage,
-                message: format!("not a message object with a string \"type\": {err}"),
+                message: self.not_a_message(bytes),
                 id: None,
             });
         };
@@ -223,6 +255,13 @@ impl Encoding {
             PeekType::Str(t) if !known.is_empty() && !known.contains(&t.as_str()) => DecodeError {
                 code: ErrorCode::UnknownType,
                 message: format!("unknown message type {t:?}"),
+                id,
+            },
+            // A known type with a field that does not fit: name the field and its shape
+            // in the protocol's words (the decoder's own message names Rust types).
+            PeekType::Str(t) if !known.is_empty() => DecodeError {
+                code: ErrorCode::InvalidMessage,
+                message: self.explain_client(bytes, &t).unwrap_or(err),
                 id,
             },
             PeekType::Str(_) => DecodeError {

@@ -84,9 +84,12 @@ fn wrong_values(shape: &str) -> Vec<Value> {
     }
 }
 
+/// A field that can be wrong: its name, its shape, whether it is required.
+type Field = (&'static str, &'static str, bool);
+
 /// Every client message type: a valid frame, and each field that can be wrong with its
 /// shape and whether it is required.
-fn message_types() -> Vec<(Value, Vec<(&'static str, &'static str, bool)>)> {
+fn message_types() -> Vec<(Value, Vec<Field>)> {
     vec![
         (
             json!({"type": "auth", "token": "t"}),

@@ -25,6 +25,16 @@ pub enum RoomPolicy {
     Deny,
 }
 
+/// How a node listens to the bus (PROTOCOL.md section 6b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusSubscribe {
+    /// One pattern subscription per kind: every node receives every message.
+    Pattern,
+    /// A subscription per room with a local member and per local user: a node receives
+    /// only what it delivers.
+    Rooms,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -186,6 +196,19 @@ pub struct Config {
     /// was queued for it) and re-synchronised from history. 0: never.
     #[arg(long, env = "ROOMCAST_BUS_MAX_LAG", default_value_t = 30)]
     pub bus_max_lag: u64,
+    /// How the node listens to the bus: `pattern` (every node receives every room's
+    /// messages) or `rooms` (a subscription per room and user held locally).
+    #[arg(
+        long,
+        env = "ROOMCAST_BUS_SUBSCRIBE",
+        value_enum,
+        default_value = "pattern"
+    )]
+    pub bus_subscribe: BusSubscribe,
+    /// Rooms mode: milliseconds a room's or user's channel stays subscribed after its last
+    /// local member left (a quick re-join costs no Redis command).
+    #[arg(long, env = "ROOMCAST_BUS_LINGER_MS", default_value_t = 2000)]
+    pub bus_linger_ms: u64,
     /// Seconds the drain may take on shutdown before remaining connections are dropped.
     #[arg(long, env = "ROOMCAST_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,

@@ -367,11 +367,19 @@ impl Hub {
 
     /// Registers a connection for its user's direct messages and disconnects.
     pub fn add_user(&self, m: &Member) {
-        lock(&self.users)
+        let mut users = lock(&self.users);
+        let list = users
             .entry(m.user.clone())
             // Most users have one connection: a default Vec would reserve four.
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push(m.clone());
+            .or_insert_with(|| Vec::with_capacity(1));
+        list.push(m.clone());
+        // Under the lock, as for rooms in `join`: the user's first local connection makes
+        // the bus listen to the user's channel (rooms mode).
+        if list.len() == 1 {
+            if let Some(bus) = self.bus.get() {
+                bus.watch_user(&m.user);
+            }
+        }
     }
 
     /// Removes a connection from its user's list.
@@ -381,6 +389,9 @@ impl Hub {
             list.retain(|x| x.id != m.id);
             if list.is_empty() {
                 users.remove(&m.user);
+                if let Some(bus) = self.bus.get() {
+                    bus.unwatch_user(&m.user);
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ use crate::socket::Watched;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus, RedisBus};
+use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus, RedisBus, SubscribeMode};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +62,11 @@ fn bus_config(cfg: &Config, node_id: &str) -> BusConfig {
         max_recover: cfg.max_recover,
         op_timeout: Duration::from_secs(cfg.bus_timeout),
         max_lag: Duration::from_secs(cfg.bus_max_lag),
+        subscribe: match cfg.bus_subscribe {
+            config::BusSubscribe::Pattern => SubscribeMode::Pattern,
+            config::BusSubscribe::Rooms => SubscribeMode::Rooms,
+        },
+        linger: Duration::from_millis(cfg.bus_linger_ms),
     }
 }
 

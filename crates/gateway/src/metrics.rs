@@ -57,6 +57,16 @@ pub struct Metrics {
     pub bus_forged_offsets: IntCounter,
     /// Of those, disconnects with a close code a disconnect may not carry.
     pub bus_bad_controls: IntCounter,
+    /// Room messages received for rooms with no local member.
+    pub bus_unwanted_room_messages: IntCounter,
+    /// Rooms mode: SUBSCRIBE commands sent.
+    pub bus_subscribe_commands: IntCounter,
+    /// Rooms mode: UNSUBSCRIBE commands sent.
+    pub bus_unsubscribe_commands: IntCounter,
+    /// Rooms mode: room channels subscribed now.
+    pub bus_subscribed_rooms: IntGauge,
+    /// Rooms mode: user channels subscribed now.
+    pub bus_subscribed_users: IntGauge,
     /// Redis calls that carried room publishes.
     pub bus_publish_batches: IntCounter,
     /// Room publishes sent in those calls.
@@ -208,6 +218,31 @@ impl Metrics {
                 "roomcast_bus_bad_envelopes_total",
                 "Envelopes read from Redis and dropped as bad input (malformed, wrong channel, forged offset, bad close code)",
             ),
+            bus_unwanted_room_messages: counter(
+                &r,
+                "roomcast_bus_unwanted_room_messages_total",
+                "Room messages received for rooms with no local member (pattern mode: every other room's; rooms mode: only while a left room's channel lingers)",
+            ),
+            bus_subscribe_commands: counter(
+                &r,
+                "roomcast_bus_subscribe_commands_total",
+                "Rooms mode: SUBSCRIBE commands sent (each may name many channels)",
+            ),
+            bus_unsubscribe_commands: counter(
+                &r,
+                "roomcast_bus_unsubscribe_commands_total",
+                "Rooms mode: UNSUBSCRIBE commands sent (each may name many channels)",
+            ),
+            bus_subscribed_rooms: gauge(
+                &r,
+                "roomcast_bus_subscribed_rooms",
+                "Rooms mode: room channels this node is subscribed to",
+            ),
+            bus_subscribed_users: gauge(
+                &r,
+                "roomcast_bus_subscribed_users",
+                "Rooms mode: user channels this node is subscribed to",
+            ),
             bus_forged_offsets: counter(
                 &r,
                 "roomcast_bus_forged_offsets_total",
@@ -283,6 +318,22 @@ impl Metrics {
             &self.bus_bad_controls,
             bus.bad_controls.load(Ordering::Relaxed),
         );
+        catch_up(
+            &self.bus_unwanted_room_messages,
+            bus.unwanted_room_messages.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_subscribe_commands,
+            bus.subscribe_commands.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_unsubscribe_commands,
+            bus.unsubscribe_commands.load(Ordering::Relaxed),
+        );
+        self.bus_subscribed_rooms
+            .set(bus.subscribed_rooms.load(Ordering::Relaxed) as i64);
+        self.bus_subscribed_users
+            .set(bus.subscribed_users.load(Ordering::Relaxed) as i64);
         catch_up(
             &self.bus_publish_batches,
             bus.publish_batches.load(Ordering::Relaxed),

@@ -277,6 +277,11 @@ where
     async fn authenticate(&mut self, who: Identity, id: Option<ReqId>) -> Result<Active, End> {
         let member = self.member(&who);
         self.node.hub.add_user(&member);
+        // Rooms mode: after `welcome` the user's direct messages reach this connection.
+        // They are at most once anyway: a bus that cannot confirm does not refuse it.
+        if let Err(e) = self.node.bus.user_ready(&who.user).await {
+            tracing::debug!(user = %who.user, error = %e, "user channel not confirmed");
+        }
         let welcome = ServerMessage::Welcome {
             session: self.conn_id.to_string(),
             node: self.node.node_id.clone(),
@@ -746,6 +751,18 @@ where
                 node.hub.leave(&room, &self.conn_id);
                 return commands::bus_error(&e, id);
             }
+        }
+        // Rooms mode: the room's channel must be subscribed before history is read, or a
+        // message published in between would be in neither (the no-gap rule).
+        if let Err(e) = node.bus.room_ready(&room).await {
+            if !rejoin {
+                node.hub.leave(&room, &self.conn_id);
+                let _ = node
+                    .bus
+                    .presence_leave(&room, &active.who.user, &self.conn_id)
+                    .await;
+            }
+            return commands::bus_error(&e, id);
         }
         match node.bus.history(&room, HistoryQuery { since, limit }).await {
             Ok(h) => {

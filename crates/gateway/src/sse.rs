@@ -250,6 +250,10 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
         if let Err(e) = node.bus.presence_join(&room, &who.user, &conn_id).await {
             return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
         }
+        // Rooms mode: subscribed before history is read (the no-gap rule).
+        if let Err(e) = node.bus.room_ready(&room).await {
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+        }
         // When a position cannot be recovered (history trimmed, or lost and restarted:
         // an offset past the room's end), replay what the history holds, not nothing.
         let history = match since.get(&room) {

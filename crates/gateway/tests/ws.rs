@@ -22,6 +22,10 @@ macro_rules! both_buses {
             async fn redis() {
                 super::$name(Mode::Redis).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_rooms() {
+                super::$name(Mode::RedisRooms).await
+            }
         }
     )*};
 }

@@ -32,6 +32,23 @@ pub struct BusConfig {
     /// whatever the client library had queued for it, and re-synchronised from the rooms'
     /// history. Zero: never.
     pub max_lag: Duration,
+    /// How the node listens to the room and user channels (PROTOCOL.md section 6b).
+    pub subscribe: SubscribeMode,
+    /// Rooms mode: how long a channel stays subscribed after its last local member left,
+    /// so that a member who leaves and comes back within it costs no command.
+    pub linger: Duration,
+}
+
+/// How a node listens to the bus's room and user channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubscribeMode {
+    /// One pattern subscription per kind: every node receives every room's and every
+    /// user's messages. Simplest; right for a few nodes.
+    #[default]
+    Pattern,
+    /// A subscription per room with a local member and per local user: a node receives
+    /// only what it delivers.
+    Rooms,
 }
 
 impl Default for BusConfig {
@@ -46,6 +63,8 @@ impl Default for BusConfig {
             max_recover: 1000,
             op_timeout: Duration::from_secs(5),
             max_lag: Duration::from_secs(30),
+            subscribe: SubscribeMode::Pattern,
+            linger: Duration::from_secs(2),
         }
     }
 }
@@ -226,6 +245,18 @@ pub struct BusStats {
     pub publish_batches: AtomicU64,
     /// Room publishes handed to Redis in those calls.
     pub publishes_batched: AtomicU64,
+    /// Room messages received for a room with no local member (what pattern mode costs a
+    /// node that delivers nothing of them; in rooms mode only what arrives while a left
+    /// room's channel lingers).
+    pub unwanted_room_messages: AtomicU64,
+    /// Rooms mode: SUBSCRIBE commands sent (each may name many channels).
+    pub subscribe_commands: AtomicU64,
+    /// Rooms mode: UNSUBSCRIBE commands sent (each may name many channels).
+    pub unsubscribe_commands: AtomicU64,
+    /// Rooms mode: room channels subscribed now.
+    pub subscribed_rooms: AtomicU64,
+    /// Rooms mode: user channels subscribed now.
+    pub subscribed_users: AtomicU64,
 }
 
 impl BusStats {
@@ -281,6 +312,26 @@ pub trait Bus: Send + Sync + 'static {
 
     /// This node has no local members in `room` any more.
     fn unwatch_room(&self, room: &RoomName);
+
+    /// Waits until this node receives `room`'s messages from the bus: in rooms mode, until
+    /// the subscription to its channel is confirmed; otherwise at once. A join calls it
+    /// after its member is registered (`watch_room`) and before it reads history, so that
+    /// nothing published in between is missed (the no-gap rule of PROTOCOL.md section 3).
+    async fn room_ready(&self, _room: &RoomName) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// This node has a local connection of `user` now (rooms mode subscribes its channel).
+    fn watch_user(&self, _user: &UserId) {}
+
+    /// Waits until this node receives `user`'s direct messages (rooms mode: until its
+    /// channel's subscription is confirmed; otherwise at once).
+    async fn user_ready(&self, _user: &UserId) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// This node has no local connection of `user` any more.
+    fn unwatch_user(&self, _user: &UserId) {}
 
     /// Whether the bus can serve (connected and subscribed).
     fn is_ready(&self) -> bool;

@@ -13,6 +13,6 @@ mod redis;
 pub use self::redis::RedisBus;
 pub use bus::{
     Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery,
-    PresenceSnapshot, PublishRequest, PublishResult, SendRequest, SendResult,
+    PresenceSnapshot, PublishRequest, PublishResult, SendRequest, SendResult, SubscribeMode,
 };
 pub use memory::MemoryBus;

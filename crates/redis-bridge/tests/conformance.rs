@@ -7,7 +7,7 @@ mod support;
 use roomcast_protocol::StreamPosition;
 use roomcast_redis_bridge::{
     Bus, BusConfig, BusError, BusEvent, HistoryQuery, MemoryBus, PublishRequest, RedisBus,
-    SendRequest,
+    SendRequest, SubscribeMode,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -16,7 +16,10 @@ use support::*;
 #[derive(Clone, Copy)]
 enum Kind {
     Memory,
+    /// One Redis, pattern subscriptions (the default).
     Redis,
+    /// One Redis, a subscription per watched room and user (PROTOCOL.md section 6b).
+    RedisRooms,
 }
 
 /// A started bus, its events, and the server behind it (if any).
@@ -30,7 +33,15 @@ async fn harness(kind: Kind, cfg: BusConfig) -> Harness {
     let (delivery, mut events) = collector();
     let (bus, server): (Arc<dyn Bus>, _) = match kind {
         Kind::Memory => (Arc::new(MemoryBus::new(cfg)), None),
-        Kind::Redis => {
+        Kind::Redis | Kind::RedisRooms => {
+            let cfg = BusConfig {
+                subscribe: if matches!(kind, Kind::RedisRooms) {
+                    SubscribeMode::Rooms
+                } else {
+                    SubscribeMode::Pattern
+                },
+                ..cfg
+            };
             let server = RedisServer::start();
             let bus = RedisBus::connect(&server.url(), cfg)
                 .await
@@ -39,7 +50,15 @@ async fn harness(kind: Kind, cfg: BusConfig) -> Harness {
         }
     };
     bus.start(delivery).await.expect("start");
-    if matches!(kind, Kind::Redis) {
+    // A node holding a member of room `r` and a connection of user `bob`, the names the
+    // cases use: in rooms mode it listens only to what it holds.
+    bus.watch_room(&room("r"));
+    bus.watch_user(&user("bob"));
+    bus.room_ready(&room("r")).await.expect("room r subscribed");
+    bus.user_ready(&user("bob"))
+        .await
+        .expect("user bob subscribed");
+    if matches!(kind, Kind::Redis | Kind::RedisRooms) {
         assert!(events.state().await, "the Redis bus reports itself up");
         assert!(bus.is_ready());
     }
@@ -521,6 +540,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Kind::Redis).await
+                }
+            )*
+        }
+        mod redis_rooms {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::RedisRooms).await
                 }
             )*
         }

@@ -493,6 +493,8 @@ pub enum Mode {
     Memory,
     /// Cluster mode: a real redis-server of the test's own.
     Redis,
+    /// Cluster mode with a subscription per room and user (`--bus-subscribe rooms`).
+    RedisRooms,
 }
 
 /// The bus of one test: nothing, or a redis-server that lives as long as this value.
@@ -505,7 +507,7 @@ impl Backend {
     pub fn new(mode: Mode) -> Backend {
         Backend {
             mode,
-            redis: (mode == Mode::Redis).then(RedisServer::start),
+            redis: (mode != Mode::Memory).then(RedisServer::start),
         }
     }
 
@@ -515,6 +517,9 @@ impl Backend {
         args.extend(["--node-id".into(), node_id.into()]);
         if let Some(r) = &self.redis {
             args.extend(["--redis-url".into(), r.url()]);
+        }
+        if self.mode == Mode::RedisRooms {
+            args.extend(["--bus-subscribe".into(), "rooms".into()]);
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         TestNode::start(&refs).await

@@ -239,6 +239,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// Rooms mode: waits until `channel`'s subscription is confirmed (at most the
+    /// operation timeout); other modes: at once.
+    async fn channel_ready(&self, channel: String) -> Result<(), BusError> {
+        if self.cfg.subscribe != SubscribeMode::Rooms {
+            return Ok(());
+        }
+        let Some(confirmed) = self.interest.ready(&channel) else {
+            return Ok(());
+        };
+        match tokio::time::timeout(self.cfg.op_timeout, confirmed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(BusError::Unavailable(format!(
+                "subscribing to {channel}: given up"
+            ))),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "subscribing to {channel}: not confirmed in time"
+            ))),
+        }
+    }
+
     /// Rooms mode: sets the gauges of subscribed room and user channels.
     fn count_subscriptions(&self) {
         let (rooms, users) = self
@@ -590,26 +610,22 @@ impl Bus for RedisBus {
     fn unwatch_room(&self, room: &RoomName) {
         lock(&self.inner.watched).remove(room);
         if self.inner.cfg.subscribe == SubscribeMode::Rooms {
-            self.inner.interest.unwant(&self.inner.keys.room_channel(room));
+            self.inner
+                .interest
+                .unwant(&self.inner.keys.room_channel(room));
         }
     }
 
     async fn room_ready(&self, room: &RoomName) -> Result<(), BusError> {
-        if self.inner.cfg.subscribe != SubscribeMode::Rooms {
-            return Ok(());
-        }
-        let Some(confirmed) = self.inner.interest.ready(&self.inner.keys.room_channel(room)) else {
-            return Ok(());
-        };
-        match tokio::time::timeout(self.inner.cfg.op_timeout, confirmed).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(BusError::Unavailable(format!(
-                "subscribing to room {room}: given up"
-            ))),
-            Err(_) => Err(BusError::Unavailable(format!(
-                "subscribing to room {room}: not confirmed in time"
-            ))),
-        }
+        self.inner
+            .channel_ready(self.inner.keys.room_channel(room))
+            .await
+    }
+
+    async fn user_ready(&self, user: &UserId) -> Result<(), BusError> {
+        self.inner
+            .channel_ready(self.inner.keys.user_channel(user))
+            .await
     }
 
     fn watch_user(&self, user: &UserId) {
@@ -620,7 +636,9 @@ impl Bus for RedisBus {
 
     fn unwatch_user(&self, user: &UserId) {
         if self.inner.cfg.subscribe == SubscribeMode::Rooms {
-            self.inner.interest.unwant(&self.inner.keys.user_channel(user));
+            self.inner
+                .interest
+                .unwant(&self.inner.keys.user_channel(user));
         }
     }
 

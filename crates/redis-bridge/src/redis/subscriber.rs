@@ -1,7 +1,8 @@
 //! The subscriber: the node's one pub/sub connection, what it delivers, and gap repair.
 //!
-//! One task owns the connection: it PSUBSCRIBEs `<prefix>:room:*` and `<prefix>:user:*`,
-//! SUBSCRIBEs `<prefix>:control`, decodes every envelope and hands events to the node's
+//! One task owns the connection: it PSUBSCRIBEs `<prefix>:room:*` and `<prefix>:user:*`
+//! (pattern mode) or SUBSCRIBEs the channels of the rooms and users the node holds (rooms
+//! mode, see `interest.rs`), SUBSCRIBEs `<prefix>:control`, decodes every envelope and hands events to the node's
 //! [`Delivery`] in the order Redis sent them. Room messages carry offsets, so for every
 //! watched room (one with local members) it knows how far it has delivered and repairs
 //! what pub/sub lost (at-most-once: a dropped connection, or Redis cutting a slow
@@ -10,9 +11,10 @@
 //! jitter, re-subscribes, and checks every watched room against its meta offset.
 
 use super::envelope::{self, RoomMessage};
+use super::interest;
 use super::keys::Channel;
 use super::{lock, Inner, OpError};
-use crate::bus::{BusError, BusEvent, BusStats, Delivery};
+use crate::bus::{BusError, BusEvent, BusStats, Delivery, SubscribeMode};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use roomcast_protocol::{close, BusMessage, Envelope, RoomName};
@@ -261,10 +263,63 @@ fn backoff(attempt: u32) -> Duration {
 async fn subscribe(inner: &Inner) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
     let pubsub = inner.client.get_async_pubsub().await?;
     let (mut sink, stream) = pubsub.split();
-    sink.psubscribe(&[inner.keys.room_pattern(), inner.keys.user_pattern()])
-        .await?;
+    match inner.cfg.subscribe {
+        SubscribeMode::Pattern => {
+            sink.psubscribe(&[inner.keys.room_pattern(), inner.keys.user_pattern()])
+                .await?;
+        }
+        SubscribeMode::Rooms => {
+            // A new connection holds nothing: every channel wanted now, in batches,
+            // before the re-synchronisation reads the rooms' history.
+            inner.interest.reset();
+            let wanted = inner.interest.wanted();
+            for batch in wanted.chunks(interest::BATCH) {
+                sink.subscribe(batch).await?;
+                BusStats::incr(&inner.stats.subscribe_commands);
+                inner.interest.subscribed(batch);
+            }
+            inner.count_subscriptions();
+        }
+    }
     sink.subscribe(inner.keys.control_channel()).await?;
     Ok((sink, stream))
+}
+
+/// Rooms mode: sends the SUBSCRIBE and UNSUBSCRIBE commands that make the connection's
+/// channels what the node's members want, many channels per command; the time the next
+/// lingering channel is due.
+async fn apply_interest(
+    inner: &Inner,
+    sink: &mut PubSubSink,
+) -> Result<Option<tokio::time::Instant>, &'static str> {
+    loop {
+        let w = inner
+            .interest
+            .work(tokio::time::Instant::now(), inner.cfg.linger);
+        if !w.subscribe.is_empty() {
+            match tokio::time::timeout(inner.cfg.op_timeout, sink.subscribe(&w.subscribe)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err("subscribe failed"),
+                Err(_) => return Err("subscribe timed out"),
+            }
+            BusStats::incr(&inner.stats.subscribe_commands);
+            inner.interest.subscribed(&w.subscribe);
+        }
+        if !w.unsubscribe.is_empty() {
+            match tokio::time::timeout(inner.cfg.op_timeout, sink.unsubscribe(&w.unsubscribe)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err("unsubscribe failed"),
+                Err(_) => return Err("unsubscribe timed out"),
+            }
+            BusStats::incr(&inner.stats.unsubscribe_commands);
+            inner.interest.unsubscribed(&w.unsubscribe);
+        }
+        inner.count_subscriptions();
+        if w.subscribe.len() < interest::BATCH && w.unsubscribe.len() < interest::BATCH {
+            return Ok(w.next_due);
+        }
+    }
 }
 
 async fn connected_loop(
@@ -278,9 +333,35 @@ async fn connected_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut lag = Lag::new(inner.cfg.max_lag);
+    let rooms_mode = inner.cfg.subscribe == SubscribeMode::Rooms;
+    // Rooms mode: when the next lingering channel is due to be unsubscribed.
+    let mut due: Option<tokio::time::Instant> = None;
+    if rooms_mode {
+        match apply_interest(inner, &mut sink).await {
+            Ok(d) => due = d,
+            Err(why) => return Exit::Lost(why),
+        }
+    }
     loop {
+        let linger = tokio::time::sleep_until(
+            due.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+        );
         tokio::select! {
+            biased;
             _ = inner.stop.cancelled() => return Exit::Stopped,
+            // Subscriptions first: a join waits for its channel before reading history.
+            _ = inner.interest.changed(), if rooms_mode => {
+                match apply_interest(inner, &mut sink).await {
+                    Ok(d) => due = d,
+                    Err(why) => return Exit::Lost(why),
+                }
+            }
+            _ = linger, if due.is_some() => {
+                match apply_interest(inner, &mut sink).await {
+                    Ok(d) => due = d,
+                    Err(why) => return Exit::Lost(why),
+                }
+            }
             m = stream.next() => match m {
                 Some(m) => {
                     let stamp = match on_message(inner, delivery, m.get_channel_name(), m.get_payload_bytes()).await {
@@ -516,6 +597,12 @@ async fn on_room_message(
     m: RoomMessage,
     payload: &[u8],
 ) -> Result<bool, &'static str> {
+    if !lock(&inner.watched).contains_key(&m.publication.room) {
+        // No local member (a room is watched from its first local join, under the hub's
+        // lock): pattern mode receives every room's messages, rooms mode only those of a
+        // left room whose channel still lingers. Counted, to show what each mode costs.
+        BusStats::incr(&inner.stats.unwanted_room_messages);
+    }
     let Some(offset) = m.publication.offset else {
         // volatile or emitter message: no order to keep, and it moves nothing
         deliver_room(delivery, m);

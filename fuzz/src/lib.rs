@@ -3,7 +3,8 @@
 
 use roomcast_gateway::sse::{parse_last_event_id, parse_positions, parse_rooms, SseParamError};
 use roomcast_protocol::{
-    BusMessage, ClientMessage, Encoding, Envelope, ErrorCode, ServerMessage, ENVELOPE_VERSION,
+    close, BusMessage, ClientMessage, Encoding, Envelope, ErrorCode, ServerMessage,
+    ENVELOPE_VERSION,
 };
 
 /// Decodes a client frame as a node does; checks what the node would answer.
@@ -87,18 +88,28 @@ pub fn bus_envelope(data: &[u8]) -> Option<Envelope> {
             Some(env)
         }
         Err(e) => {
-            assert_eq!(e.code, ErrorCode::InvalidMessage);
+            assert!(matches!(
+                e.code,
+                ErrorCode::InvalidMessage | ErrorCode::TooLarge
+            ));
             assert!(e.id.is_none());
             None
         }
     }
 }
 
-/// A control message (`disconnect`), decoded, and one built from the input's bytes.
+/// A control message (`disconnect`) decoded and judged as a node's subscriber does, and
+/// one built from the input's bytes.
 pub fn control_message(data: &[u8]) {
     if let Some(env) = bus_envelope(data) {
-        if let BusMessage::Disconnect { user, code } = &env.msg {
-            let _ = (user.as_str(), code);
+        if let BusMessage::Disconnect { code, .. } = &env.msg {
+            // What a node accepts from the control channel is a code it may send.
+            if close::valid_for_disconnect(*code) {
+                assert!(
+                    close::sendable(*code),
+                    "disconnect code {code} is not sendable"
+                );
+            }
         }
     }
     // Structure-aware half: a disconnect of any valid user with any code survives the bus.

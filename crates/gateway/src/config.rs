@@ -25,7 +25,7 @@ pub enum RoomPolicy {
     Deny,
 }
 
-/// How a node listens to the bus (PROTOCOL.md section 6b).
+/// How a node listens to the bus (docs/protocol.md section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BusSubscribe {
     /// One pattern subscription per kind: every node receives every message.

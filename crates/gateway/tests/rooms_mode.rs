@@ -1,4 +1,4 @@
-//! `--bus-subscribe rooms` (PROTOCOL.md section 6b) on two nodes sharing a real
+//! `--bus-subscribe rooms` (docs/protocol.md section 6) on two nodes sharing a real
 //! redis-server: a node receives only what it delivers, follows its members in and out
 //! of rooms, and does not thrash Redis when they churn.
 

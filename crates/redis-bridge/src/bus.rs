@@ -32,7 +32,7 @@ pub struct BusConfig {
     /// whatever the client library had queued for it, and re-synchronised from the rooms'
     /// history. Zero: never.
     pub max_lag: Duration,
-    /// How the node listens to the room and user channels (PROTOCOL.md section 6b).
+    /// How the node listens to the room and user channels (docs/protocol.md section 6).
     pub subscribe: SubscribeMode,
     /// Rooms mode: how long a channel stays subscribed after its last local member left,
     /// so that a member who leaves and comes back within it costs no command.
@@ -316,7 +316,7 @@ pub trait Bus: Send + Sync + 'static {
     /// Waits until this node receives `room`'s messages from the bus: in rooms mode, until
     /// the subscription to its channel is confirmed; otherwise at once. A join calls it
     /// after its member is registered (`watch_room`) and before it reads history, so that
-    /// nothing published in between is missed (the no-gap rule of PROTOCOL.md section 3).
+    /// nothing published in between is missed (the no-gap rule of docs/protocol.md section 3).
     async fn room_ready(&self, _room: &RoomName) -> Result<(), BusError> {
         Ok(())
     }

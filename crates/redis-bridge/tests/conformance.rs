@@ -18,7 +18,7 @@ enum Kind {
     Memory,
     /// One Redis, pattern subscriptions (the default).
     Redis,
-    /// One Redis, a subscription per watched room and user (PROTOCOL.md section 6b).
+    /// One Redis, a subscription per watched room and user (docs/protocol.md section 6).
     RedisRooms,
 }
 

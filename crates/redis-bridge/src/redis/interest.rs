@@ -1,5 +1,5 @@
 //! What a node in rooms mode listens to: the channels of the rooms and users it holds
-//! locally (PROTOCOL.md section 6b). The hub says what it wants (`want` / `unwant`, cheap
+//! locally (docs/protocol.md section 6). The hub says what it wants (`want` / `unwant`, cheap
 //! and synchronous, under its own lock); the subscriber task, which owns the pub/sub
 //! connection, turns the difference between what is wanted and what is subscribed into
 //! SUBSCRIBE and UNSUBSCRIBE commands, many channels per command, and tells joins

@@ -246,13 +246,62 @@ pub struct DisconnectBody {
     user: UserId,
 }
 
+/// Decodes an API body (`what`: publish, send, disconnect). A refusal names the first
+/// field that is missing or has the wrong shape, in the words of docs/protocol.md (the
+/// decoder's own message names no field for a wrong type).
+fn body<T: for<'de> Deserialize<'de>>(what: &str, v: &Value) -> Result<T, ApiError> {
+    T::deserialize(v)
+        .map_err(|e| ApiError::bad(body_problem(what, v).unwrap_or_else(|| format!("{what}: {e}"))))
+}
+
+fn body_problem(what: &str, v: &Value) -> Option<String> {
+    const ROOM: &str = "a room name (a string of 1 to 128 bytes: letters, digits and _-:.@/=+#~!$)";
+    const USER: &str = "a user id (a string of 1 to 128 bytes, no control characters)";
+    const EVENT: &str = "an event name (a string of 1 to 64 bytes, no control characters)";
+    const ID: &str = "a string (an idempotency key)";
+    const FLAG: &str = "true or false";
+    let Some(m) = v.as_object() else {
+        return Some(format!("{what}: the body must be a JSON object"));
+    };
+    // (field, expected shape, required)
+    let fields: &[(&str, &str, bool)] = match what {
+        "publish" => &[
+            ("room", ROOM, true),
+            ("event", EVENT, true),
+            ("volatile", FLAG, false),
+            ("id", ID, false),
+        ],
+        "send" => &[
+            ("user", USER, true),
+            ("event", EVENT, true),
+            ("id", ID, false),
+        ],
+        "disconnect" => &[("user", USER, true)],
+        _ => &[],
+    };
+    for &(field, expected, required) in fields {
+        let why = match (m.get(field), expected) {
+            (None, _) if required => Some("missing".to_string()),
+            (None, _) | (Some(Value::Null), ID) => None,
+            (Some(Value::Bool(_)), FLAG) | (Some(Value::String(_)), ID) => None,
+            (Some(Value::String(s)), ROOM) => RoomName::new(s).err().map(|e| e.to_string()),
+            (Some(Value::String(s)), USER) => UserId::new(s).err().map(|e| e.to_string()),
+            (Some(Value::String(s)), EVENT) => EventName::new(s).err().map(|e| e.to_string()),
+            (Some(_), _) => Some("wrong type".to_string()),
+        };
+        if let Some(why) = why {
+            return Some(format!("{field}: {why}; expected {expected}"));
+        }
+    }
+    None
+}
+
 fn server_user() -> UserId {
     UserId::new(SERVER_USER).unwrap_or_else(|_| unreachable!("\"server\" is a valid user id"))
 }
 
 async fn publish_one(node: &Node, v: Value) -> Result<Value, ApiError> {
-    let b: PublishBody =
-        serde_json::from_value(v).map_err(|e| ApiError::bad(format!("publish: {e}")))?;
+    let b: PublishBody = body("publish", &v)?;
     let size = serde_json::to_vec(&b.data).map(|v| v.len()).unwrap_or(0);
     if size > node.cfg.max_message_size {
         return Err(ApiError(
@@ -305,8 +354,7 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
             }
         }
         (Method::POST, "/api/send") => {
-            let b: SendBody = serde_json::from_value(read_json(node, req).await?)
-                .map_err(|e| ApiError::bad(format!("send: {e}")))?;
+            let b: SendBody = body("send", &read_json(node, req).await?)?;
             let req = SendRequest {
                 to: b.user,
                 message: roomcast_protocol::DirectMessage {
@@ -325,8 +373,7 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
             Ok(json(StatusCode::OK, &json!({})))
         }
         (Method::POST, "/api/disconnect") => {
-            let b: DisconnectBody = serde_json::from_value(read_json(node, req).await?)
-                .map_err(|e| ApiError::bad(format!("disconnect: {e}")))?;
+            let b: DisconnectBody = body("disconnect", &read_json(node, req).await?)?;
             node.bus
                 .disconnect_user(&b.user, close::INVALID_TOKEN)
                 .await?;

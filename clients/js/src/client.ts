@@ -127,6 +127,8 @@ interface Pending {
   sent: boolean;
   firstSentAt?: number;
   timer?: ReturnType<typeof setTimeout>;
+  /** Called when settled, before the promise's callbacks run. */
+  onSettle?: (result: Error | ServerMessage) => void;
   resolve(v: unknown): void;
   reject(e: Error): void;
 }
@@ -175,6 +177,8 @@ export function httpBaseFromWsUrl(url: string): string {
 
 const THROTTLE_CODES = new Set<number>([CloseCodes.POLICY_VIOLATION, CloseCodes.RATE_LIMIT_ABUSED, CloseCodes.TRY_AGAIN_LATER]);
 const HEARTBEAT_TIMEOUT = 4000;
+/** How long `disconnect()` waits for the socket's close event before reporting 1006. */
+const CLOSE_CONFIRM_MS = 3000;
 
 /**
  * A roomcast client. `D` types direct messages (`send` / the `direct` event): a map of event names to data.
@@ -219,6 +223,8 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
   private unsubscribeNetwork?: () => void;
   private offline = false;
   private directHandlers = new Map<string, Set<(data: any, msg: any) => void>>();
+  /** The `disconnected` report of a `disconnect()` waiting for the socket's close event. */
+  private clientClose?: { report: (code: number, reason: string) => void; timer: ReturnType<typeof setTimeout> };
 
   constructor(options: ClientOptions) {
     super();
@@ -263,6 +269,7 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
   /** Start connecting (no-op when already connecting or connected). */
   connect(): void {
     if (this._state === 'connecting' || this._state === 'connected' || this._state === 'reconnecting') return;
+    this.settleClientClose(); // the last disconnect() is reported before this connection's events
     this.attempt = 0;
     this.tokenRetried = false;
     if (this.network && !this.unsubscribeNetwork) {
@@ -279,18 +286,47 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
     this.openTransport();
   }
 
-  /** Close the connection and stop reconnecting; pending requests are rejected. Rooms are kept for a later `connect()`. */
+  /**
+   * Close the connection and stop reconnecting; pending requests are rejected. Rooms are kept for a later `connect()`.
+   * The state is `disconnected` at once; the `disconnected` event follows with how the connection really
+   * ended: the code and reason of the socket's close event (1000 when the server answered our Close frame;
+   * whatever it sent first, e.g. 1001, if it was already closing), 1000 without a connection or over the
+   * HTTP fallback, or 1006 (`close not confirmed`) when the socket reports no close within 3 s or before
+   * the next `connect()`.
+   */
   disconnect(): void {
     this.clearReconnect();
     this.unsubscribeNetwork?.();
     this.unsubscribeNetwork = undefined;
+    this.settleClientClose(); // an earlier disconnect() not confirmed yet
     const had = !!this.transport || this._state !== 'disconnected';
-    this.teardownTransport(1000, 'client disconnect');
+    const hadTransport = !!this.transport;
+    if (hadTransport) {
+      let reported = false;
+      const report = (code: number, reason: string) => {
+        if (reported) return;
+        reported = true;
+        if (this.clientClose?.report === report) {
+          clearTimeout(this.clientClose.timer);
+          this.clientClose = undefined;
+        }
+        this.emit('disconnected', { code, reason: reason || describeCloseCode(code), willReconnect: false });
+      };
+      this.clientClose = { report, timer: setTimeout(() => this.settleClientClose(), CLOSE_CONFIRM_MS) };
+      this.teardownTransport(1000, 'client disconnect', report);
+    } else {
+      this.teardownTransport(1000, 'client disconnect');
+    }
     this.rejectAll('disconnected', 'client disconnected');
     if (had) {
       this.setState('disconnected');
-      this.emit('disconnected', { code: 1000, reason: 'client disconnect', willReconnect: false });
+      if (!hadTransport) this.emit('disconnected', { code: 1000, reason: 'client disconnect', willReconnect: false });
     }
+  }
+
+  /** A client close the socket has not confirmed: report it now as not confirmed (1006). */
+  private settleClientClose(): void {
+    this.clientClose?.report(CloseCodes.ABNORMAL, 'client disconnect: close not confirmed');
   }
 
   /** Join a room (or get the room already joined); it is re-joined after every reconnect until `leave()`. */
@@ -386,7 +422,19 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
     const cmd: PublishCmd & { id: string } = { type: 'publish', room: room.name, event, data, id };
     if (opts.echo) cmd.echo = true;
     if (opts.volatile) cmd.volatile = true;
-    return this.request(cmd, { outbox: !opts.volatile, room: room.name, timeoutMs: opts.timeoutMs }).then(
+    // Without echo the server does not send our message back: the room must know its offset
+    // (from the ack), or the next live offset would look like a gap.
+    const track =
+      opts.echo || opts.volatile
+        ? undefined
+        : {
+            start: () => room._ownPublishStarted(),
+            settle: (r: Error | ServerMessage) => {
+              const offset = !(r instanceof Error) && r.type === 'ack' ? r.offset : undefined;
+              room._ownPublishSettled(typeof offset === 'number' ? offset : undefined);
+            },
+          };
+    return this.request(cmd, { outbox: !opts.volatile, room: room.name, timeoutMs: opts.timeoutMs, ...(track ? { track } : {}) }).then(
       (reply) => {
         const ack = reply as { offset?: number };
         return ack.offset === undefined ? { id } : { id, offset: ack.offset };
@@ -410,7 +458,13 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
 
   private request(
     cmd: ClientMessage & { id: string },
-    o: { outbox: boolean; room?: string; timeoutMs?: number | undefined },
+    o: {
+      outbox: boolean;
+      room?: string;
+      timeoutMs?: number | undefined;
+      /** Told synchronously once the request is made (not refused at once) and when it settles. */
+      track?: { start(): void; settle(result: Error | ServerMessage): void };
+    },
   ): Promise<unknown> {
     return new Promise((resolve, reject) => {
       if (o.outbox) {
@@ -436,6 +490,10 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
         reject,
       };
       if (o.room !== undefined) p.room = o.room;
+      if (o.track) {
+        o.track.start();
+        p.onSettle = o.track.settle;
+      }
       this.pending.set(p.id, p);
       if (o.outbox) this.outboxCount++;
       if (this.canSend(p)) this.transmit(p);
@@ -468,6 +526,7 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
     this.pending.delete(p.id);
     if (p.outbox) this.outboxCount--;
     if (p.timer) clearTimeout(p.timer);
+    p.onSettle?.(result);
     if (result instanceof Error) p.reject(result);
     else if (result.type === 'error') p.reject(new RoomcastError(result.code, result.message, p.id));
     else p.resolve(result);
@@ -781,14 +840,14 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
     this.rejectAll('closed', `connection closed: ${reason}`);
   }
 
-  private teardownTransport(code = 1000, reason = ''): void {
+  private teardownTransport(code = 1000, reason = '', onClosed?: (code: number, reason: string) => void): void {
     this.stopHeartbeat();
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
     this.refreshTimer = undefined;
     const t = this.transport;
     this.transport = undefined;
     this._welcome = undefined;
-    t?.close(code, reason);
+    t?.close(code, reason, onClosed);
   }
 
   private clearReconnect(): void {

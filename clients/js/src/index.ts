@@ -13,6 +13,7 @@ export type {
 export { Room } from './room.js';
 export type {
   EventMap,
+  GapEvent,
   JoinOptions,
   JoinedEvent,
   PublishAck,

@@ -55,10 +55,26 @@ export interface RecoveryFailedEvent<E extends EventMap = EventMap> {
   messages: RoomMessageOf<E>[];
 }
 
+/**
+ * A live message skipped offsets: the client holds it back, re-joins the room with `since` (the
+ * last offset delivered and its epoch) and delivers what the server replays, in order, before
+ * it. The node repairs its own gaps first; this is the client's second line of defence.
+ */
+export interface GapEvent {
+  room: string;
+  epoch?: string | number;
+  /** The last offset delivered. */
+  lastOffset: number;
+  /** The offset that arrived instead of `lastOffset + 1`. */
+  offset: number;
+}
+
 export type RoomEvents<E extends EventMap> = {
   message: [RoomMessageOf<E>];
   joined: [JoinedEvent<E>];
   recovery_failed: [RecoveryFailedEvent<E>];
+  /** A gap in the live offsets: the room is being re-joined with `since` (a `joined` follows). */
+  gap: [GapEvent];
   member_joined: [{ room: string; user: string }];
   member_left: [{ room: string; user: string }];
   members: [Member[]];
@@ -95,6 +111,15 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
   /** Fallback transport: the next offset-bearing message is the first of a fresh stream. */
   private freshStream = false;
   private lastJoined?: JoinedEvent<E>;
+  /**
+   * Offsets of this client's own publishes acked without `echo`: the server does not send them
+   * back, so the live offsets skip them without a gap.
+   */
+  private ownOffsets = new Set<number>();
+  /** Own publishes (without echo) not acked yet: their offsets are unknown. */
+  private ownInFlight = 0;
+  /** Live messages held while a possible gap may be an own publish whose ack has not come. */
+  private held: RoomMessage[] = [];
   /** @internal */
   joinId?: string;
 
@@ -206,6 +231,7 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
   _disconnected(): void {
     if (this._state === 'left') return;
     this.buffer = [];
+    this.held = [];
     this._setState('joining');
   }
 
@@ -218,11 +244,16 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
     const epochChanged =
       previousEpoch !== undefined && msg.epoch !== undefined && String(previousEpoch) !== String(msg.epoch);
     // A new epoch numbers offsets afresh: the old floor means nothing any more.
-    if (epochChanged) this.lastOffset = undefined;
+    if (epochChanged) {
+      this.lastOffset = undefined;
+      this.ownOffsets.clear();
+    }
     if (msg.epoch !== undefined) this._epoch = msg.epoch;
     this.freshStream = synthetic;
     const history = (msg.messages ?? []).map((m) => ({ ...m, room: m.room ?? this.name }));
-    const withOffset = [...history, ...this.buffer]
+    // Over the event stream (synthetic), the reopened stream replays everything after the
+    // position it resumes from: what was held back from the old stream comes again.
+    const withOffset = [...history, ...(synthetic ? [] : this.buffer)]
       .filter((m) => typeof m.offset === 'number')
       .sort((a, b) => a.offset! - b.offset!);
     const volatile = this.buffer.filter((m) => typeof m.offset !== 'number');
@@ -262,10 +293,66 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
       if (this.buffer.length < MAX_BUFFER) this.buffer.push(msg);
       return;
     }
+    if (this._state === 'joined') {
+      if (this.held.length > 0) {
+        this.held.push(msg);
+        return;
+      }
+      if (this.skipsAhead(msg)) {
+        // The missing offsets may be our own publish, acked any moment now: wait for its ack.
+        if (this.ownInFlight > 0) this.held.push(msg);
+        else this.repairGap(msg);
+        return;
+      }
+    }
     this._deliver(msg);
   }
 
+  /**
+   * A live message whose offset is above the next one expected, our own publishes (which the
+   * server does not send back) counted as seen. The first of a fresh event stream may be anything.
+   */
+  private skipsAhead(msg: RoomMessage): boolean {
+    if (typeof msg.offset !== 'number' || this.freshStream || this.lastOffset === undefined) return false;
+    let next = this.lastOffset + 1;
+    while (this.ownOffsets.has(next)) next++;
+    return msg.offset > next;
+  }
+
+  /** An own publish without echo was made (its ack will say its offset). @internal */
+  _ownPublishStarted(): void {
+    this.ownInFlight++;
+  }
+
+  /** An own publish without echo was acked (with its offset) or failed. @internal */
+  _ownPublishSettled(offset?: number): void {
+    this.ownInFlight = Math.max(0, this.ownInFlight - 1);
+    if (offset !== undefined && (this.lastOffset === undefined || offset > this.lastOffset)) this.ownOffsets.add(offset);
+    if (this.ownInFlight > 0 || this.held.length === 0) return;
+    const held = this.held;
+    this.held = [];
+    for (const m of held) this._handleMessage(m);
+  }
+
+  /** Hold the message back and re-join with `since`: `_handleJoined` merges the replay with it, by offset. */
+  private repairGap(msg: RoomMessage): void {
+    const ev: GapEvent = { room: this.name, lastOffset: this.lastOffset!, offset: msg.offset! };
+    if (this._epoch !== undefined) ev.epoch = this._epoch;
+    this.buffer = [msg, ...this.held];
+    this.held = [];
+    this._setState('joining');
+    this.emit('gap', ev);
+    if (this._state !== 'joining') return; // the app left the room in its handler
+    this.host._roomJoinNeeded(this);
+  }
+
   private _deliver(msg: RoomMessage): void {
+    if (typeof msg.offset === 'number' && this.ownOffsets.has(msg.offset)) {
+      // Our own publish, replayed by a re-join: it was never delivered live (no echo), nor is it now.
+      this.ownOffsets.delete(msg.offset);
+      if (this.lastOffset === undefined || msg.offset > this.lastOffset) this.lastOffset = msg.offset;
+      return;
+    }
     if (typeof msg.offset === 'number') {
       if (this.lastOffset !== undefined && msg.offset <= this.lastOffset) {
         if (!this.freshStream) return; // duplicate
@@ -273,6 +360,7 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
         // room's history was lost (new epoch), which the stream cannot say otherwise.
         const lastOffset = this.lastOffset;
         this.lastOffset = undefined;
+        this.ownOffsets.clear();
         this.freshStream = false;
         const ev: RecoveryFailedEvent<E> = { room: this.name, epoch: this._epoch ?? 0, lastOffset, messages: [] };
         if (this._epoch !== undefined) ev.previousEpoch = this._epoch;
@@ -280,6 +368,8 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
       }
       this.freshStream = false;
       this.lastOffset = msg.offset;
+      // Own offsets below this one were skipped for good: forget them.
+      for (const o of this.ownOffsets) if (o < msg.offset) this.ownOffsets.delete(o);
     }
     const { type: _t, ...rest } = msg as RoomMessage & { type?: string };
     const clean = rest as RoomMessageOf<E>;

@@ -38,11 +38,19 @@ export interface TransportHandlers {
   onError(err: unknown): void;
 }
 
+/** Told how a transport closed by `close()` really ended: the code and reason of the close. */
+export type ClosedCallback = (code: number, reason: string) => void;
+
 export interface Transport {
   readonly kind: 'websocket' | 'http';
   send(msg: ClientMessage): void;
-  /** Close without calling `onClose`. */
-  close(code?: number, reason?: string): void;
+  /**
+   * Close without calling `onClose`. `onClosed`, when given, is called once with what the
+   * close really was (WebSocket: the close event's code and reason, such as the server's answer
+   * to our Close frame, 1006 when the connection died first; HTTP: 1000, the stream has no code),
+   * never synchronously. It may never be called when the socket never reports its close.
+   */
+  close(code?: number, reason?: string, onClosed?: ClosedCallback): void;
 }
 
 /** roomcast over one WebSocket. */
@@ -93,10 +101,17 @@ export class WebSocketTransport implements Transport {
     this.ws.send(this.codec.encode(msg));
   }
 
-  close(code = 1000, reason = ''): void {
+  close(code = 1000, reason = '', onClosed?: ClosedCallback): void {
     if (this.done) return;
     this.done = true;
-    this.ws.onopen = this.ws.onmessage = this.ws.onclose = null;
+    this.ws.onopen = this.ws.onmessage = null;
+    // Keep listening for the close event: it says how the connection really ended.
+    this.ws.onclose = onClosed
+      ? (ev) => {
+          this.ws.onclose = null;
+          onClosed(ev?.code ?? 1006, ev?.reason ?? '');
+        }
+      : null;
     try {
       // Browsers accept only 1000 and 3000-4999 from a client.
       const c = code === 1000 || (code >= 3000 && code <= 4999) ? code : 1000;
@@ -296,7 +311,7 @@ export class HttpTransport implements Transport {
     this.o.handlers.onClose(code, reason);
   }
 
-  close(): void {
+  close(_code?: number, reason = '', onClosed?: ClosedCallback): void {
     if (this.done) return;
     this.done = true;
     if (this.es) {
@@ -305,5 +320,7 @@ export class HttpTransport implements Transport {
       this.es = undefined;
     }
     this.queue = [];
+    // An event stream closed by the client ends at once and has no close code: a normal closure.
+    if (onClosed) queueMicrotask(() => onClosed(1000, reason));
   }
 }

@@ -34,9 +34,9 @@ describe('rooms', () => {
     ws.receive({ type: 'joined', room: 'lobby', offset: 0, epoch: 'e1', recovered: false, messages: [] });
     const got: (number | undefined)[] = [];
     room.on('message', (m) => got.push(m.offset));
-    for (const o of [1, 2, 2, 1, 3, 3, 5, 4, 6]) ws.receive(msg('lobby', o));
+    for (const o of [1, 2, 2, 1, 3, 3, 4, 2, 5]) ws.receive(msg('lobby', o));
     ws.receive(msg('lobby', undefined, 'typing')); // volatile: no offset, always delivered
-    expect(got).toEqual([1, 2, 3, 5, 6, undefined]);
+    expect(got).toEqual([1, 2, 3, 4, 5, undefined]); // (a gap above the last is in gap.test.ts)
     client.disconnect();
   });
 

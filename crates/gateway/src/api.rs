@@ -284,9 +284,9 @@ fn body_problem(what: &str, v: &Value) -> Option<String> {
             (None, _) if required => Some("missing".to_string()),
             (None, _) | (Some(Value::Null), ID) => None,
             (Some(Value::Bool(_)), FLAG) | (Some(Value::String(_)), ID) => None,
-            (Some(Value::String(s)), ROOM) => RoomName::new(s).err().map(|e| e.to_string()),
-            (Some(Value::String(s)), USER) => UserId::new(s).err().map(|e| e.to_string()),
-            (Some(Value::String(s)), EVENT) => EventName::new(s).err().map(|e| e.to_string()),
+            (Some(Value::String(s)), ROOM) => RoomName::new(s).err().map(name_problem),
+            (Some(Value::String(s)), USER) => UserId::new(s).err().map(name_problem),
+            (Some(Value::String(s)), EVENT) => EventName::new(s).err().map(name_problem),
             (Some(_), _) => Some("wrong type".to_string()),
         };
         if let Some(why) = why {
@@ -294,6 +294,16 @@ fn body_problem(what: &str, v: &Value) -> Option<String> {
         }
     }
     None
+}
+
+/// A name's problem in the words the client decoder uses (the field is named before it).
+fn name_problem(e: roomcast_protocol::NameError) -> String {
+    use roomcast_protocol::NameError;
+    match e {
+        NameError::Empty(_) => "must not be empty".to_string(),
+        NameError::TooLong(_, n) => format!("is longer than {n} bytes"),
+        NameError::BadChar(_, c) => format!("contains a character that is not allowed: {c:?}"),
+    }
 }
 
 fn server_user() -> UserId {

@@ -321,6 +321,33 @@ async function main() {
     await c.context().close();
   });
 
+  await step('a user who connected without a name shows as guest-<4 chars>, not a hex id', async () => {
+    const { default: WebSocket } = await import('ws');
+    const sock = new WebSocket(wsA ?? wsOf(baseA));
+    try {
+      const welcome = await withTimeout(
+        new Promise((res, rej) => {
+          sock.once('message', (d) => res(JSON.parse(String(d))));
+          sock.once('error', rej);
+        }),
+        STEP_TIMEOUT,
+        'welcome',
+      );
+      if (welcome.type !== 'welcome' || typeof welcome.user !== 'string') throw new Error(`no welcome: ${JSON.stringify(welcome)}`);
+      sock.send(JSON.stringify({ type: 'join', room, id: 'guest-join' }));
+      const label = `guest-${welcome.user.slice(0, 4)}`;
+      await a.waitForFunction(
+        (l) => [...document.querySelectorAll('#members li')].some((e) => e.textContent === l),
+        label,
+        { timeout: STEP_TIMEOUT, polling: 100 },
+      );
+      const shown = await a.evaluate(() => [...document.querySelectorAll('#members li')].map((e) => e.textContent));
+      log(`members on page A: ${shown.join(', ')}`);
+    } finally {
+      sock.close();
+    }
+  });
+
   await a.screenshot({ path: join(artifacts, 'demo-alice.png') });
   await b.screenshot({ path: join(artifacts, 'demo-bob.png') });
 

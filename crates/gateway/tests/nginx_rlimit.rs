@@ -73,8 +73,8 @@ exec "$nginx" -p {d} -c {d}/nginx.conf -e {d}/error.log -g 'daemon off;'"#,
     let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
     // A graceful stop (SIGQUIT), awaited.
     let pid = nginx.id().expect("nginx runs");
-    let _ = std::process::Command::new("kill")
-        .args(["-QUIT", &pid.to_string()])
+    let _ = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -QUIT {pid}")])
         .status();
     let _ = tokio::time::timeout(WAIT, nginx.wait()).await;
     node.stop().await;

@@ -92,8 +92,9 @@ impl Running {
     /// SIGTERM (the signal of `docker stop` and systemd).
     fn terminate(&self) {
         let pid = self.child.id().expect("still running");
-        let st = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+        // The shell's own kill: no procps needed.
+        let st = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
             .status()
             .expect("run kill");
         assert!(st.success(), "kill -TERM {pid}");

@@ -754,17 +754,11 @@ where
         }
         // Rooms mode: the room's channel must be subscribed before history is read, or a
         // message published in between would be in neither (the no-gap rule).
-        if let Err(e) = node.bus.room_ready(&room).await {
-            if !rejoin {
-                node.hub.leave(&room, &self.conn_id);
-                let _ = node
-                    .bus
-                    .presence_leave(&room, &active.who.user, &self.conn_id)
-                    .await;
-            }
-            return commands::bus_error(&e, id);
-        }
-        match node.bus.history(&room, HistoryQuery { since, limit }).await {
+        let read = match node.bus.room_ready(&room).await {
+            Ok(()) => node.bus.history(&room, HistoryQuery { since, limit }).await,
+            Err(e) => Err(e),
+        };
+        match read {
             Ok(h) => {
                 active.rooms.raise(&room, h.offset);
                 ServerMessage::Joined {
@@ -777,6 +771,7 @@ where
                 }
             }
             Err(e) => {
+                // A first join that cannot be answered is undone (live delivery, presence).
                 if !rejoin {
                     node.hub.leave(&room, &self.conn_id);
                     let _ = node

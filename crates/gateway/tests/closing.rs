@@ -327,9 +327,11 @@ async fn reads_to_the_end(c: &mut Client) -> bool {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
-    // The queue is large enough never to overflow here: only time can find the client.
+/// A node with a tiny send buffer and these queue and time limits; a client of it joins
+/// room `big` and stops reading, a publisher floods the room until the client is gone from
+/// presence, then the client reads what it got: the node must have closed it. Returns the
+/// node (for its metrics).
+async fn stall_one_client(write_timeout: &str, queue: &str) -> TestNode {
     let node = TestNode::start(&[
         "--jwt-secret",
         SECRET,
@@ -338,11 +340,11 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
         "--rate-burst",
         "100000",
         "--write-timeout",
-        "1",
+        write_timeout,
         "--send-buffer",
         "4096",
         "--outbound-queue",
-        "100000",
+        queue,
     ])
     .await;
     let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
@@ -363,6 +365,13 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
         reads_to_the_end(&mut stalled).await,
         "and its connection was closed"
     );
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
+    // The queue is large enough never to overflow here: only time can find the client.
+    let node = stall_one_client("1", "100000").await;
     let (_, metrics) = http(node.addr, "GET", "/metrics", &[], "").await;
     assert!(
         metrics
@@ -377,40 +386,7 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
 async fn a_kick_ends_a_session_blocked_on_a_full_socket() {
     // The write timeout is an hour: only the queue overflow's kick (4008) can end the
     // session, and it must, although the session waits in a write that cannot finish.
-    let node = TestNode::start(&[
-        "--jwt-secret",
-        SECRET,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-        "--write-timeout",
-        "3600",
-        "--send-buffer",
-        "4096",
-        "--outbound-queue",
-        "8",
-    ])
-    .await;
-    let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
-    let mut stalled = Client::connect(&url("stalled")).await;
-    stalled.recv().await;
-    stalled.join("big").await;
-    let (mut publisher, mut watcher) = (
-        Client::connect(&url("pub")).await,
-        Client::connect(&url("watch")).await,
-    );
-    publisher.recv().await;
-    watcher.recv().await;
-    assert!(
-        flood_until_gone(&mut publisher, &mut watcher, "big", "stalled").await,
-        "the kicked client left presence"
-    );
-    assert!(
-        reads_to_the_end(&mut stalled).await,
-        "and its connection was closed"
-    );
-    node.stop().await;
+    stall_one_client("3600", "8").await.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

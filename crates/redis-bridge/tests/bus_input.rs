@@ -7,38 +7,10 @@
 mod support;
 
 use roomcast_protocol::{BusMessage, Envelope, EventName};
-use roomcast_redis_bridge::{Bus, BusConfig, BusEvent, PublishRequest, RedisBus};
+use roomcast_redis_bridge::{Bus, BusEvent};
 use serde_json::json;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use support::*;
-
-struct Node {
-    bus: Arc<RedisBus>,
-    events: Events,
-}
-
-async fn node(server: &RedisServer, cfg: BusConfig) -> Node {
-    let (delivery, mut events) = collector();
-    let bus = RedisBus::connect(&server.url(), cfg)
-        .await
-        .expect("connect");
-    bus.start(delivery).await.expect("start");
-    assert!(events.state().await);
-    Node {
-        bus: Arc::new(bus),
-        events,
-    }
-}
-
-fn req(room: &str, data: serde_json::Value) -> PublishRequest {
-    PublishRequest {
-        publication: publication(room, "alice", data),
-        volatile: false,
-        idempotency_key: None,
-        skip: None,
-    }
-}
 
 /// A room message envelope as an emitter (or an attacker) would write it.
 fn forged(room_name: &str, offset: Option<u64>, epoch: Option<&str>) -> Vec<u8> {

@@ -7,38 +7,10 @@
 mod support;
 
 use roomcast_protocol::StreamPosition;
-use roomcast_redis_bridge::{Bus, BusConfig, BusEvent, HistoryQuery, PublishRequest, RedisBus};
+use roomcast_redis_bridge::{Bus, BusEvent, HistoryQuery};
 use serde_json::json;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use support::*;
-
-struct Node {
-    bus: Arc<RedisBus>,
-    events: Events,
-}
-
-async fn node(server: &RedisServer, cfg: BusConfig) -> Node {
-    let (delivery, mut events) = collector();
-    let bus = RedisBus::connect(&server.url(), cfg)
-        .await
-        .expect("connect");
-    bus.start(delivery).await.expect("start");
-    assert!(events.state().await);
-    Node {
-        bus: Arc::new(bus),
-        events,
-    }
-}
-
-fn req(room: &str, data: serde_json::Value) -> PublishRequest {
-    PublishRequest {
-        publication: publication(room, "alice", data),
-        volatile: false,
-        idempotency_key: None,
-        skip: None,
-    }
-}
 
 fn since(offset: u64, epoch: &str) -> HistoryQuery {
     HistoryQuery {

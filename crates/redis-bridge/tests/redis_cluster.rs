@@ -14,25 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
-/// A started node and its events.
-struct Node {
-    bus: Arc<RedisBus>,
-    events: Events,
-}
-
-async fn node(server: &RedisServer, cfg: BusConfig) -> Node {
-    let (delivery, mut events) = collector();
-    let bus = RedisBus::connect(&server.url(), cfg)
-        .await
-        .expect("connect");
-    bus.start(delivery).await.expect("start");
-    assert!(events.state().await);
-    Node {
-        bus: Arc::new(bus),
-        events,
-    }
-}
-
 fn req(room: &str, from: &str, data: serde_json::Value) -> PublishRequest {
     PublishRequest {
         publication: publication(room, from, data),

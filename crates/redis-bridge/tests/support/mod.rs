@@ -395,3 +395,34 @@ pub fn config(node: &str) -> BusConfig {
         ..BusConfig::default()
     }
 }
+
+/// A started Redis bus and its events: one node of a test cluster.
+pub struct Node {
+    pub bus: std::sync::Arc<roomcast_redis_bridge::RedisBus>,
+    pub events: Events,
+}
+
+/// Starts a node on `server` and waits until it reports itself up.
+pub async fn node(server: &RedisServer, cfg: BusConfig) -> Node {
+    use roomcast_redis_bridge::Bus;
+    let (delivery, mut events) = collector();
+    let bus = roomcast_redis_bridge::RedisBus::connect(&server.url(), cfg)
+        .await
+        .expect("connect");
+    bus.start(delivery).await.expect("start");
+    assert!(events.state().await);
+    Node {
+        bus: Arc::new(bus),
+        events,
+    }
+}
+
+/// A room publish of `data` by alice.
+pub fn req(room: &str, data: serde_json::Value) -> roomcast_redis_bridge::PublishRequest {
+    roomcast_redis_bridge::PublishRequest {
+        publication: publication(room, "alice", data),
+        volatile: false,
+        idempotency_key: None,
+        skip: None,
+    }
+}

@@ -41,7 +41,8 @@ RENDER_PROXY_TIMEOUT=${NGINX_PROXY_TIMEOUT:-120s}
 RENDER_CLIENT_SNDBUF=${NGINX_CLIENT_SNDBUF:-256k}
 # What this machine (or container) allows: a worker_rlimit_nofile above the hard limit
 # makes every worker log "[alert] setrlimit(RLIMIT_NOFILE, ...) failed".
-hard=$(ulimit -Hn 2>/dev/null || echo unlimited)
+# shellcheck disable=SC3045 # ulimit -H: dash, busybox ash and bash all have it
+hard=$(ulimit -H -n 2>/dev/null || echo unlimited)
 case $hard in ''|*[!0-9]*) hard=65536 ;; esac
 [ "$hard" -gt 65536 ] && hard=65536
 RENDER_WORKER_RLIMIT_NOFILE=${NGINX_WORKER_RLIMIT_NOFILE:-$hard}

@@ -128,6 +128,18 @@ impl<'de> Visitor<'de> for PeekVisitor {
     }
 }
 
+/// The deepest nesting of arrays and maps a MessagePack frame may have: what serde_json
+/// allows a JSON frame, so that whatever a MessagePack client may send a JSON client could
+/// have sent too (and a node's JSON reader can read it back).
+const MAX_MSGPACK_DEPTH: usize = 128;
+
+/// MessagePack decoding with the depth limit of JSON.
+fn from_msgpack<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_MSGPACK_DEPTH);
+    T::deserialize(&mut de)
+}
+
 impl Encoding {
     /// Both encodings, JSON first.
     pub const ALL: [Encoding; 2] = [Encoding::Json, Encoding::MsgPack];
@@ -187,7 +199,7 @@ impl Encoding {
                 Err(e) => format!("not valid JSON: {e}"),
                 Ok(_) => "a message is a JSON object with a string \"type\"".to_string(),
             },
-            Encoding::MsgPack => match rmp_serde::from_slice::<IgnoredAny>(bytes) {
+            Encoding::MsgPack => match from_msgpack::<IgnoredAny>(bytes) {
                 Err(e) => format!("not valid MessagePack: {e}"),
                 Ok(_) => "a message is a MessagePack map with a string \"type\"".to_string(),
             },
@@ -198,7 +210,7 @@ impl Encoding {
     fn explain_client(self, bytes: &[u8], kind: &str) -> Option<String> {
         let value: Option<serde_json::Value> = match self {
             Encoding::Json => serde_json::from_slice(bytes).ok(),
-            Encoding::MsgPack => rmp_serde::from_slice(bytes).ok(),
+            Encoding::MsgPack => from_msgpack(bytes).ok(),
         };
         match value {
             Some(serde_json::Value::Object(m)) => crate::client::explain_invalid(kind, &m),
@@ -219,7 +231,7 @@ impl Encoding {
     ) -> Result<T, DecodeError> {
         let full: Result<T, String> = match self {
             Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+            Encoding::MsgPack => from_msgpack(bytes).map_err(|e| e.to_string()),
         };
         let err = match full {
             Ok(v) => return Ok(v),
@@ -227,7 +239,7 @@ impl Encoding {
         };
         let peek: Option<Peek> = match self {
             Encoding::Json => serde_json::from_slice(bytes).ok(),
-            Encoding::MsgPack => rmp_serde::from_slice(bytes).ok(),
+            Encoding::MsgPack => from_msgpack(bytes).ok(),
         };
         let Some(peek) = peek else {
             return Err(DecodeError {
@@ -623,6 +635,34 @@ mod tests {
             .decode_client(&bytes)
             .expect_err("refused");
         assert_eq!((e.code, e.id), (ErrorCode::InvalidMessage, None));
+    }
+
+    /// Found by fuzzing: a publish nested deeper than JSON allows was accepted over
+    /// MessagePack, and could not be read back as JSON. Both encodings now draw the line
+    /// at the same depth.
+    #[test]
+    fn both_encodings_accept_the_same_nesting() {
+        let mut accepted = [0usize; 2];
+        for depth in 1..200 {
+            let mut data = json!(1);
+            for _ in 0..depth {
+                data = json!([data]);
+            }
+            let frame = json!({"type": "publish", "room": "r", "event": "e", "data": data});
+            let ok = Encoding::ALL.map(|enc| {
+                let bytes = enc.encode(&frame).expect("encodes");
+                enc.decode_client(&bytes).is_ok()
+            });
+            assert_eq!(
+                ok[0], ok[1],
+                "depth {depth}: json {} msgpack {}",
+                ok[0], ok[1]
+            );
+            for (n, ok) in accepted.iter_mut().zip(ok) {
+                *n += usize::from(ok);
+            }
+        }
+        assert!(accepted[0] > 100, "{accepted:?}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn round_trip_client(enc: Encoding, msg: &ClientMessage) {
     let bytes = enc.encode(msg).expect("a decoded message encodes");
     let back = enc
         .decode_client(&bytes)
-        .expect("an encoded message decodes");
+        .unwrap_or_else(|e| panic!("{enc:?}: an encoded message does not decode: {e:?}"));
     if &back != msg {
         // serde_json parses a float of 17 significant digits to within one unit in the
         // last place, not always exactly (it lacks the `float_roundtrip` feature), so

@@ -251,10 +251,12 @@ where
     /// The id of a request this session refuses before handling it, for the error reply.
     /// The frame is bounded by the hard frame cap, so decoding it for this is cheap enough.
     fn request_id(&self, bytes: &[u8]) -> Option<ReqId> {
-        self.encoding
-            .decode_client(bytes)
-            .ok()
-            .and_then(|m| m.id().cloned())
+        // A frame that does not decode whole may still carry a usable id (the decoder
+        // reads it apart), and its refusal must carry it too.
+        match self.encoding.decode_client(bytes) {
+            Ok(m) => m.id().cloned(),
+            Err(e) => e.id,
+        }
     }
 
     fn auth_failed(&self, e: &AuthError) -> End {

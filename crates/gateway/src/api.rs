@@ -399,10 +399,9 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
                 .map_err(|e| ApiError::bad(e.to_string()))?;
             match what {
                 "presence" => {
-                    let limit = crate::http::query_param(&req, "limit")
-                        .and_then(|l| l.parse().ok())
-                        .unwrap_or(commands::PRESENCE_LIMIT)
-                        as usize;
+                    let limit = commands::presence_limit(
+                        crate::http::query_param(&req, "limit").and_then(|l| l.parse().ok()),
+                    );
                     let p = node.bus.presence(&room, limit).await?;
                     Ok(json(
                         StatusCode::OK,

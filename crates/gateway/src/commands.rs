@@ -154,6 +154,12 @@ pub async fn send(
 /// The default and largest member list of a presence reply.
 pub const PRESENCE_LIMIT: u32 = 1000;
 
+/// The member list a presence request gets: what it asked for, at most
+/// [`PRESENCE_LIMIT`] (a larger one would make Redis read the whole room).
+pub fn presence_limit(asked: Option<u32>) -> usize {
+    asked.unwrap_or(PRESENCE_LIMIT).min(PRESENCE_LIMIT) as usize
+}
+
 /// A `presence` command.
 pub async fn presence(
     node: &Node,
@@ -172,8 +178,7 @@ pub async fn presence(
             id,
         );
     }
-    let limit = limit.unwrap_or(PRESENCE_LIMIT) as usize;
-    match node.bus.presence(&room, limit).await {
+    match node.bus.presence(&room, presence_limit(limit)).await {
         Ok(p) => ServerMessage::Presence {
             room,
             members: p.members,
@@ -212,5 +217,17 @@ pub async fn run(
         }
         ClientMessage::Ping { id } => Ok(Some(ServerMessage::Pong { id })),
         other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_presence_limit_is_capped() {
+        assert_eq!(presence_limit(None), 1000);
+        assert_eq!(presence_limit(Some(5)), 5);
+        assert_eq!(presence_limit(Some(4_000_000_000)), 1000);
     }
 }

@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// The dedupe map is not swept below this many keys.
+const DEDUPE_SWEEP_MIN: usize = 1024;
+
 /// The in-process bus. Every room has its own lock, held while its offset is assigned,
 /// its history appended and the message handed to the node, so that delivery order is
 /// offset order. The locks are std mutexes: nothing awaits while holding one.
@@ -17,6 +20,9 @@ pub struct MemoryBus {
     delivery: OnceLock<Arc<dyn Delivery>>,
     rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomLog>>>>,
     dedupe: Mutex<HashMap<String, (Instant, PublishResult)>>,
+    /// The dedupe map's size at which its expired keys are swept next (twice what was
+    /// left after the last sweep): bounded, at a constant cost per key amortised.
+    dedupe_sweep_at: std::sync::atomic::AtomicUsize,
     presence: Mutex<HashMap<RoomName, BTreeMap<UserId, HashSet<String>>>>,
     stats: BusStats,
     stop: CancellationToken,
@@ -60,6 +66,7 @@ impl MemoryBus {
             delivery: OnceLock::new(),
             rooms: Mutex::new(HashMap::new()),
             dedupe: Mutex::new(HashMap::new()),
+            dedupe_sweep_at: std::sync::atomic::AtomicUsize::new(DEDUPE_SWEEP_MIN),
             presence: Mutex::new(HashMap::new()),
             stats: BusStats::default(),
             stop: CancellationToken::new(),
@@ -98,8 +105,17 @@ impl MemoryBus {
     }
 
     fn dedupe_store(&self, key: &Option<String>, res: &PublishResult) {
-        if let Some(key) = key {
-            lock(&self.dedupe).insert(key.clone(), (Instant::now(), res.clone()));
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(key) = key else { return };
+        let now = Instant::now();
+        let mut d = lock(&self.dedupe);
+        d.insert(key.clone(), (now, res.clone()));
+        // Publishes and sends alike: expired keys go whenever the map has doubled.
+        if d.len() >= self.dedupe_sweep_at.load(Relaxed) {
+            let window = self.cfg.dedupe_window;
+            d.retain(|_, (at, _)| now.duration_since(*at) < window);
+            self.dedupe_sweep_at
+                .store((d.len() * 2).max(DEDUPE_SWEEP_MIN), Relaxed);
         }
     }
 
@@ -358,5 +374,34 @@ impl Bus for MemoryBus {
 
     async fn close(&self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod dedupe_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sends_alone_keep_the_dedupe_map_bounded() {
+        // Every key expires at once: however many sends, the map is swept as it grows.
+        let bus = MemoryBus::new(BusConfig {
+            dedupe_window: Duration::ZERO,
+            ..BusConfig::default()
+        });
+        let user = UserId::new("bob").expect("user");
+        for i in 0..10_000 {
+            let req = SendRequest {
+                to: user.clone(),
+                message: roomcast_protocol::DirectMessage {
+                    from: user.clone(),
+                    event: roomcast_protocol::EventName::new("e").expect("event"),
+                    data: serde_json::Value::Null,
+                    ts: 0,
+                },
+                idempotency_key: Some(format!("bob:{i}")),
+            };
+            bus.send(req).await.expect("send");
+        }
+        assert!(lock(&bus.dedupe).len() <= 2 * DEDUPE_SWEEP_MIN);
     }
 }

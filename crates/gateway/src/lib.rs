@@ -35,8 +35,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::Config as NodeConfig;
-
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

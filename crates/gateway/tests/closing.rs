@@ -289,7 +289,7 @@ async fn members(c: &mut Client, room: &str) -> Vec<String> {
     }
 }
 
-/// Publishes 1 KB messages into `room` until `stalled` is gone from its presence, in
+/// Publishes 8 KiB messages into `room` until `stalled` is gone from its presence, in
 /// bounded rounds; returns whether it went.
 async fn flood_until_gone(
     publisher: &mut Client,
@@ -297,8 +297,11 @@ async fn flood_until_gone(
     room: &str,
     stalled: &str,
 ) -> bool {
-    let data = "x".repeat(1024);
-    for round in 0..200 {
+    // 8 KiB messages, up to 1000 rounds (400 MB): the kernel compacts a stalled
+    // receiver's queue now and then, which lets a few more bytes in and restarts the
+    // write timeout; the flood goes on until the client is gone, not for a set time.
+    let data = "x".repeat(8192);
+    for round in 0..1000 {
         for i in 0..50 {
             publisher
                 .send(json!({"type": "publish", "room": room, "event": "e", "data": data, "volatile": false, "id": format!("m{round}-{i}")}))

@@ -240,12 +240,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Inner {
     /// Rooms mode: waits until `channel`'s subscription is confirmed (at most the
-    /// operation timeout); other modes: at once.
-    async fn channel_ready(&self, channel: String) -> Result<(), BusError> {
-        if self.cfg.subscribe != SubscribeMode::Rooms {
-            return Ok(());
-        }
-        let Some(confirmed) = self.interest.ready(&channel) else {
+    /// operation timeout).
+    async fn channel_ready(&self, channel: String, kind: interest::Kind) -> Result<(), BusError> {
+        let Some(confirmed) = self.interest.ready(&channel, kind) else {
             return Ok(());
         };
         match tokio::time::timeout(self.cfg.op_timeout, confirmed).await {
@@ -261,9 +258,7 @@ impl Inner {
 
     /// Rooms mode: sets the gauges of subscribed room and user channels.
     fn count_subscriptions(&self) {
-        let (rooms, users) = self
-            .interest
-            .counts(|c| matches!(self.keys.parse_channel(c), keys::Channel::Room(_)));
+        let (rooms, users) = self.interest.counts();
         self.stats.subscribed_rooms.store(rooms, Ordering::Relaxed);
         self.stats.subscribed_users.store(users, Ordering::Relaxed);
     }
@@ -598,7 +593,9 @@ impl Bus for RedisBus {
             }
         };
         if self.inner.cfg.subscribe == SubscribeMode::Rooms {
-            self.inner.interest.want(self.inner.keys.room_channel(room));
+            self.inner
+                .interest
+                .want(self.inner.keys.room_channel(room), interest::Kind::Room);
         }
         if new {
             // The subscriber reads the room's current offset as its baseline; if it is
@@ -617,20 +614,30 @@ impl Bus for RedisBus {
     }
 
     async fn room_ready(&self, room: &RoomName) -> Result<(), BusError> {
+        if self.inner.cfg.subscribe != SubscribeMode::Rooms {
+            return Ok(());
+        }
+        let channel = self.inner.keys.room_channel(room);
         self.inner
-            .channel_ready(self.inner.keys.room_channel(room))
+            .channel_ready(channel, interest::Kind::Room)
             .await
     }
 
     async fn user_ready(&self, user: &UserId) -> Result<(), BusError> {
+        if self.inner.cfg.subscribe != SubscribeMode::Rooms {
+            return Ok(());
+        }
+        let channel = self.inner.keys.user_channel(user);
         self.inner
-            .channel_ready(self.inner.keys.user_channel(user))
+            .channel_ready(channel, interest::Kind::User)
             .await
     }
 
     fn watch_user(&self, user: &UserId) {
         if self.inner.cfg.subscribe == SubscribeMode::Rooms {
-            self.inner.interest.want(self.inner.keys.user_channel(user));
+            self.inner
+                .interest
+                .want(self.inner.keys.user_channel(user), interest::Kind::User);
         }
     }
 

@@ -16,6 +16,23 @@ async fn metric(node: &TestNode, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Node `a` of `backend`, whose publisher may publish without pause.
+async fn publishing_node(backend: &Backend) -> TestNode {
+    backend
+        .node(
+            "a",
+            &[
+                "--auth",
+                "none",
+                "--rate-limit",
+                "100000",
+                "--rate-burst",
+                "100000",
+            ],
+        )
+        .await
+}
+
 async fn publish_n(c: &mut Client, room: &str, n: usize) {
     for i in 0..n {
         let r = c
@@ -122,19 +139,7 @@ async fn joins_racing_publishes_across_nodes_lose_nothing() {
     // A publisher on A publishes without pause while members join on B with `since`
     // of the last message they saw: every join must continue exactly where it was.
     let backend = Backend::new(Mode::RedisRooms);
-    let a = backend
-        .node(
-            "a",
-            &[
-                "--auth",
-                "none",
-                "--rate-limit",
-                "100000",
-                "--rate-burst",
-                "100000",
-            ],
-        )
-        .await;
+    let a = publishing_node(&backend).await;
     let b = backend
         .node("b", &["--auth", "none", "--bus-linger-ms", "0"])
         .await;
@@ -200,19 +205,7 @@ async fn a_message_published_right_after_joined_arrives() {
     // `joined` is sent only once the room's channel is subscribed: a message published
     // the moment it arrives reaches the member (with no later message to reveal a gap).
     let backend = Backend::new(Mode::RedisRooms);
-    let a = backend
-        .node(
-            "a",
-            &[
-                "--auth",
-                "none",
-                "--rate-limit",
-                "100000",
-                "--rate-burst",
-                "100000",
-            ],
-        )
-        .await;
+    let a = publishing_node(&backend).await;
     let b = backend.node("b", &["--auth", "none"]).await;
     let (mut p, _) = Client::welcomed(&a.ws_url(), Encoding::Json).await;
     let (mut c, _) = Client::welcomed(&b.ws_url(), Encoding::Json).await;

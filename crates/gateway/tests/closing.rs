@@ -167,6 +167,39 @@ async fn before_authentication_anything_but_a_valid_auth_closes_with_4003() {
     node.stop().await;
 }
 
+/// A `ping` request with id `p<i>`, as a raw text frame.
+fn ping(i: usize) -> Message {
+    Message::Text(
+        json!({"type": "ping", "id": format!("p{i}")})
+            .to_string()
+            .into(),
+    )
+}
+
+/// Pongs and `rate_limited` refusals seen so far.
+#[derive(Default)]
+struct Tally {
+    pongs: usize,
+    limited: usize,
+}
+
+impl Tally {
+    /// Counts a text frame that must be a pong or a refusal.
+    fn count(&mut self, text: &str) {
+        match Encoding::Json
+            .decode_server(text.as_bytes())
+            .expect("valid")
+        {
+            ServerMessage::Pong { .. } => self.pongs += 1,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => self.limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_the_node_starts_keeps_the_frames_before_it_while_the_client_still_sends() {
     // 10 requests fit the burst, the next 20 are refused, the 20th refusal closes (4029);
@@ -184,28 +217,25 @@ async fn a_close_the_node_starts_keeps_the_frames_before_it_while_the_client_sti
     .await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     for i in 0..230 {
-        let m = Message::Text(
-            json!({"type": "ping", "id": format!("p{i}")})
-                .to_string()
-                .into(),
-        );
-        c.ws.feed(m).await.expect("queue");
+        c.ws.feed(ping(i)).await.expect("queue");
     }
     c.ws.flush().await.expect("send");
-    let (mut pongs, mut limited) = (0, 0);
+    let mut t = Tally::default();
     let end = loop {
-        match tokio::time::timeout(WAIT, c.ws.next()).await.expect("a frame in time") {
-            Some(Ok(Message::Text(t))) => match Encoding::Json.decode_server(t.as_bytes()).expect("valid") {
-                ServerMessage::Pong { .. } => pongs += 1,
-                ServerMessage::Error { code: ErrorCode::RateLimited, .. } => limited += 1,
-                other => panic!("unexpected {other:?}"),
-            },
+        match tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Message::Text(text))) => t.count(&text),
             Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
             Some(Ok(_)) => {}
-            other => panic!("the connection ended without a Close frame: {other:?} after {pongs} pongs, {limited} refusals"),
+            other => panic!(
+                "the connection ended without a Close frame: {other:?} after {} pongs, {} refusals",
+                t.pongs, t.limited
+            ),
         }
     };
-    assert_eq!((pongs, limited, end), (10, 19, Some(4029)));
+    assert_eq!((t.pongs, t.limited, end), (10, 19, Some(4029)));
     node.stop().await;
 }
 
@@ -226,32 +256,18 @@ async fn rate_limit_abuse_closes_however_it_is_paced() {
     .await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(25));
-    let (mut pongs, mut limited) = (0, 0);
+    let mut t = Tally::default();
     let mut end = None;
     'outer: for i in 0..400 {
         tick.tick().await;
-        let m = Message::Text(
-            json!({"type": "ping", "id": format!("p{i}")})
-                .to_string()
-                .into(),
-        );
-        if c.ws.send(m).await.is_err() {
+        if c.ws.send(ping(i)).await.is_err() {
             break;
         }
         while let Ok(Some(f)) =
             tokio::time::timeout(std::time::Duration::from_millis(1), c.ws.next()).await
         {
             match f {
-                Ok(Message::Text(t)) => {
-                    match Encoding::Json.decode_server(t.as_bytes()).expect("valid") {
-                        ServerMessage::Pong { .. } => pongs += 1,
-                        ServerMessage::Error {
-                            code: ErrorCode::RateLimited,
-                            ..
-                        } => limited += 1,
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
+                Ok(Message::Text(text)) => t.count(&text),
                 Ok(Message::Close(f)) => {
                     end = f.map(|f| u16::from(f.code));
                     break 'outer;
@@ -270,9 +286,11 @@ async fn rate_limit_abuse_closes_however_it_is_paced() {
     assert_eq!(
         end,
         Some(4029),
-        "after {pongs} pongs and {limited} refusals"
+        "after {} pongs and {} refusals",
+        t.pongs,
+        t.limited
     );
-    assert!(pongs >= 1, "admitted requests came between the refusals");
+    assert!(t.pongs >= 1, "admitted requests came between the refusals");
     node.stop().await;
 }
 

@@ -335,7 +335,11 @@ async fn connected_loop(
     let mut lag = Lag::new(inner.cfg.max_lag);
     let rooms_mode = inner.cfg.subscribe == SubscribeMode::Rooms;
     // Rooms mode: when the next lingering channel is due to be unsubscribed.
+    // One timer for the whole connection, re-armed only when the due time changes (not a
+    // new one per message received).
     let mut due: Option<tokio::time::Instant> = None;
+    let linger = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(linger);
     if rooms_mode {
         match apply_interest(inner, &mut sink).await {
             Ok(d) => due = d,
@@ -343,9 +347,11 @@ async fn connected_loop(
         }
     }
     loop {
-        let linger = tokio::time::sleep_until(
-            due.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
-        );
+        if let Some(d) = due {
+            if linger.deadline() != d {
+                linger.as_mut().reset(d);
+            }
+        }
         tokio::select! {
             biased;
             _ = inner.stop.cancelled() => return Exit::Stopped,
@@ -356,7 +362,7 @@ async fn connected_loop(
                     Err(why) => return Exit::Lost(why),
                 }
             }
-            _ = linger, if due.is_some() => {
+            _ = &mut linger, if due.is_some() => {
                 match apply_interest(inner, &mut sink).await {
                     Ok(d) => due = d,
                     Err(why) => return Exit::Lost(why),

@@ -1,0 +1,230 @@
+//! A real WebSocket client speaking one encoding (JSON text or MessagePack binary), with
+//! the request/reply helpers the suites share.
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast_protocol::{Encoding, ServerMessage};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::WAIT;
+
+/// A real WebSocket client speaking one encoding.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub enc: Encoding,
+    /// Messages received while waiting for something else.
+    pub backlog: VecDeque<ServerMessage>,
+}
+
+/// How a client's connection ended.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    Code(u16),
+    NoFrame,
+}
+
+impl Client {
+    /// Connects with JSON and no token.
+    pub async fn connect(url: &str) -> Client {
+        Self::connect_with(url, Encoding::Json, &[])
+            .await
+            .expect("connect")
+    }
+
+    /// Connects, offering the encoding's subprotocol, with extra headers.
+    pub async fn connect_with(
+        url: &str,
+        enc: Encoding,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(enc.subprotocol()),
+        );
+        for (k, v) in headers {
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                .expect("header name");
+            req.headers_mut()
+                .insert(name, HeaderValue::from_str(v).expect("header value"));
+        }
+        let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect in time")?;
+        let proto = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(
+            proto,
+            Some(enc.subprotocol()),
+            "server picks the offered subprotocol"
+        );
+        Ok(Client {
+            ws,
+            enc,
+            backlog: VecDeque::new(),
+        })
+    }
+
+    /// Connects and waits for `welcome`; returns the client and the welcome.
+    pub async fn welcomed(url: &str, enc: Encoding) -> (Client, ServerMessage) {
+        let mut c = Self::connect_with(url, enc, &[]).await.expect("connect");
+        let w = c.recv().await;
+        assert!(
+            matches!(w, ServerMessage::Welcome { .. }),
+            "expected welcome, got {w:?}"
+        );
+        (c, w)
+    }
+
+    /// Sends a JSON value in this client's encoding.
+    pub async fn send(&mut self, v: Value) {
+        let msg = match self.enc {
+            Encoding::Json => Message::Text(v.to_string().into()),
+            Encoding::MsgPack => {
+                Message::Binary(rmp_serde::to_vec_named(&v).expect("msgpack").into())
+            }
+        };
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// Sends a raw frame.
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send raw");
+    }
+
+    async fn next_frame(&mut self) -> Option<Result<ServerMessage, Closed>> {
+        loop {
+            let f = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time");
+            match f {
+                None | Some(Err(_)) => return Some(Err(Closed::NoFrame)),
+                Some(Ok(Message::Close(c))) => {
+                    return Some(Err(c
+                        .map(|c| Closed::Code(c.code.into()))
+                        .unwrap_or(Closed::NoFrame)))
+                }
+                Some(Ok(Message::Text(t))) => {
+                    assert_eq!(self.enc, Encoding::Json, "text frame on msgpack");
+                    return Some(Ok(Encoding::Json
+                        .decode_server(t.as_bytes())
+                        .expect("valid server message")));
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    assert_eq!(self.enc, Encoding::MsgPack, "binary frame on json");
+                    return Some(Ok(Encoding::MsgPack
+                        .decode_server(&b)
+                        .expect("valid server message")));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next message (from the backlog first); panics on close.
+    pub async fn recv(&mut self) -> ServerMessage {
+        if let Some(m) = self.backlog.pop_front() {
+            return m;
+        }
+        match self.next_frame().await {
+            Some(Ok(m)) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Waits for the first message matching `pred`, keeping the others for later.
+    pub async fn recv_match(&mut self, pred: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i).expect("present");
+        }
+        loop {
+            match self.next_frame().await {
+                Some(Ok(m)) if pred(&m) => return m,
+                Some(Ok(m)) => self.backlog.push_back(m),
+                other => panic!(
+                    "expected a matching message, got {other:?}; backlog {:?}",
+                    self.backlog
+                ),
+            }
+        }
+    }
+
+    /// Sends a request with `id` and waits for the reply carrying that id.
+    pub async fn request(&mut self, mut v: Value, id: &str) -> ServerMessage {
+        v["id"] = json!(id);
+        self.send(v).await;
+        let want = roomcast_protocol::ReqId::Str(id.to_string());
+        self.recv_match(|m| reply_id(m) == Some(&want)).await
+    }
+
+    /// Joins a room and returns the `joined` reply.
+    pub async fn join(&mut self, room: &str) -> ServerMessage {
+        let r = self
+            .request(
+                json!({"type": "join", "room": room}),
+                &format!("join-{room}"),
+            )
+            .await;
+        assert!(
+            matches!(r, ServerMessage::Joined { .. }),
+            "join failed: {r:?}"
+        );
+        r
+    }
+
+    /// Publishes `data` as event `e` to `room` with request id `id` and returns the
+    /// acknowledged offset (`None` for a volatile publish); panics on anything but an ack.
+    pub async fn publish_acked(&mut self, room: &str, data: Value, id: &str) -> Option<u64> {
+        let r = self
+            .request(
+                json!({"type": "publish", "room": room, "event": "e", "data": data}),
+                id,
+            )
+            .await;
+        match r {
+            ServerMessage::Ack { offset, .. } => offset,
+            other => panic!("publish to {room} not acknowledged: {other:?}"),
+        }
+    }
+
+    /// Reads until the connection closes; returns how.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            match self.next_frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(c)) => return c,
+                None => return Closed::NoFrame,
+            }
+        }
+    }
+}
+
+/// The request id a reply carries.
+pub fn reply_id(m: &ServerMessage) -> Option<&roomcast_protocol::ReqId> {
+    match m {
+        ServerMessage::Welcome { id, .. }
+        | ServerMessage::AuthOk { id, .. }
+        | ServerMessage::Joined { id, .. }
+        | ServerMessage::Left { id, .. }
+        | ServerMessage::Presence { id, .. }
+        | ServerMessage::Pong { id }
+        | ServerMessage::Error { id, .. } => id.as_ref(),
+        ServerMessage::Ack { id, .. } => Some(id),
+        _ => None,
+    }
+}
+
+/// A room message's fields, or panic.
+pub fn publication(m: &ServerMessage) -> &roomcast_protocol::Publication {
+    match m {
+        ServerMessage::Message(p) => p,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}

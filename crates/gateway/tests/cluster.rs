@@ -489,75 +489,19 @@ async fn idempotent_retry_on_another_node() {
     let mut listener = connect(&nodes[1].ws_url(), "listener", Encoding::Json).await;
     listener.join("r").await;
     let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
-    let ack = a
-        .request(
-            json!({"type": "publish", "room": "r", "event": "e", "data": "once"}),
-            "m1",
-        )
-        .await;
-    assert!(
-        matches!(
-            ack,
-            ServerMessage::Ack {
-                offset: Some(1),
-                ..
-            }
-        ),
-        "{ack:?}"
-    );
+    assert_eq!(a.publish_acked("r", json!("once"), "m1").await, Some(1));
     drop(a);
     // alice lost her connection before the ack (say) and resends on another node.
     let mut a = connect(&nodes[1].ws_url(), "alice", Encoding::MsgPack).await;
-    let dup = a
-        .request(
-            json!({"type": "publish", "room": "r", "event": "e", "data": "once"}),
-            "m1",
-        )
-        .await;
-    assert!(
-        matches!(
-            dup,
-            ServerMessage::Ack {
-                offset: Some(1),
-                ..
-            }
-        ),
-        "same id, same offset: {dup:?}"
+    assert_eq!(
+        a.publish_acked("r", json!("once"), "m1").await,
+        Some(1),
+        "same id, same offset"
     );
-    let next = a
-        .request(
-            json!({"type": "publish", "room": "r", "event": "e", "data": "next"}),
-            "m2",
-        )
-        .await;
-    assert!(
-        matches!(
-            next,
-            ServerMessage::Ack {
-                offset: Some(2),
-                ..
-            }
-        ),
-        "{next:?}"
-    );
+    assert_eq!(a.publish_acked("r", json!("next"), "m2").await, Some(2));
     // The id is per user: another user's m1 is a message of its own.
     let mut b = connect(&nodes[0].ws_url(), "bob", Encoding::Json).await;
-    let other = b
-        .request(
-            json!({"type": "publish", "room": "r", "event": "e", "data": "bob's"}),
-            "m1",
-        )
-        .await;
-    assert!(
-        matches!(
-            other,
-            ServerMessage::Ack {
-                offset: Some(3),
-                ..
-            }
-        ),
-        "{other:?}"
-    );
+    assert_eq!(b.publish_acked("r", json!("bob's"), "m1").await, Some(3));
     assert_eq!(
         messages(&mut listener, 3).await,
         vec![
@@ -799,21 +743,10 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
         "{j:?}"
     );
     b.join("hist").await;
-    let ack = a
-        .request(
-            json!({"type": "publish", "room": "hist", "event": "e", "data": "after"}),
-            "2",
-        )
-        .await;
-    assert!(
-        matches!(
-            ack,
-            ServerMessage::Ack {
-                offset: Some(1),
-                ..
-            }
-        ),
-        "a new history starts at 1: {ack:?}"
+    assert_eq!(
+        a.publish_acked("hist", json!("after"), "2").await,
+        Some(1),
+        "a new history starts at 1"
     );
     assert_eq!(
         messages(&mut b, 1).await,
@@ -1059,21 +992,11 @@ async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
         "{ev:?}"
     );
     // The surviving node's clients are unaffected.
-    let ack = talker
-        .request(
-            json!({"type": "publish", "room": "room", "event": "e", "data": "still here"}),
-            "t1",
-        )
-        .await;
-    assert!(
-        matches!(
-            ack,
-            ServerMessage::Ack {
-                offset: Some(2),
-                ..
-            }
-        ),
-        "{ack:?}"
+    assert_eq!(
+        talker
+            .publish_acked("room", json!("still here"), "t1")
+            .await,
+        Some(2)
     );
     assert_eq!(
         messages(&mut watcher, 1).await,

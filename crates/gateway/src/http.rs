@@ -139,6 +139,9 @@ pub async fn route(
             StatusCode::OK,
             format!("roomcast node {} ({} ms)\n", node.node_id, now_ms()),
         ),
+        (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+            crate::admin::route(node, peer, req).await
+        }
         (&Method::GET, p) if p.starts_with("/demo") => {
             match crate::demo::serve(p, req.uri().query()) {
                 Some(r) => r,

@@ -132,7 +132,10 @@ pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     resp
 }
 
@@ -148,7 +151,9 @@ fn asset(body: &'static [u8], ctype: &'static str) -> Response<Body> {
 fn authorize(keys: &[String], req: &Request<Incoming>) -> Result<(), AdminError> {
     let unauthorized = |m: &str| AdminError(StatusCode::UNAUTHORIZED, "unauthorized", m.into());
     let Some(given) = crate::http::bearer(req) else {
-        return Err(unauthorized("Authorization: Bearer <admin key> is required"));
+        return Err(unauthorized(
+            "Authorization: Bearer <admin key> is required",
+        ));
     };
     let ok = keys.iter().fold(false, |acc, k| {
         acc | constant_eq(k.as_bytes(), given.as_bytes())
@@ -279,9 +284,7 @@ fn busiest(nodes: &[NodeStats]) -> Value {
         }
     }
     let mut list: Vec<(&RoomName, Agg)> = rooms.into_iter().collect();
-    let row = |(room, a): &(&RoomName, Agg)| {
-        json!({"room": room, "members": a.members, "messages_per_sec": a.rate, "nodes": a.nodes})
-    };
+    let row = |(room, a): &(&RoomName, Agg)| json!({"room": room, "members": a.members, "messages_per_sec": a.rate, "nodes": a.nodes});
     list.sort_by(|x, y| {
         y.1.members
             .cmp(&x.1.members)
@@ -340,6 +343,10 @@ mod tests {
         assert_eq!(v["by_members"][0]["messages_per_sec"], 3.0);
         assert_eq!(v["by_members"][1]["room"], "b");
         assert_eq!(v["by_messages"][0]["room"], "c");
-        assert_eq!(v["by_messages"].as_array().map(Vec::len), Some(2), "no idle rooms by rate");
+        assert_eq!(
+            v["by_messages"].as_array().map(Vec::len),
+            Some(2),
+            "no idle rooms by rate"
+        );
     }
 }

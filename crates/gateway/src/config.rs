@@ -444,8 +444,13 @@ mod tests {
         assert!(Config::from_args(["--auth", "bogus"]).is_err());
         assert!(Config::from_args(["--auth", "none", "--admin-key", "short"]).is_err());
         assert!(Config::from_args(["--auth", "none", "--node-stats-interval", "0"]).is_err());
-        let c = Config::from_args(["--auth", "none", "--admin-key", "0123456789abcdef, fedcba9876543210"])
-            .expect("two admin keys");
+        let c = Config::from_args([
+            "--auth",
+            "none",
+            "--admin-key",
+            "0123456789abcdef, fedcba9876543210",
+        ])
+        .expect("two admin keys");
         assert_eq!(c.admin_key_list().len(), 2);
     }
 }

@@ -209,10 +209,7 @@ mod tests {
 
     #[test]
     fn top_is_largest_first_ties_by_name_and_bounded() {
-        let got = top(
-            [("b", 2u64), ("a", 2), ("c", 5), ("d", 1)].into_iter(),
-            3,
-        );
+        let got = top([("b", 2u64), ("a", 2), ("c", 5), ("d", 1)].into_iter(), 3);
         assert_eq!(got, vec![("c", 5), ("a", 2), ("b", 2)]);
     }
 }

@@ -67,7 +67,6 @@
         cell(tr, node.rooms, 'num');
         cell(tr, node.messages_per_sec, 'num');
         cell(tr, node.bus_up ? 'up' : 'down', node.bus_up ? 'up' : 'down');
-        cell(tr, node.draining ? 'draining' : 'serving');
         cell(
           tr,
           node.shards && node.shards.length

@@ -78,7 +78,13 @@ impl From<BusError> for AdminError {
     }
 }
 
-/// Answers a request under `/admin`: 404 when the admin page is disabled.
+/// Whether `/admin` is on (`--admin-key` set) and `path` is under it; when it is off,
+/// its paths are unknown paths like any other (404).
+pub fn serves(node: &Node, path: &str) -> bool {
+    (path == "/admin" || path.starts_with("/admin/")) && !node.cfg.admin_key_list().is_empty()
+}
+
+/// Answers a request under `/admin` (404 when the admin page is disabled).
 pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let keys = node.cfg.admin_key_list();
     if keys.is_empty() {

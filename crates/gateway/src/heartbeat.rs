@@ -79,18 +79,19 @@ struct Last {
     total: u64,
 }
 
-/// The `n` entries with the largest value (ties by name), largest first.
-fn top<K: Ord + Clone, V: PartialOrd + Copy>(
-    items: impl Iterator<Item = (K, V)>,
-    n: usize,
-) -> Vec<(K, V)> {
+/// The `n` entries with the largest value (ties by name), largest first; in linear time
+/// (one interval may have counted many rooms).
+fn top<K: Ord, V: Ord + Copy>(items: impl Iterator<Item = (K, V)>, n: usize) -> Vec<(K, V)> {
+    let order = |a: &(K, V), b: &(K, V)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
     let mut v: Vec<(K, V)> = items.collect();
-    v.sort_by(|a, b| {
-        b.1.partial_cmp(&a.1)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then_with(|| a.0.cmp(&b.0))
-    });
-    v.truncate(n);
+    if n == 0 {
+        return Vec::new();
+    }
+    if v.len() > n {
+        v.select_nth_unstable_by(n - 1, order);
+        v.truncate(n);
+    }
+    v.sort_by(order);
     v
 }
 
@@ -106,14 +107,14 @@ fn collect(node: &Node, rates: &RoomRates, started_ms: u64, last: &mut Last) -> 
 
     // The busiest by messages/s, then (in one pass over the hub's rooms, keeping only a
     // bounded few) the busiest by local members and the member counts of the former.
-    let by_rate = top(counts.iter().map(|(r, n)| (r.clone(), *n)), TOP_ROOMS);
+    let by_rate = top(counts.iter().map(|(r, n)| (r, *n)), TOP_ROOMS);
     let mut members_of: HashMap<RoomName, u64> = HashMap::new();
     let mut by_members: Vec<(RoomName, u64)> = Vec::with_capacity(TOP_ROOMS + 1);
     let mut rooms = 0u64;
     node.hub.for_each_room(|room, n| {
         rooms += 1;
         let n = n as u64;
-        if by_rate.iter().any(|(r, _)| r == room) {
+        if by_rate.iter().any(|(r, _)| *r == room) {
             members_of.insert(room.clone(), n);
         }
         let smallest = by_members.last().map(|(_, m)| *m).unwrap_or(0);
@@ -135,13 +136,13 @@ fn collect(node: &Node, rates: &RoomRates, started_ms: u64, last: &mut Last) -> 
         })
         .collect();
     for (room, n) in by_rate {
-        if top_rooms.iter().any(|r| r.room == room) {
+        if top_rooms.iter().any(|r| &r.room == room) {
             continue;
         }
         top_rooms.push(RoomStats {
-            members: members_of.get(&room).copied().unwrap_or(0),
+            members: members_of.get(room).copied().unwrap_or(0),
             messages_per_sec: per_sec(n),
-            room,
+            room: room.clone(),
         });
     }
     NodeStats {
@@ -153,7 +154,6 @@ fn collect(node: &Node, rates: &RoomRates, started_ms: u64, last: &mut Last) -> 
         rooms,
         messages_per_sec,
         bus_up: node.bus.is_ready() && node.hub.bus_up(),
-        draining: node.draining.load(Ordering::Relaxed),
         shards: Vec::new(),
         top_rooms,
     }
@@ -209,7 +209,12 @@ mod tests {
 
     #[test]
     fn top_is_largest_first_ties_by_name_and_bounded() {
-        let got = top([("b", 2u64), ("a", 2), ("c", 5), ("d", 1)].into_iter(), 3);
-        assert_eq!(got, vec![("c", 5), ("a", 2), ("b", 2)]);
+        let items = [("b", 2u64), ("a", 2), ("c", 5), ("d", 1), ("e", 0)];
+        assert_eq!(
+            top(items.into_iter(), 3),
+            vec![("c", 5), ("a", 2), ("b", 2)]
+        );
+        assert_eq!(top(items.into_iter(), 9).len(), 5);
+        assert!(top(items.into_iter(), 0).is_empty());
     }
 }

@@ -82,6 +82,11 @@ async fn absent_when_disabled() {
         let (status, _) = admin(node.addr, "GET", path, Some(KEY), "").await;
         assert_eq!(status, 404, "{path} without --admin-key");
     }
+    // Nothing tells it apart from a path that never existed.
+    let (_, unknown) = admin(node.addr, "GET", "/nothing-here", None, "").await;
+    let (_, admin_off) = admin(node.addr, "GET", "/admin/api/nodes", None, "").await;
+    assert_eq!(admin_off["error"]["code"], "not_found", "{admin_off}");
+    assert_eq!(admin_off["error"]["code"], unknown["error"]["code"]);
     let (status, _) = admin(
         node.addr,
         "POST",
@@ -258,6 +263,37 @@ async fn two_nodes_rooms_presence_history_and_disconnect() {
     let v = get(a.addr, "/admin/api/nodes").await;
     assert_eq!(v["nodes"][0]["connections"], 1, "{v}");
     assert_eq!(v["nodes"][1]["connections"], 1, "{v}");
+
+    // Messages/s: a publisher on node-b keeps a room busy (bounded: at most 400 messages)
+    // until both nodes' heartbeats show it.
+    let mut carl = connect(&b, "carl").await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn(async move {
+        for i in 0..400 {
+            let publish = json!({"type": "publish", "room": "busy", "event": "tick", "data": i});
+            carl.request(publish, &format!("t{i}")).await;
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+    });
+    eventually("the busy room's messages/s on both nodes", || async {
+        let rooms = get(a.addr, "/admin/api/rooms").await;
+        let nodes = get(a.addr, "/admin/api/nodes").await;
+        let busy = rooms["by_messages"]
+            .as_array()?
+            .iter()
+            .any(|r| r["room"] == "busy" && r["messages_per_sec"].as_f64() > Some(0.0));
+        let both = nodes["nodes"]
+            .as_array()?
+            .iter()
+            .all(|n| n["messages_per_sec"].as_f64() > Some(0.0));
+        (busy && both).then_some(())
+    })
+    .await;
+    let _ = stop.send(());
+    publisher.await.expect("publisher");
 
     // Disconnect alice (on node-a) from node-b's admin API.
     let (status, v) = admin(

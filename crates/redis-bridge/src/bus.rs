@@ -184,9 +184,6 @@ pub struct NodeStats {
     /// Whether the node's bus is up (connected and subscribed).
     #[serde(default)]
     pub bus_up: bool,
-    /// Whether the node is draining.
-    #[serde(default)]
-    pub draining: bool,
     /// Per shard, when the bus runs on a Redis Cluster (empty otherwise).
     #[serde(default)]
     pub shards: Vec<ShardStats>,

@@ -34,7 +34,6 @@ fn stats(connections: u64) -> NodeStats {
         rooms: 1,
         messages_per_sec: 2.5,
         bus_up: true,
-        draining: false,
         shards: vec![ShardStats {
             addr: "127.0.0.1:7000".into(),
             up: true,

@@ -99,6 +99,14 @@ pub struct Config {
     /// Comma-separated keys for the backend API (none: the API answers 401).
     #[arg(long, env = "ROOMCAST_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
+    /// Comma-separated keys that open the admin page at /admin (none: /admin answers 404).
+    /// Each at least 16 characters.
+    #[arg(long, env = "ROOMCAST_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Seconds between this node's heartbeats: its stats, written to the bus for the admin
+    /// page of any node; a node is listed until three intervals pass without one.
+    #[arg(long, env = "ROOMCAST_NODE_STATS_INTERVAL", default_value_t = 5)]
+    pub node_stats_interval: u64,
     /// Comma-separated Origins allowed to open /ws and /sse; `*` for any.
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", default_value = "*")]
     pub allowed_origins: String,
@@ -305,6 +313,12 @@ impl Config {
             }
         }
         crate::limits::parse_cidrs(&self.trusted_proxies).map_err(ConfigError::Invalid)?;
+        if self.node_stats_interval == 0 {
+            return bad("--node-stats-interval must be at least 1 second");
+        }
+        if self.admin_key_list().iter().any(|k| k.len() < 16) {
+            return bad("--admin-key: each key must be at least 16 characters (use a random one, e.g. openssl rand -hex 16)");
+        }
         if self.http_body_timeout == 0 {
             return bad("--http-body-timeout must be at least 1 second");
         }
@@ -335,6 +349,11 @@ impl Config {
     /// How long a client socket may accept no bytes while data waits (4008).
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout)
+    }
+
+    /// The admin keys, split; empty when the admin page is disabled.
+    pub fn admin_key_list(&self) -> Vec<String> {
+        split_list(self.admin_key.as_deref().unwrap_or(""))
     }
 
     /// The API keys, split.
@@ -423,5 +442,15 @@ mod tests {
         assert!(Config::from_args(["--auth", "none", "--redis-url", "http://x"]).is_err());
         assert!(Config::from_args(["--auth", "none", "--trusted-proxies", "nonsense"]).is_err());
         assert!(Config::from_args(["--auth", "bogus"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--admin-key", "short"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--node-stats-interval", "0"]).is_err());
+        let c = Config::from_args([
+            "--auth",
+            "none",
+            "--admin-key",
+            "0123456789abcdef, fedcba9876543210",
+        ])
+        .expect("two admin keys");
+        assert_eq!(c.admin_key_list().len(), 2);
     }
 }

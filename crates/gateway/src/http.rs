@@ -139,6 +139,7 @@ pub async fn route(
             StatusCode::OK,
             format!("roomcast node {} ({} ms)\n", node.node_id, now_ms()),
         ),
+        (_, p) if crate::admin::serves(&node, p) => crate::admin::route(node, peer, req).await,
         (&Method::GET, p) if p.starts_with("/demo") => {
             match crate::demo::serve(p, req.uri().query()) {
                 Some(r) => r,

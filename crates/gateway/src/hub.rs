@@ -440,6 +440,15 @@ impl Hub {
         )
     }
 
+    /// Calls `f` with every room that has a local member and its number of local members
+    /// (the node's heartbeat picks its busiest rooms). Under the rooms lock: `f` must be
+    /// quick and must not call back into the hub.
+    pub fn for_each_room(&self, mut f: impl FnMut(&RoomName, usize)) {
+        for (name, r) in lock(&self.rooms).iter() {
+            f(name, r.members.len());
+        }
+    }
+
     /// Local connections of a user.
     fn user_members(&self, user: &UserId) -> Vec<Member> {
         lock(&self.users).get(user).cloned().unwrap_or_default()

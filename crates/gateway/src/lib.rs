@@ -2,11 +2,13 @@
 //! shutdown token is cancelled, then drains. The `roomcast` binary is a thin wrapper;
 //! tests call the same function on port 0.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod heartbeat;
 pub mod http;
 pub mod hub;
 pub mod limits;
@@ -87,7 +89,10 @@ pub async fn run(
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
     hub.attach_bus(bus.clone());
-    match bus.start(hub.clone()).await {
+    // The bus's events reach the hub through a counter of room messages (the heartbeat's
+    // messages/s).
+    let rates = heartbeat::RoomRates::new(hub.clone());
+    match bus.start(rates.clone()).await {
         Ok(()) => {}
         // Redis is down or slow at startup: serve local clients with /readyz 503; the
         // bus keeps trying and reports when it is up (a wrong URL still fails here).
@@ -119,6 +124,8 @@ pub async fn run(
         node.churn.clone(),
         shutdown.clone(),
     );
+    // Ends on shutdown, removing this node's heartbeat; waited for before the bus closes.
+    let heartbeat = tokio::spawn(heartbeat::run(node.clone(), rates, shutdown.clone()));
     let addr = listener.local_addr()?;
     let mode = if node.cfg.redis_url.is_some() {
         "cluster"
@@ -206,6 +213,7 @@ pub async fn run(
     stop_http.cancel();
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), conns.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(node.cfg.bus_timeout + 1), heartbeat).await;
     bus.close().await;
     tracing::info!(node = %node_id, "stopped");
     Ok(())

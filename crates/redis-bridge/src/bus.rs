@@ -157,6 +157,61 @@ pub struct PresenceSnapshot {
     pub count: Count,
 }
 
+/// A node's heartbeat: the small summary of its state that it writes to the bus every
+/// few seconds (`--node-stats-interval`) and that the admin page lists for the cluster.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStats {
+    /// The node's name in the cluster (the bus sets it to its own `node_id`).
+    pub node_id: String,
+    /// The node's version.
+    #[serde(default)]
+    pub version: String,
+    /// When the node started, ms since the Unix epoch.
+    #[serde(default)]
+    pub started_ms: u64,
+    /// When this heartbeat was taken, ms since the Unix epoch (the node's clock).
+    #[serde(default)]
+    pub reported_ms: u64,
+    /// Open client connections (WebSocket and SSE).
+    #[serde(default)]
+    pub connections: u64,
+    /// Rooms with a local member.
+    #[serde(default)]
+    pub rooms: u64,
+    /// Room messages the bus delivered to the node per second, over the last interval.
+    #[serde(default)]
+    pub messages_per_sec: f64,
+    /// Whether the node's bus is up (connected and subscribed).
+    #[serde(default)]
+    pub bus_up: bool,
+    /// Per shard, when the bus runs on a Redis Cluster (empty otherwise).
+    #[serde(default)]
+    pub shards: Vec<ShardStats>,
+    /// The node's busiest rooms (a bounded few, by local members and by messages/s).
+    #[serde(default)]
+    pub top_rooms: Vec<RoomStats>,
+}
+
+/// The state of one Redis Cluster shard as a node sees it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardStats {
+    /// The shard's address (its primary).
+    pub addr: String,
+    /// Whether the node's connection to it is up.
+    pub up: bool,
+}
+
+/// One room in a node's heartbeat.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoomStats {
+    /// The room.
+    pub room: RoomName,
+    /// Its members on this node.
+    pub members: u64,
+    /// Its messages the bus delivered to this node per second.
+    pub messages_per_sec: f64,
+}
+
 /// What the bus delivers to its node, in order per room.
 #[derive(Debug, Clone)]
 pub enum BusEvent {
@@ -332,6 +387,23 @@ pub trait Bus: Send + Sync + 'static {
 
     /// This node has no local connection of `user` any more.
     fn unwatch_user(&self, _user: &UserId) {}
+
+    /// Writes this node's heartbeat (its `node_id` replaced by the bus's own); other
+    /// nodes list it with [`Bus::nodes`] until `ttl` passes without a new one.
+    async fn report_node(&self, _stats: &NodeStats, _ttl: Duration) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// The last heartbeat of every node of the cluster whose `ttl` has not passed,
+    /// sorted by `node_id`.
+    async fn nodes(&self) -> Result<Vec<NodeStats>, BusError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes this node's heartbeat (the node is leaving).
+    async fn remove_node(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 
     /// Whether the bus can serve (connected and subscribed).
     fn is_ready(&self) -> bool;

@@ -12,7 +12,8 @@ mod redis;
 
 pub use self::redis::RedisBus;
 pub use bus::{
-    Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery,
-    PresenceSnapshot, PublishRequest, PublishResult, SendRequest, SendResult, SubscribeMode,
+    Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery, NodeStats,
+    PresenceSnapshot, PublishRequest, PublishResult, RoomStats, SendRequest, SendResult,
+    ShardStats, SubscribeMode,
 };
 pub use memory::MemoryBus;

@@ -26,6 +26,8 @@ pub struct MemoryBus {
     presence: Mutex<HashMap<RoomName, BTreeMap<UserId, HashSet<String>>>>,
     stats: BusStats,
     stop: CancellationToken,
+    /// This node's heartbeat and when it expires: a standalone cluster is this node alone.
+    node: Mutex<Option<(Instant, NodeStats)>>,
 }
 
 struct RoomLog {
@@ -70,6 +72,7 @@ impl MemoryBus {
             presence: Mutex::new(HashMap::new()),
             stats: BusStats::default(),
             stop: CancellationToken::new(),
+            node: Mutex::new(None),
         }
     }
 
@@ -366,6 +369,31 @@ impl Bus for MemoryBus {
 
     fn is_ready(&self) -> bool {
         !self.stop.is_cancelled()
+    }
+
+    async fn report_node(&self, stats: &NodeStats, ttl: Duration) -> Result<(), BusError> {
+        let stats = NodeStats {
+            node_id: self.cfg.node_id.clone(),
+            ..stats.clone()
+        };
+        *lock(&self.node) = Some((Instant::now() + ttl, stats));
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeStats>, BusError> {
+        let mut node = lock(&self.node);
+        if node
+            .as_ref()
+            .is_some_and(|(until, _)| *until <= Instant::now())
+        {
+            *node = None;
+        }
+        Ok(node.iter().map(|(_, s)| s.clone()).collect())
+    }
+
+    async fn remove_node(&self) -> Result<(), BusError> {
+        *lock(&self.node) = None;
+        Ok(())
     }
 
     fn stats(&self) -> &BusStats {

@@ -84,6 +84,11 @@ impl Keys {
         format!("{}:presence_users:{}", self.prefix, room)
     }
 
+    /// The cluster's node heartbeats (HASH node id -> `<expiry ms>|<stats JSON>`).
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
     /// One presence entry.
     pub(crate) fn presence_entry(user: &UserId, conn: &str, node: &str) -> String {
         format!("{user}{PRESENCE_SEP}{conn}{PRESENCE_SEP}{node}")
@@ -124,6 +129,7 @@ mod tests {
         assert_eq!(k.presence(&room), "rc:presence:chat:lobby");
         assert_eq!(k.presence_users(&room), "rc:presence_users:chat:lobby");
         assert_eq!(k.dedupe("alice/1"), "rc:dedupe:alice/1");
+        assert_eq!(k.nodes(), "rc:nodes");
         assert_eq!(Keys::presence_entry(&user, "c1", "n1"), "alice\x1fc1\x1fn1");
         assert_eq!(
             k.parse_channel("rc:room:chat:lobby"),

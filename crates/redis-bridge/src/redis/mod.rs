@@ -18,6 +18,7 @@
 mod envelope;
 mod interest;
 mod keys;
+mod nodes;
 mod presence;
 mod publisher;
 mod scripts;
@@ -647,6 +648,18 @@ impl Bus for RedisBus {
                 .interest
                 .unwant(&self.inner.keys.user_channel(user));
         }
+    }
+
+    async fn report_node(&self, stats: &NodeStats, ttl: Duration) -> Result<(), BusError> {
+        nodes::report(&self.inner, stats, ttl).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeStats>, BusError> {
+        nodes::list(&self.inner).await
+    }
+
+    async fn remove_node(&self) -> Result<(), BusError> {
+        nodes::remove(&self.inner).await
     }
 
     fn is_ready(&self) -> bool {

@@ -28,7 +28,11 @@ async fn node_with_connect_hook(url: &str, extra: &[&str]) -> TestNode {
 }
 
 /// Connects with these headers and returns the first message, or how it closed.
-async fn first(node: &TestNode, url_tail: &str, headers: &[(&str, &str)]) -> Result<ServerMessage, Closed> {
+async fn first(
+    node: &TestNode,
+    url_tail: &str,
+    headers: &[(&str, &str)],
+) -> Result<ServerMessage, Closed> {
     let url = format!("{}{url_tail}", node.ws_url());
     let mut c = Client::connect_with(&url, Encoding::Json, headers)
         .await
@@ -53,10 +57,14 @@ impl NextOrClose for Client {
                 .expect("a frame in time");
             match f {
                 Some(Ok(Message::Text(t))) => {
-                    return Ok(Encoding::Json.decode_server(t.as_bytes()).expect("server message"))
+                    return Ok(Encoding::Json
+                        .decode_server(t.as_bytes())
+                        .expect("server message"))
                 }
                 Some(Ok(Message::Close(Some(c)))) => return Err(Closed::Code(c.code.into())),
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Err(Closed::NoFrame),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return Err(Closed::NoFrame)
+                }
                 Some(Ok(_)) => continue,
             }
         }
@@ -72,16 +80,26 @@ async fn a_session_cookie_authenticates_without_a_jwt_and_the_backend_verifies_t
     let mut backend = HookBackend::start(|call| {
         let cookie = call.body["cookies"]["sid"].as_str().map(str::to_string);
         match (call.signed, cookie.as_deref()) {
-            (true, Some("s3cr3t")) => ok(json!({"allow": true, "user": "alice", "rooms": ["chat:*"]})),
+            (true, Some("s3cr3t")) => {
+                ok(json!({"allow": true, "user": "alice", "rooms": ["chat:*"]}))
+            }
             _ => ok(json!({"allow": false, "code": 4002, "reason": "no session"})),
         }
     })
     .await;
-    let node = node_with_connect_hook(&backend.url("/connect"), &["--hook-forward-headers", "X-App-Version, user-agent"]).await;
+    let node = node_with_connect_hook(
+        &backend.url("/connect"),
+        &["--hook-forward-headers", "X-App-Version, user-agent"],
+    )
+    .await;
     let w = first(
         &node,
         "",
-        &[("cookie", "theme=dark; sid=s3cr3t"), ("x-app-version", "7.1"), ("x-other", "no")],
+        &[
+            ("cookie", "theme=dark; sid=s3cr3t"),
+            ("x-app-version", "7.1"),
+            ("x-other", "no"),
+        ],
     )
     .await
     .expect("welcomed");
@@ -100,7 +118,10 @@ async fn a_session_cookie_authenticates_without_a_jwt_and_the_backend_verifies_t
     assert_eq!(call.body["auth"], serde_json::Value::Null);
     assert_eq!(call.body["cookies"]["theme"], "dark");
     assert_eq!(call.body["headers"]["x-app-version"], "7.1");
-    assert!(call.body["headers"].get("x-other").is_none(), "only the named headers are forwarded");
+    assert!(
+        call.body["headers"].get("x-other").is_none(),
+        "only the named headers are forwarded"
+    );
 
     // A connection with a JWT is verified by the node, not asked to the hook (--auth jwt).
     let before = backend.calls().len();
@@ -111,24 +132,43 @@ async fn a_session_cookie_authenticates_without_a_jwt_and_the_backend_verifies_t
     .await;
     assert!(matches!(w, ServerMessage::Welcome { ref user, .. } if user.as_str() == "bob"));
     let _ = c.request(json!({"type": "ping"}), "p").await;
-    assert_eq!(backend.calls().len(), before, "a JWT connection does not call the hook");
+    assert_eq!(
+        backend.calls().len(),
+        before,
+        "a JWT connection does not call the hook"
+    );
 
     // The hook's `rooms` patterns hold like a token's.
-    let mut alice = Client::connect_with(&node.ws_url(), Encoding::Json, &[("cookie", "sid=s3cr3t")])
-        .await
-        .expect("upgrade");
+    let mut alice =
+        Client::connect_with(&node.ws_url(), Encoding::Json, &[("cookie", "sid=s3cr3t")])
+            .await
+            .expect("upgrade");
     let _welcome = alice.recv().await;
-    let r = alice.request(json!({"type": "join", "room": "admin:x"}), "j").await;
-    assert!(matches!(r, ServerMessage::Error { code: ErrorCode::Forbidden, .. }), "{r:?}");
+    let r = alice
+        .request(json!({"type": "join", "room": "admin:x"}), "j")
+        .await;
+    assert!(
+        matches!(
+            r,
+            ServerMessage::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     alice.join("chat:1").await;
 
     // No cookie: denied with the hook's code.
     assert_eq!(first(&node, "", &[]).await.err(), Some(Closed::Code(4002)));
     // Signature check fails when the node signs with another secret.
     let other = TestNode::start(&[
-        "--jwt-secret", SECRET,
-        "--hook-connect-url", &backend.url("/connect"),
-        "--hook-secret", "another-secret",
+        "--jwt-secret",
+        SECRET,
+        "--hook-connect-url",
+        &backend.url("/connect"),
+        "--hook-secret",
+        "another-secret",
     ])
     .await;
     assert_eq!(
@@ -143,7 +183,9 @@ async fn a_session_cookie_authenticates_without_a_jwt_and_the_backend_verifies_t
 #[tokio::test]
 async fn a_deny_closes_with_the_hooks_code() {
     let backend = HookBackend::start(|call| {
-        let code = call.body["cookies"]["code"].as_str().and_then(|c| c.parse::<u16>().ok());
+        let code = call.body["cookies"]["code"]
+            .as_str()
+            .and_then(|c| c.parse::<u16>().ok());
         ok(json!({"allow": false, "code": code, "reason": "go away"}))
     })
     .await;
@@ -161,9 +203,18 @@ async fn a_deny_closes_with_the_hooks_code() {
         Some(Closed::Code(1013))
     );
     let m = metrics(&node).await;
-    assert!(m.contains(r#"roomcast_hook_requests_total{hook="connect",result="deny"} 3"#), "{m}");
-    assert!(m.contains(r#"roomcast_hook_requests_total{hook="connect",result="malformed"} 1"#), "{m}");
-    assert!(m.contains("roomcast_hook_duration_seconds_count{hook=\"connect\"} 4"), "{m}");
+    assert!(
+        m.contains(r#"roomcast_hook_requests_total{hook="connect",result="deny"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"roomcast_hook_requests_total{hook="connect",result="malformed"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains("roomcast_hook_duration_seconds_count{hook=\"connect\"} 4"),
+        "{m}"
+    );
     node.stop().await;
 }
 
@@ -171,10 +222,14 @@ async fn a_deny_closes_with_the_hooks_code() {
 async fn a_slow_backend_times_out_and_refuses() {
     // The backend never answers; the node gives up after --hook-timeout-ms.
     let backend = HookBackend::start(|_| Box::pin(std::future::pending()) as Answer).await;
-    let node = node_with_connect_hook(&backend.url("/connect"), &["--hook-timeout-ms", "200"]).await;
+    let node =
+        node_with_connect_hook(&backend.url("/connect"), &["--hook-timeout-ms", "200"]).await;
     assert_eq!(first(&node, "", &[]).await.err(), Some(Closed::Code(1013)));
     let m = metrics(&node).await;
-    assert!(m.contains(r#"roomcast_hook_requests_total{hook="connect",result="timeout"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"roomcast_hook_requests_total{hook="connect",result="timeout"} 1"#),
+        "{m}"
+    );
     node.stop().await;
 }
 
@@ -184,15 +239,28 @@ async fn a_backend_that_is_down_or_failing_refuses() {
     let node = node_with_connect_hook(&format!("http://{dead}/connect"), &[]).await;
     assert_eq!(first(&node, "", &[]).await.err(), Some(Closed::Code(1013)));
     let m = metrics(&node).await;
-    assert!(m.contains(r#"roomcast_hook_requests_total{hook="connect",result="unreachable"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"roomcast_hook_requests_total{hook="connect",result="unreachable"} 1"#),
+        "{m}"
+    );
     // The HTTP fallback refuses with 503 too.
-    let (status, _) = http(node.addr, "POST", "/client/commands", &[], r#"{"type":"ping"}"#).await;
+    let (status, _) = http(
+        node.addr,
+        "POST",
+        "/client/commands",
+        &[],
+        r#"{"type":"ping"}"#,
+    )
+    .await;
     assert_eq!(status, 503);
     node.stop().await;
 
     // 500, a body that is not JSON, JSON of another shape, an allow without a user.
     let backend = HookBackend::start(|call| {
-        let how = call.body["cookies"]["how"].as_str().unwrap_or("").to_string();
+        let how = call.body["cookies"]["how"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         Box::pin(async move {
             match how.as_str() {
                 "500" => (500u16, "oops".to_string()),
@@ -213,8 +281,14 @@ async fn a_backend_that_is_down_or_failing_refuses() {
         );
     }
     let m = metrics(&node).await;
-    assert!(m.contains(r#"roomcast_hook_requests_total{hook="connect",result="status"} 1"#), "{m}");
-    assert!(m.contains(r#"roomcast_hook_requests_total{hook="connect",result="malformed"} 3"#), "{m}");
+    assert!(
+        m.contains(r#"roomcast_hook_requests_total{hook="connect",result="status"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"roomcast_hook_requests_total{hook="connect",result="malformed"} 3"#),
+        "{m}"
+    );
     node.stop().await;
 }
 
@@ -246,12 +320,21 @@ async fn calls_beyond_the_concurrency_bound_refuse_at_once() {
     // ...so the second finds no permit: refused at once, without calling the backend.
     assert_eq!(first(&node, "", &[]).await.err(), Some(Closed::Code(1013)));
     let m = metrics(&node).await;
-    assert!(m.contains(r#"roomcast_hook_requests_total{hook="connect",result="busy"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"roomcast_hook_requests_total{hook="connect",result="busy"} 1"#),
+        "{m}"
+    );
     assert_eq!(backend.calls().len(), 1);
     // Released, the first is welcomed, and the permit is free again.
     release.notify_one();
-    assert!(matches!(held.closed_or_next().await, Ok(ServerMessage::Welcome { .. })));
-    assert!(matches!(first(&node, "", &[]).await, Ok(ServerMessage::Welcome { .. })));
+    assert!(matches!(
+        held.closed_or_next().await,
+        Ok(ServerMessage::Welcome { .. })
+    ));
+    assert!(matches!(
+        first(&node, "", &[]).await,
+        Ok(ServerMessage::Welcome { .. })
+    ));
     node.stop().await;
 }
 
@@ -271,10 +354,14 @@ async fn the_publish_hook_replaces_data_and_denies_and_is_asked_only_for_its_roo
     })
     .await;
     let node = TestNode::start(&[
-        "--auth", "none",
-        "--hook-publish-url", &backend.url("/publish"),
-        "--hook-publish-rooms", "mod:*",
-        "--hook-secret", HOOK_SECRET,
+        "--auth",
+        "none",
+        "--hook-publish-url",
+        &backend.url("/publish"),
+        "--hook-publish-rooms",
+        "mod:*",
+        "--hook-secret",
+        HOOK_SECRET,
     ])
     .await;
     let (mut a, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
@@ -287,36 +374,79 @@ async fn the_publish_hook_replaces_data_and_denies_and_is_asked_only_for_its_roo
         .request(json!({"type": "publish", "room": "mod:1", "event": "say", "data": {"text": "darn it"}}), "p1")
         .await;
     assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
-    let m = b.recv_match(|m| matches!(m, ServerMessage::Message(_))).await;
-    assert_eq!(publication(&m).data, json!({"text": "**** it"}), "the backend's data is published");
+    let m = b
+        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
+        .await;
+    assert_eq!(
+        publication(&m).data,
+        json!({"text": "**** it"}),
+        "the backend's data is published"
+    );
     let r = a
         .request(json!({"type": "publish", "room": "mod:1", "event": "say", "data": {"text": "forbidden"}}), "p2")
         .await;
-    assert!(matches!(r, ServerMessage::Error { code: ErrorCode::Forbidden, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            ServerMessage::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     // A room outside --hook-publish-rooms is not asked: its data goes out as sent.
     let r = a
-        .request(json!({"type": "publish", "room": "free:1", "event": "say", "data": {"text": "darn"}}), "p3")
+        .request(
+            json!({"type": "publish", "room": "free:1", "event": "say", "data": {"text": "darn"}}),
+            "p3",
+        )
         .await;
     assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
-    let m = b.recv_match(|m| matches!(m, ServerMessage::Message(_))).await;
+    let m = b
+        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
+        .await;
     assert_eq!(publication(&m).data, json!({"text": "darn"}));
     let calls = backend.calls();
     assert_eq!(calls.len(), 2, "{calls:?}");
-    assert!(calls.iter().all(|c| c.path == "/publish" && c.body["room"] == "mod:1" && c.signed));
+    assert!(calls
+        .iter()
+        .all(|c| c.path == "/publish" && c.body["room"] == "mod:1" && c.signed));
     assert_eq!(calls[0].body["event"], "say");
     node.stop().await;
 
     // The publish hook down: `unavailable`, never published.
     let dead = dead_addr().await;
-    let node = TestNode::start(&["--auth", "none", "--hook-publish-url", &format!("http://{dead}/p")]).await;
+    let node = TestNode::start(&[
+        "--auth",
+        "none",
+        "--hook-publish-url",
+        &format!("http://{dead}/p"),
+    ])
+    .await;
     let (mut a, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     a.join("r").await;
     let r = a
-        .request(json!({"type": "publish", "room": "r", "event": "e", "data": 1, "echo": true}), "p")
+        .request(
+            json!({"type": "publish", "room": "r", "event": "e", "data": 1, "echo": true}),
+            "p",
+        )
         .await;
-    assert!(matches!(r, ServerMessage::Error { code: ErrorCode::Unavailable, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            ServerMessage::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     let r = a.request(json!({"type": "ping"}), "after").await;
-    assert!(matches!(r, ServerMessage::Pong { .. }), "nothing was delivered before the pong: {r:?}");
+    assert!(
+        matches!(r, ServerMessage::Pong { .. }),
+        "nothing was delivered before the pong: {r:?}"
+    );
     node.stop().await;
 }
 
@@ -328,17 +458,34 @@ async fn the_join_hook_denies_a_matching_room_and_is_not_asked_for_others() {
     })
     .await;
     let node = TestNode::jwt(&[
-        "--hook-join-url", &backend.url("/join"),
-        "--hook-join-rooms", "private:*,vip",
+        "--hook-join-url",
+        &backend.url("/join"),
+        "--hook-join-rooms",
+        "private:*,vip",
     ])
     .await;
     let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
     let (mut c, _) = Client::welcomed(&url("pleb"), Encoding::Json).await;
-    let r = c.request(json!({"type": "join", "room": "private:1"}), "j1").await;
-    assert!(matches!(r, ServerMessage::Error { code: ErrorCode::Forbidden, .. }), "{r:?}");
+    let r = c
+        .request(json!({"type": "join", "room": "private:1"}), "j1")
+        .await;
+    assert!(
+        matches!(
+            r,
+            ServerMessage::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     c.join("public:1").await;
     let calls = backend.calls();
-    assert_eq!(calls.len(), 1, "only the matching room was asked: {calls:?}");
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the matching room was asked: {calls:?}"
+    );
     assert_eq!(calls[0].body, json!({"user": "pleb", "room": "private:1"}));
     let (mut v, _) = Client::welcomed(&url("vip"), Encoding::Json).await;
     v.join("private:1").await;
@@ -351,10 +498,25 @@ async fn the_join_hook_denies_a_matching_room_and_is_not_asked_for_others() {
 
     // The join hook down: `unavailable`.
     let dead = dead_addr().await;
-    let node = TestNode::start(&["--auth", "none", "--hook-join-url", &format!("http://{dead}/j")]).await;
+    let node = TestNode::start(&[
+        "--auth",
+        "none",
+        "--hook-join-url",
+        &format!("http://{dead}/j"),
+    ])
+    .await;
     let (mut a, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let r = a.request(json!({"type": "join", "room": "r"}), "j").await;
-    assert!(matches!(r, ServerMessage::Error { code: ErrorCode::Unavailable, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            ServerMessage::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     node.stop().await;
 }
 
@@ -364,7 +526,11 @@ async fn auth_hook_mode_passes_the_token_and_serves_sse_and_http_by_cookie() {
         let user = call.body["auth"]["token"]
             .as_str()
             .map(|t| t.trim_start_matches("opaque-").to_string())
-            .or_else(|| call.body["cookies"]["sid"].as_str().map(|s| format!("c-{s}")));
+            .or_else(|| {
+                call.body["cookies"]["sid"]
+                    .as_str()
+                    .map(|s| format!("c-{s}"))
+            });
         match user {
             Some(u) => ok(json!({"allow": true, "user": u, "join": ["lobby"]})),
             None => ok(json!({"allow": false})),
@@ -372,22 +538,40 @@ async fn auth_hook_mode_passes_the_token_and_serves_sse_and_http_by_cookie() {
     })
     .await;
     let node = TestNode::start(&[
-        "--auth", "hook",
-        "--hook-connect-url", &backend.url("/connect"),
-        "--api-keys", "k",
+        "--auth",
+        "hook",
+        "--hook-connect-url",
+        &backend.url("/connect"),
+        "--api-keys",
+        "k",
     ])
     .await;
     // An opaque (non-JWT) token goes to the hook as {"token": ...}.
-    let (mut c, w) =
-        Client::welcomed(&format!("{}?token=opaque-carol", node.ws_url()), Encoding::Json).await;
-    assert!(matches!(w, ServerMessage::Welcome { ref user, ref auth, .. } if user.as_str() == "carol" && auth == "hook"), "{w:?}");
-    assert_eq!(backend.next_call().await.body["auth"], json!({"token": "opaque-carol"}));
+    let (mut c, w) = Client::welcomed(
+        &format!("{}?token=opaque-carol", node.ws_url()),
+        Encoding::Json,
+    )
+    .await;
+    assert!(
+        matches!(w, ServerMessage::Welcome { ref user, ref auth, .. } if user.as_str() == "carol" && auth == "hook"),
+        "{w:?}"
+    );
+    assert_eq!(
+        backend.next_call().await.body["auth"],
+        json!({"token": "opaque-carol"})
+    );
     let j = c.recv().await;
-    assert!(matches!(j, ServerMessage::Joined { ref room, .. } if room.as_str() == "lobby"), "{j:?}");
+    assert!(
+        matches!(j, ServerMessage::Joined { ref room, .. } if room.as_str() == "lobby"),
+        "{j:?}"
+    );
     // A refresh goes to the hook too; another user is refused.
-    let r = c.request(json!({"type": "auth", "token": "opaque-carol"}), "a").await;
+    let r = c
+        .request(json!({"type": "auth", "token": "opaque-carol"}), "a")
+        .await;
     assert!(matches!(r, ServerMessage::AuthOk { .. }), "{r:?}");
-    c.send(json!({"type": "auth", "token": "opaque-mallory"})).await;
+    c.send(json!({"type": "auth", "token": "opaque-mallory"}))
+        .await;
     assert_eq!(c.closed().await, Closed::Code(4002));
 
     // SSE by cookie, with the hook's `join` rooms and no rooms= at all.
@@ -404,9 +588,23 @@ async fn auth_hook_mode_passes_the_token_and_serves_sse_and_http_by_cookie() {
     let ev = sse.next_event().await.expect("an event");
     assert_eq!(ev.json()["event"], "hello");
     // The HTTP fallback by cookie.
-    let (st, body) = http(node.addr, "POST", "/client/commands", &[("cookie", "sid=42")], r#"{"type":"ping","id":1}"#).await;
+    let (st, body) = http(
+        node.addr,
+        "POST",
+        "/client/commands",
+        &[("cookie", "sid=42")],
+        r#"{"type":"ping","id":1}"#,
+    )
+    .await;
     assert_eq!(st, 200, "{body}");
-    let (st, _) = http(node.addr, "POST", "/client/commands", &[], r#"{"type":"ping","id":1}"#).await;
+    let (st, _) = http(
+        node.addr,
+        "POST",
+        "/client/commands",
+        &[],
+        r#"{"type":"ping","id":1}"#,
+    )
+    .await;
     assert_eq!(st, 401, "denied by the hook");
     node.stop().await;
 }

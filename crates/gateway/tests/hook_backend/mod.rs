@@ -62,7 +62,10 @@ fn verify(headers: &hyper::HeaderMap, body: &[u8]) -> bool {
     };
     let Some(bytes) = (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()
     else {
         return false;

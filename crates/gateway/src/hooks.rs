@@ -299,7 +299,7 @@ fn parse_url(flag: &'static str, url: &Option<String>) -> Result<Option<Uri>, Ho
 }
 
 impl Hooks {
-    /// Checks the hook settings; `Ok(None)` when no hook is configured.
+    /// Checks the hook settings (URLs, header names, bounds) without building a client.
     pub fn check(cfg: &Config) -> Result<(), HookConfigError> {
         parse_url("--hook-connect-url", &cfg.hook_connect_url)?;
         parse_url("--hook-join-url", &cfg.hook_join_url)?;
@@ -652,7 +652,7 @@ mod tests {
 
     #[test]
     fn the_signature_covers_timestamp_and_body() {
-        // RFC 4231 test case 2 ("Jefe"), with the message split at a '.'.
+        // The MAC is over "<timestamp>.<body>": moving bytes across the '.' changes it.
         let s = sign(b"Jefe", "what do ya want ", b"for nothing?");
         assert_ne!(s, sign(b"Jefe", "what do ya want", b" for nothing?"));
         assert_eq!(s.len(), 64);

@@ -38,9 +38,17 @@ pub struct Setup {
     pub slot: ConnSlot,
     /// The connection's slot in its IP's count.
     pub ip_guard: Option<IpGuard>,
+    /// The connect hook's request and the `since` positions, when there are any (boxed:
+    /// most connections have neither, and the session's future keeps this slot).
+    pub at_connect: Option<Box<AtConnect>>,
+}
+
+/// What a connection brings for its start beyond a token.
+#[derive(Default)]
+pub struct AtConnect {
     /// What the connect hook is asked, when it decides this connection
     /// ([`Node::connect_request`]).
-    pub connect: Option<Box<crate::hooks::ConnectRequest>>,
+    pub hook: Option<crate::hooks::ConnectRequest>,
     /// Positions (`?since=room:offset:epoch,...`) from which the rooms joined at connect
     /// recover.
     pub since: Vec<(RoomName, roomcast_protocol::StreamPosition)>,
@@ -195,8 +203,7 @@ where
         token,
         slot,
         ip_guard,
-        connect,
-        since,
+        at_connect,
     } = setup;
     let now = Instant::now();
     let node_queue = node.cfg.outbound_queue;
@@ -221,7 +228,7 @@ where
     // keeps its arguments and their moved-in copies in separate slots of the future,
     // which doubled the memory an idle connection holds (measured: 2,432 -> 1,8xx bytes).
     async move {
-        let end = match Box::pin(s.begin(&mut state, token, connect, since)).await {
+        let end = match Box::pin(s.begin(&mut state, token, at_connect)).await {
             Some(end) => end,
             None => s.run_loop(&mut state).await,
         };
@@ -242,10 +249,10 @@ where
         &mut self,
         state: &mut State,
         token: Option<String>,
-        connect: Option<Box<crate::hooks::ConnectRequest>>,
-        since: Vec<(RoomName, roomcast_protocol::StreamPosition)>,
+        at_connect: Option<Box<AtConnect>>,
     ) -> Option<End> {
-        let initial = match (connect, token) {
+        let AtConnect { hook, since } = at_connect.map(|a| *a).unwrap_or_default();
+        let initial = match (hook, token) {
             (Some(req), _) => match ask_connect_hook(&self.node, &self.conn_id, &req).await {
                 Ok(who) => Some(Ok(who)),
                 Err(end) => return Some(end),

@@ -488,4 +488,34 @@ mod tests {
         assert!(Config::from_args(["--auth", "none", "--trusted-proxies", "nonsense"]).is_err());
         assert!(Config::from_args(["--auth", "bogus"]).is_err());
     }
+
+    #[test]
+    fn hook_and_personal_room_settings_are_checked() {
+        let e = Config::from_args(["--auth", "hook"]).unwrap_err();
+        assert!(e.to_string().contains("--hook-connect-url"), "{e}");
+        assert!(Config::from_args([
+            "--auth",
+            "hook",
+            "--hook-connect-url",
+            "http://127.0.0.1:1/c"
+        ])
+        .is_ok());
+        let e =
+            Config::from_args(["--auth", "none", "--hook-join-url", "https://x/j"]).unwrap_err();
+        assert!(e.to_string().contains("only http://"), "{e}");
+        assert!(
+            Config::from_args(["--auth", "none", "--hook-forward-headers", "bad header"]).is_err()
+        );
+        assert!(Config::from_args(["--auth", "none", "--hook-timeout-ms", "0"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--hook-max-concurrency", "0"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--personal-room", "user"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--personal-room", "user {user}"]).is_err());
+        let c =
+            Config::from_args(["--auth", "none", "--personal-room", "user:{user}"]).expect("valid");
+        let u = roomcast_protocol::UserId::new("42").expect("user");
+        assert_eq!(
+            c.personal_room(&u).map(|r| r.to_string()),
+            Some("user:42".into())
+        );
+    }
 }

@@ -111,7 +111,7 @@ pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
     };
     let (label, result): (&'static str, ApiResult) = match (method.clone(), path.as_str()) {
         (Method::POST, "/client/commands") => {
-            ("client_commands", client_commands(&node, req).await)
+            ("client_commands", client_commands(&node, peer, req).await)
         }
         (_, p) if p.starts_with("/api/") => {
             let label = api_label(&method, p);
@@ -459,9 +459,16 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
 
 /// `POST /client/commands`: one client message or a list, as the user of the JWT,
 /// under the same room rules and rate limits as /ws; answers the list of replies.
-async fn client_commands(node: &Node, req: Request<Incoming>) -> ApiResult {
-    let who = match crate::sse::http_identity(node, &req) {
+async fn client_commands(node: &Node, peer: SocketAddr, req: Request<Incoming>) -> ApiResult {
+    let who = match crate::sse::http_identity(node, peer, "http", &req).await {
         Ok(w) => w,
+        Err(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable.as_str(),
+                "authentication unavailable (the connect hook failed); try later".into(),
+            ));
+        }
         Err(_) => {
             node.metrics.errors.with_label_values(&["forbidden"]).inc();
             return Err(ApiError(

@@ -44,6 +44,10 @@ pub struct Identity {
     pub publish: bool,
     /// May ask for presence (the `presence` claim).
     pub presence: bool,
+    /// Rooms joined at connect without a client `join` (the `join` claim or the connect
+    /// hook's `join`; the session adds the personal room). Joining them needs no `rooms`
+    /// pattern: the token or the backend chose them.
+    pub join: Vec<RoomName>,
 }
 
 impl Identity {
@@ -53,6 +57,12 @@ impl Identity {
             Some(patterns) => patterns.iter().any(|p| glob_match(p, room.as_str())),
             None => default == RoomPolicy::Allow,
         }
+    }
+
+    /// Whether this identity may join `room`: [`Identity::may_access`], or a room it
+    /// joins at connect.
+    pub fn may_join(&self, room: &RoomName, default: RoomPolicy) -> bool {
+        self.join.contains(room) || self.may_access(room, default)
     }
 }
 
@@ -66,6 +76,9 @@ struct Claims {
     publish: Option<bool>,
     #[serde(default)]
     presence: Option<bool>,
+    /// Rooms joined at connect (server-side subscriptions).
+    #[serde(default)]
+    join: Option<Vec<String>>,
     /// Issued-at: a NumericDate (any other type fails the token).
     #[serde(default)]
     iat: Option<NumericDate>,
@@ -304,12 +317,18 @@ impl Authenticator {
         match self.mode {
             AuthMode::Jwt => "jwt",
             AuthMode::None => "none",
+            AuthMode::Hook => "hook",
         }
     }
 
-    /// Whether tokens are checked at all.
+    /// Whether connections authenticate at all (a JWT or the connect hook).
     pub fn enabled(&self) -> bool {
-        self.mode == AuthMode::Jwt
+        self.mode != AuthMode::None
+    }
+
+    /// Whether every connection is decided by the connect hook (`--auth hook`).
+    pub fn by_hook(&self) -> bool {
+        self.mode == AuthMode::Hook
     }
 
     /// The identity of an unauthenticated connection with `--auth none`.
@@ -323,6 +342,7 @@ impl Authenticator {
             rooms: None,
             publish: true,
             presence: true,
+            join: Vec::new(),
         })
     }
 
@@ -358,12 +378,19 @@ impl Authenticator {
                 roomcast_protocol::SERVER_USER
             )));
         }
+        let join = c
+            .join
+            .unwrap_or_default()
+            .iter()
+            .map(|r| RoomName::new(r).map_err(|e| AuthError::Invalid(format!("join: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Identity {
             user,
             exp: Some(c.exp),
             rooms: c.rooms,
             publish: c.publish.unwrap_or(true),
             presence: c.presence.unwrap_or(true),
+            join,
         })
     }
 

@@ -95,6 +95,30 @@ pub async fn publish(
             id,
         ));
     }
+    let mut data = data;
+    if let Some(hooks) = node.hooks.as_ref().filter(|h| h.asks_publish(&room)) {
+        match hooks.publish(&who.user, &room, event.as_str(), &data).await {
+            Ok(crate::hooks::RoomDecision::Allow(replaced)) => {
+                if let Some(d) = replaced {
+                    data = d;
+                }
+            }
+            Ok(crate::hooks::RoomDecision::Deny) => {
+                return Some(ServerMessage::error(
+                    ErrorCode::Forbidden,
+                    format!("the publish hook refused the message to {room}"),
+                    id,
+                ))
+            }
+            Err(e) => {
+                return Some(ServerMessage::error(
+                    ErrorCode::Unavailable,
+                    e.to_string(),
+                    id,
+                ))
+            }
+        }
+    }
     let req = PublishRequest {
         publication: Publication {
             room,

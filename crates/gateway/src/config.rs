@@ -14,6 +14,9 @@ pub enum AuthMode {
     Jwt,
     /// No authentication (development): the user id is the connection id.
     None,
+    /// Every connection is decided by the connect hook (`--hook-connect-url`); a token
+    /// the client gives is passed to the hook, never verified as a JWT.
+    Hook,
 }
 
 /// What a token without a `rooms` claim may join.
@@ -67,7 +70,8 @@ pub struct Config {
     /// This node's name in the cluster (default: host name and a random suffix).
     #[arg(long, env = "ROOMCAST_NODE_ID")]
     pub node_id: Option<String>,
-    /// Authentication: jwt or none.
+    /// Authentication: jwt, none or hook. With jwt and a connect hook, a connection with
+    /// a token is verified as a JWT and one without is asked to the hook.
     #[arg(long, env = "ROOMCAST_AUTH", value_enum, default_value = "jwt")]
     pub auth: AuthMode,
     /// HS256 shared secret.
@@ -231,6 +235,41 @@ pub struct Config {
     /// (beyond: 429); 0: unlimited.
     #[arg(long, env = "ROOMCAST_MAX_HTTP_PER_IP", default_value_t = 64)]
     pub max_http_per_ip: usize,
+    /// Connect hook: the URL (http://) the node POSTs a new connection's cookies,
+    /// forwarded headers, auth payload and IP to; the answer allows (as a user) or denies.
+    #[arg(long, env = "ROOMCAST_HOOK_CONNECT_URL")]
+    pub hook_connect_url: Option<String>,
+    /// Join hook: the URL (http://) asked whether a user may join a room matching
+    /// `--hook-join-rooms`.
+    #[arg(long, env = "ROOMCAST_HOOK_JOIN_URL")]
+    pub hook_join_url: Option<String>,
+    /// Publish hook: the URL (http://) asked whether a user may publish to a room matching
+    /// `--hook-publish-rooms`; it may replace the data.
+    #[arg(long, env = "ROOMCAST_HOOK_PUBLISH_URL")]
+    pub hook_publish_url: Option<String>,
+    /// Comma-separated room patterns (`*` as a glob) whose joins the join hook decides.
+    #[arg(long, env = "ROOMCAST_HOOK_JOIN_ROOMS", default_value = "*")]
+    pub hook_join_rooms: String,
+    /// Comma-separated room patterns (`*` as a glob) whose publishes the publish hook decides.
+    #[arg(long, env = "ROOMCAST_HOOK_PUBLISH_ROOMS", default_value = "*")]
+    pub hook_publish_rooms: String,
+    /// Comma-separated request headers passed to the connect hook (cookies always are).
+    #[arg(long, env = "ROOMCAST_HOOK_FORWARD_HEADERS", default_value = "")]
+    pub hook_forward_headers: String,
+    /// Shared secret: every hook request carries `X-Roomcast-Signature: sha256=<hex
+    /// HMAC-SHA256 of "<X-Roomcast-Timestamp>.<body>">` (none: unsigned).
+    #[arg(long, env = "ROOMCAST_HOOK_SECRET", hide_env_values = true)]
+    pub hook_secret: Option<String>,
+    /// Milliseconds a hook call may take; beyond, it refuses (fail closed).
+    #[arg(long, env = "ROOMCAST_HOOK_TIMEOUT_MS", default_value_t = 2000)]
+    pub hook_timeout_ms: u64,
+    /// Hook calls one node makes at once; beyond, a call refuses at once (`unavailable`).
+    #[arg(long, env = "ROOMCAST_HOOK_MAX_CONCURRENCY", default_value_t = 256)]
+    pub hook_max_concurrency: usize,
+    /// Template of the room every connection joins at connect, `{user}` standing for
+    /// its user id (for example `user:{user}`); empty: none.
+    #[arg(long, env = "ROOMCAST_PERSONAL_ROOM", default_value = "")]
+    pub personal_room: String,
 }
 
 /// A configuration that cannot run, with the reason.
@@ -275,6 +314,19 @@ impl Config {
     /// Checks the settings together; the message says what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.auth == AuthMode::Hook && self.hook_connect_url.is_none() {
+            return bad("--auth hook needs --hook-connect-url");
+        }
+        crate::hooks::Hooks::check(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if !self.personal_room.is_empty() {
+            if !self.personal_room.contains("{user}") {
+                return bad("--personal-room must contain {user} (for example user:{user})");
+            }
+            if roomcast_protocol::RoomName::new(&self.personal_room.replace("{user}", "u")).is_err()
+            {
+                return bad("--personal-room must make a valid room name once {user} is filled in");
+            }
+        }
         if self.auth == AuthMode::Jwt && self.jwt_secret.is_none() && self.jwt_public_key.is_none()
         {
             return bad("--auth jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256/ES256/EdDSA); use --auth none for development");
@@ -354,6 +406,18 @@ impl Config {
     /// The admin keys, split; empty when the admin page is disabled.
     pub fn admin_key_list(&self) -> Vec<String> {
         split_list(self.admin_key.as_deref().unwrap_or(""))
+    }
+
+    /// The personal room of `user` (`--personal-room`), if one is configured and the
+    /// name it makes is valid.
+    pub fn personal_room(
+        &self,
+        user: &roomcast_protocol::UserId,
+    ) -> Option<roomcast_protocol::RoomName> {
+        if self.personal_room.is_empty() {
+            return None;
+        }
+        roomcast_protocol::RoomName::new(&self.personal_room.replace("{user}", user.as_str())).ok()
     }
 
     /// The API keys, split.
@@ -452,5 +516,35 @@ mod tests {
         ])
         .expect("two admin keys");
         assert_eq!(c.admin_key_list().len(), 2);
+    }
+
+    #[test]
+    fn hook_and_personal_room_settings_are_checked() {
+        let e = Config::from_args(["--auth", "hook"]).unwrap_err();
+        assert!(e.to_string().contains("--hook-connect-url"), "{e}");
+        assert!(Config::from_args([
+            "--auth",
+            "hook",
+            "--hook-connect-url",
+            "http://127.0.0.1:1/c"
+        ])
+        .is_ok());
+        let e =
+            Config::from_args(["--auth", "none", "--hook-join-url", "https://x/j"]).unwrap_err();
+        assert!(e.to_string().contains("only http://"), "{e}");
+        assert!(
+            Config::from_args(["--auth", "none", "--hook-forward-headers", "bad header"]).is_err()
+        );
+        assert!(Config::from_args(["--auth", "none", "--hook-timeout-ms", "0"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--hook-max-concurrency", "0"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--personal-room", "user"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--personal-room", "user {user}"]).is_err());
+        let c =
+            Config::from_args(["--auth", "none", "--personal-room", "user:{user}"]).expect("valid");
+        let u = roomcast_protocol::UserId::new("42").expect("user");
+        assert_eq!(
+            c.personal_room(&u).map(|r| r.to_string()),
+            Some("user:42".into())
+        );
     }
 }

@@ -284,6 +284,15 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
     let token = query_param(&req, "token")
         .filter(|t| !t.is_empty())
         .or_else(|| bearer(&req));
+    let at_connect = session::AtConnect {
+        hook: node.connect_request("ws", ip, req.headers(), token.as_deref()),
+        since: crate::sse::parse_ws_since(
+            &query_param(&req, "since").unwrap_or_default(),
+            node.cfg.max_rooms,
+        ),
+    };
+    let at_connect =
+        (at_connect.hook.is_some() || !at_connect.since.is_empty()).then(|| Box::new(at_connect));
 
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -327,6 +336,7 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
             token,
             slot,
             ip_guard: Some(ip_guard),
+            at_connect,
         };
         // The session runs as a task of its own: this one (and what the upgrade needed)
         // ends here, so a connection holds only the session's memory.

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod heartbeat;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod limits;
@@ -83,6 +84,8 @@ pub async fn run(
     let trusted_proxies = parse_cidrs(&cfg.trusted_proxies).map_err(RunError::Config)?;
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(metrics.clone());
+    let hooks = crate::hooks::Hooks::from_config(&cfg, metrics.clone(), shutdown.clone())
+        .map_err(|e| RunError::Config(e.to_string()))?;
     let bus_cfg = bus_config(&cfg, &node_id);
     let bus: Arc<dyn Bus> = match &cfg.redis_url {
         Some(url) => Arc::new(RedisBus::connect(url, bus_cfg).await?),
@@ -117,6 +120,7 @@ pub async fn run(
         drain: CancellationToken::new(),
         sessions: TaskTracker::new(),
         churn: Arc::default(),
+        hooks,
         cfg,
     });
     memory::spawn_trimmer(

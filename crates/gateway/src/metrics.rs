@@ -2,8 +2,8 @@
 //! docs/operations.md; the Grafana dashboard and alert rules use only these.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use roomcast_redis_bridge::BusStats;
 use std::sync::atomic::Ordering;
@@ -77,6 +77,11 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// 1 while the node drains.
     pub draining: IntGauge,
+    /// Backend hook calls, by hook (`connect`, `join`, `publish`) and result (`allow`,
+    /// `deny`, `busy`, `timeout`, `unreachable`, `status`, `malformed`).
+    pub hook_requests: IntCounterVec,
+    /// Time of a backend hook call, by hook.
+    pub hook_duration: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -275,6 +280,27 @@ impl Metrics {
                 &["route", "status"],
             ),
             draining: gauge(&r, "roomcast_draining", "1 while the node drains"),
+            hook_requests: counter_vec(
+                &r,
+                "roomcast_hook_requests_total",
+                "Backend hook calls, by hook and result",
+                &["hook", "result"],
+            ),
+            hook_duration: {
+                let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "roomcast_hook_duration_seconds",
+                        "Time of a backend hook call, by hook",
+                    )
+                    .buckets(buckets),
+                    &["hook"],
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}"));
+                r.register(Box::new(h.clone()))
+                    .unwrap_or_else(|e| panic!("metric: {e}"));
+                h
+            },
             registry: r,
         };
         for t in ["ws", "sse"] {

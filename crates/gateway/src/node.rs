@@ -45,6 +45,8 @@ pub struct Node {
     pub sessions: TaskTracker,
     /// Connections opened and closed, for the heap trimmer.
     pub churn: Arc<crate::memory::Churn>,
+    /// The backend hooks, when any is configured.
+    pub hooks: Option<crate::hooks::Hooks>,
 }
 
 impl Node {
@@ -70,6 +72,40 @@ impl Node {
             node: self.clone(),
             transport,
         })
+    }
+
+    /// The connect hook's request for a new connection, when the hook decides it: always
+    /// with `--auth hook` (a token goes to the hook as `{"token": ...}`), else only for a
+    /// connection that brings no token (`--auth jwt` verifies tokens itself).
+    pub fn connect_request(
+        &self,
+        transport: &'static str,
+        ip: std::net::IpAddr,
+        headers: &hyper::HeaderMap,
+        token: Option<&str>,
+    ) -> Option<crate::hooks::ConnectRequest> {
+        let hooks = self.hooks.as_ref().filter(|h| h.has_connect())?;
+        if !self.auth.enabled() || (token.is_some() && !self.auth.by_hook()) {
+            return None;
+        }
+        let auth = match token {
+            Some(t) => serde_json::json!({ "token": t }),
+            None => serde_json::Value::Null,
+        };
+        Some(crate::hooks::ConnectRequest::new(
+            hooks, transport, ip, headers, auth,
+        ))
+    }
+
+    /// The rooms `who` joins at connect: its `join` list and its personal room.
+    pub fn server_rooms(&self, who: &crate::auth::Identity) -> Vec<roomcast_protocol::RoomName> {
+        let mut rooms = who.join.clone();
+        if let Some(p) = self.cfg.personal_room(&who.user) {
+            if !rooms.contains(&p) {
+                rooms.push(p);
+            }
+        }
+        rooms
     }
 
     /// A new cluster-unique connection id.

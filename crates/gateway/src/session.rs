@@ -38,6 +38,20 @@ pub struct Setup {
     pub slot: ConnSlot,
     /// The connection's slot in its IP's count.
     pub ip_guard: Option<IpGuard>,
+    /// The connect hook's request and the `since` positions, when there are any (boxed:
+    /// most connections have neither, and the session's future keeps this slot).
+    pub at_connect: Option<Box<AtConnect>>,
+}
+
+/// What a connection brings for its start beyond a token.
+#[derive(Default)]
+pub struct AtConnect {
+    /// What the connect hook is asked, when it decides this connection
+    /// ([`Node::connect_request`]).
+    pub hook: Option<crate::hooks::ConnectRequest>,
+    /// Positions (`?since=room:offset:epoch,...`) from which the rooms joined at connect
+    /// recover.
+    pub since: Vec<(RoomName, roomcast_protocol::StreamPosition)>,
 }
 
 /// Where a session is in its life.
@@ -189,6 +203,7 @@ where
         token,
         slot,
         ip_guard,
+        at_connect,
     } = setup;
     let now = Instant::now();
     let node_queue = node.cfg.outbound_queue;
@@ -213,7 +228,7 @@ where
     // keeps its arguments and their moved-in copies in separate slots of the future,
     // which doubled the memory an idle connection holds (measured: 2,432 -> 1,8xx bytes).
     async move {
-        let end = match Box::pin(s.begin(&mut state, token)).await {
+        let end = match Box::pin(s.begin(&mut state, token, at_connect)).await {
             Some(end) => end,
             None => s.run_loop(&mut state).await,
         };
@@ -230,22 +245,52 @@ where
 {
     /// Authenticates at once from the token of the upgrade request, or with `--auth
     /// none`; `Some` when the connection must end instead.
-    async fn begin(&mut self, state: &mut State, token: Option<String>) -> Option<End> {
-        let initial = match token {
-            Some(t) => Some(self.node.auth.verify(&t)),
-            None => self.node.auth.anonymous(&self.conn_id).map(Ok),
+    async fn begin(
+        &mut self,
+        state: &mut State,
+        token: Option<String>,
+        at_connect: Option<Box<AtConnect>>,
+    ) -> Option<End> {
+        let AtConnect { hook, since } = at_connect.map(|a| *a).unwrap_or_default();
+        let initial = match (hook, token) {
+            (Some(req), _) => match ask_connect_hook(&self.node, &self.conn_id, &req).await {
+                Ok(who) => Some(Ok(who)),
+                Err(end) => return Some(end),
+            },
+            (None, Some(t)) => Some(self.node.auth.verify(&t)),
+            (None, None) => self.node.auth.anonymous(&self.conn_id).map(Ok),
         };
         match initial {
             Some(Ok(who)) => match self.authenticate(who, None).await {
-                Ok(active) => {
+                Ok(mut active) => {
+                    let r = self.join_at_connect(&mut active, since).await;
                     *state = State::Active(active);
-                    None
+                    r.err()
                 }
                 Err(end) => Some(end),
             },
             Some(Err(e)) => Some(self.auth_failed(&e)),
             None => None,
         }
+    }
+
+    /// Joins the rooms of the token or hook (`join`) and the personal room, each answered
+    /// with `joined` as if the client had asked; a position in `since` recovers it.
+    async fn join_at_connect(
+        &mut self,
+        active: &mut Active,
+        since: Vec<(RoomName, roomcast_protocol::StreamPosition)>,
+    ) -> Result<(), End> {
+        let rooms = active.who.join.clone();
+        for room in rooms {
+            let from = since
+                .iter()
+                .find(|(r, _)| *r == room)
+                .map(|(_, p)| p.clone());
+            let reply = self.join(active, room, None, from, None, true).await;
+            self.reply(&reply).await?;
+        }
+        Ok(())
     }
 
     /// The id of a request this session refuses before handling it, for the error reply.
@@ -276,7 +321,8 @@ where
         Some(Instant::now() + Duration::from_secs(left))
     }
 
-    async fn authenticate(&mut self, who: Identity, id: Option<ReqId>) -> Result<Active, End> {
+    async fn authenticate(&mut self, mut who: Identity, id: Option<ReqId>) -> Result<Active, End> {
+        who.join = self.node.server_rooms(&who);
         let member = self.member(&who);
         self.node.hub.add_user(&member);
         // Rooms mode: after `welcome` the user's direct messages reach this connection.
@@ -628,7 +674,26 @@ where
                 if !node.auth.enabled() {
                     Some(ServerMessage::AuthOk { exp: 0, id })
                 } else {
-                    match node.auth.verify(&token) {
+                    let fresh = if node.auth.by_hook() {
+                        // Under --auth hook the fresh token goes to the connect hook.
+                        let req = crate::hooks::ConnectRequest {
+                            ip: String::new(),
+                            transport: "ws",
+                            headers: Default::default(),
+                            cookies: Default::default(),
+                            auth: serde_json::json!({ "token": token }),
+                        };
+                        match ask_connect_hook(&self.node, &self.conn_id, &req).await {
+                            Ok(who) => Ok(who),
+                            Err(end) => return Err(end),
+                        }
+                    } else {
+                        node.auth.verify(&token)
+                    };
+                    match fresh.map(|mut who| {
+                        who.join = node.server_rooms(&who);
+                        who
+                    }) {
                         Ok(who) if who.user != active.who.user => {
                             return Err(self.auth_failed(&AuthError::OtherUser))
                         }
@@ -641,7 +706,7 @@ where
                             let lost: Vec<RoomName> = active
                                 .rooms
                                 .names()
-                                .filter(|r| !active.who.may_access(r, node.auth.default_policy))
+                                .filter(|r| !active.who.may_join(r, node.auth.default_policy))
                                 .cloned()
                                 .collect();
                             for room in lost {
@@ -659,7 +724,7 @@ where
                 history,
                 since,
                 id,
-            } => Some(self.join(active, room, history, since, id).await),
+            } => Some(self.join(active, room, history, since, id, false).await),
             ClientMessage::Leave { room, id } => {
                 if !active.rooms.remove(&room) {
                     Some(ServerMessage::error(
@@ -715,6 +780,9 @@ where
         }
     }
 
+    /// Joins `room` (again: a re-join replays from `since` and is otherwise a no-op).
+    /// `at_connect`: a room of the token, hook or personal room, which neither `rooms`
+    /// patterns nor the join hook decide.
     async fn join(
         &mut self,
         active: &mut Active,
@@ -722,16 +790,38 @@ where
         history: Option<u32>,
         since: Option<roomcast_protocol::StreamPosition>,
         id: Option<ReqId>,
+        at_connect: bool,
     ) -> ServerMessage {
         let node = self.node.clone();
-        if !active.who.may_access(&room, node.auth.default_policy) {
-            return ServerMessage::error(
-                ErrorCode::Forbidden,
-                format!("not allowed in room {room}"),
-                id,
-            );
-        }
         let rejoin = active.rooms.get(&room).is_some();
+        if !at_connect {
+            if !active.who.may_join(&room, node.auth.default_policy) {
+                return ServerMessage::error(
+                    ErrorCode::Forbidden,
+                    format!("not allowed in room {room}"),
+                    id,
+                );
+            }
+            // The join hook decides rooms that match its patterns, except those the
+            // connection joined at connect and a re-join (asked the first time).
+            if let Some(hooks) = node.hooks.as_ref().filter(|h| h.asks_join(&room)) {
+                if !rejoin && !active.who.join.contains(&room) {
+                    match hooks.join(&active.who.user, &room).await {
+                        Ok(crate::hooks::RoomDecision::Allow(_)) => {}
+                        Ok(crate::hooks::RoomDecision::Deny) => {
+                            return ServerMessage::error(
+                                ErrorCode::Forbidden,
+                                format!("the join hook refused room {room}"),
+                                id,
+                            )
+                        }
+                        Err(e) => {
+                            return ServerMessage::error(ErrorCode::Unavailable, e.to_string(), id)
+                        }
+                    }
+                }
+            }
+        }
         if !rejoin && active.rooms.len() >= node.cfg.max_rooms {
             return ServerMessage::error(
                 ErrorCode::RoomLimit,
@@ -874,6 +964,34 @@ fn admit(active: &mut Active, frame: &Frame) -> bool {
         *last = o;
     }
     true
+}
+
+/// Asks the connect hook who this connection is: a deny closes with the hook's code,
+/// a failure with 1013 (try later): never allowed by default.
+async fn ask_connect_hook(
+    node: &Node,
+    conn_id: &str,
+    req: &crate::hooks::ConnectRequest,
+) -> Result<Identity, End> {
+    use crate::hooks::ConnectDecision;
+    let Some(hooks) = node.hooks.as_ref() else {
+        return Err(End::Close(close::INTERNAL, "no connect hook"));
+    };
+    match hooks.connect(req).await {
+        Ok(ConnectDecision::Allow(who)) => Ok(who),
+        Ok(ConnectDecision::Deny { code, reason }) => {
+            node.metrics
+                .auth_failures
+                .with_label_values(&["hook_denied"])
+                .inc();
+            tracing::debug!(conn = %conn_id, code, reason, "connect hook denied");
+            Err(End::Close(code, "refused by the connect hook"))
+        }
+        Err(_) => Err(End::Close(
+            close::OVERLOADED,
+            "authentication unavailable; try later",
+        )),
+    }
 }
 
 /// What the session's one timer is waiting for.

@@ -97,6 +97,34 @@ pub fn parse_positions(
         .collect())
 }
 
+/// Parses the `since=room:offset:epoch,...` of a WebSocket upgrade (the positions from
+/// which the rooms joined at connect recover; the room may hold `:`, the offset and epoch
+/// cannot). At most `max_rooms` items are read; the ones that are not a position are
+/// ignored, like a `join` without `since`.
+pub fn parse_ws_since(
+    s: &str,
+    max_rooms: usize,
+) -> Vec<(RoomName, roomcast_protocol::StreamPosition)> {
+    items(s)
+        .take(max_rooms)
+        .filter_map(|item| {
+            let mut parts = item.rsplitn(3, ':');
+            let epoch = parts.next()?;
+            let offset = parts.next()?.parse().ok()?;
+            let room = RoomName::new(parts.next()?).ok()?;
+            (!epoch.is_empty()).then(|| {
+                (
+                    room,
+                    roomcast_protocol::StreamPosition {
+                        offset,
+                        epoch: epoch.to_string(),
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
 /// Parses a `Last-Event-ID` header: as [`parse_positions`], after refusing one longer
 /// than [`max_query_len`].
 pub fn parse_last_event_id(
@@ -122,10 +150,17 @@ fn clip(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The identity of an HTTP client: its JWT (query `token` or Authorization), or with
-/// `--auth none` the `user` query parameter or a fresh id.
+/// The identity of an HTTP client: its JWT (query `token` or Authorization), the connect
+/// hook's answer (a request without a token, or any with `--auth hook`: cookies and the
+/// forwarded headers go to the hook), or with `--auth none` the `user` query parameter or
+/// a fresh id. `transport` is `sse` or `http`.
 #[allow(clippy::result_large_err)] // the error is the response itself, built once per refused request
-pub fn http_identity(node: &Node, req: &Request<Incoming>) -> Result<Identity, Response<Body>> {
+pub async fn http_identity(
+    node: &Node,
+    peer: SocketAddr,
+    transport: &'static str,
+    req: &Request<Incoming>,
+) -> Result<Identity, Response<Body>> {
     if !node.auth.enabled() {
         let user = query_param(req, "user")
             .filter(|u| !u.is_empty())
@@ -135,22 +170,57 @@ pub fn http_identity(node: &Node, req: &Request<Incoming>) -> Result<Identity, R
             .anonymous(&user)
             .ok_or_else(|| text(StatusCode::BAD_REQUEST, "invalid user\n"));
     }
-    let Some(token) = query_param(req, "token")
+    let token = query_param(req, "token")
         .filter(|t| !t.is_empty())
-        .or_else(|| bearer(req))
-    else {
+        .or_else(|| bearer(req));
+    let xff = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let ip = client_ip(peer.ip(), xff, &node.trusted_proxies);
+    if let (Some(hook_req), Some(hooks)) = (
+        node.connect_request(transport, ip, req.headers(), token.as_deref()),
+        node.hooks.as_ref(),
+    ) {
+        return match hooks.connect(&hook_req).await {
+            Ok(crate::hooks::ConnectDecision::Allow(mut who)) => {
+                who.join = node.server_rooms(&who);
+                Ok(who)
+            }
+            Ok(crate::hooks::ConnectDecision::Deny { code, .. }) => {
+                node.metrics
+                    .auth_failures
+                    .with_label_values(&["hook_denied"])
+                    .inc();
+                let status = if code == roomcast_protocol::close::POLICY {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                Err(text(status, "refused by the connect hook\n"))
+            }
+            Err(e) => Err(text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))),
+        };
+    }
+    let Some(token) = token else {
         return Err(text(
             StatusCode::UNAUTHORIZED,
             "a token is required (token query parameter or Authorization: Bearer)\n",
         ));
     };
-    node.auth.verify(&token).map_err(|e| {
-        node.metrics
-            .auth_failures
-            .with_label_values(&[e.reason()])
-            .inc();
-        text(StatusCode::UNAUTHORIZED, format!("{e}\n"))
-    })
+    node.auth
+        .verify(&token)
+        .map(|mut who| {
+            who.join = node.server_rooms(&who);
+            who
+        })
+        .map_err(|e| {
+            node.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            text(StatusCode::UNAUTHORIZED, format!("{e}\n"))
+        })
 }
 
 /// Opens an event stream.
@@ -172,26 +242,53 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
             format!("the query is longer than {max_query} bytes\n"),
         );
     }
-    let who = match http_identity(&node, &req) {
+    let who = match http_identity(&node, peer, "sse", &req).await {
         Ok(w) => w,
         Err(r) => return r,
     };
     let bad = |e: SseParamError| text(StatusCode::BAD_REQUEST, format!("{e}\n"));
-    let rooms = match parse_rooms(&query_param(&req, "rooms").unwrap_or_default(), max_rooms) {
+    let mut rooms = match parse_rooms(&query_param(&req, "rooms").unwrap_or_default(), max_rooms) {
         Ok(r) => r,
         Err(e) => return bad(e),
     };
+    // The rooms of the token or hook (`join`) and the personal room come too, as for a
+    // WebSocket; with them, `rooms=` may be left out.
+    for room in &who.join {
+        if !rooms.contains(room) {
+            rooms.push(room.clone());
+        }
+    }
     if rooms.is_empty() {
         return text(StatusCode::BAD_REQUEST, "rooms=a,b is required\n");
     }
+    if rooms.len() > max_rooms {
+        return bad(SseParamError::TooManyRooms(max_rooms));
+    }
     if let Some(room) = rooms
         .iter()
-        .find(|r| !who.may_access(r, node.auth.default_policy))
+        .find(|r| !who.may_join(r, node.auth.default_policy))
     {
         return text(
             StatusCode::FORBIDDEN,
             format!("not allowed in room {room}\n"),
         );
+    }
+    if let Some(hooks) = node.hooks.as_ref() {
+        for room in rooms
+            .iter()
+            .filter(|r| hooks.asks_join(r) && !who.join.contains(r))
+        {
+            match hooks.join(&who.user, room).await {
+                Ok(crate::hooks::RoomDecision::Allow(_)) => {}
+                Ok(crate::hooks::RoomDecision::Deny) => {
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        format!("the join hook refused room {room}\n"),
+                    )
+                }
+                Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+        }
     }
     let mut since = match parse_positions(
         &query_param(&req, "since").unwrap_or_default(),

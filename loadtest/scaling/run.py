@@ -141,7 +141,7 @@ class Nodes:
     def snapshot(self):
         return [{"cpu": cpu_s(p.pid), "bus": metric(port, "roomcast_bus_messages_received_total"),
                  "unwanted": metric(port, "roomcast_bus_unwanted_room_messages_total")}
-                for port, p in zip(self.ports, self.procs)]
+                for port, p in zip(self.ports, self.procs)] + [{"redis_cpu": cpu_s(self.redis.pid)}]
 
     def stop(self):
         for p in self.procs + [self.redis]:
@@ -192,6 +192,7 @@ def run_step(nodes, placement, per_node_rate, args, tmp, tag):
                 reps.append(json.load(f))
         except Exception:
             reps.append({"ok": False, "error": open(errf).read()[-500:]})
+    redis_cpu = s1.pop()["redis_cpu"] - s0.pop()["redis_cpu"]
     per_node = []
     for a, b in zip(s0, s1):
         bus, cpu = b["bus"] - a["bus"], b["cpu"] - a["cpu"]
@@ -206,10 +207,13 @@ def run_step(nodes, placement, per_node_rate, args, tmp, tag):
            "published": published, "lost": sum(r.get("lost", 0) or 0 for r in reps),
            "duplicates": sum(r.get("duplicates", 0) or 0 for r in reps), "p99_us": p99, "ok": ok,
            "within_slo": ok and p99 <= 100_000 and rate_ok, "window_s": round(wall, 2), "nodes": per_node,
+           "redis_cpu_ms_per_s": round(redis_cpu * 1000 / wall, 1),
+           "redis_cpu_us_per_msg": round(redis_cpu * 1e6 / (wall * per_node_rate * n), 2),
            "generator_cpu_s": round(sum(r.get("generator_cpu_s", 0) or 0 for r in reps), 2)}
     mean = lambda key: round(sum(x[key] or 0 for x in per_node) / n, 1)
     log(f"  {placement} {per_node_rate}/node x{n}: ok={ok} p99={p99 / 1000:.1f}ms lost={res['lost']} "
-        f"bus/node={mean('bus_msgs_per_s')}/s cpu/node={mean('cpu_ms_per_s')}ms/s slo={res['within_slo']}")
+        f"bus/node={mean('bus_msgs_per_s')}/s cpu/node={mean('cpu_ms_per_s')}ms/s redis={res['redis_cpu_ms_per_s']}ms/s "
+        f"slo={res['within_slo']}")
     return res
 
 
@@ -276,15 +280,15 @@ def main():
 
 def table(report):
     out = ["| nodes | mode | placement | cluster msg/s | bus msgs received per node, /s | of which for rooms it does not hold "
-           "| CPU per node, ms/s | cluster's highest rate within the SLO | load avg before → after |",
-           "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+           "| CPU per node, ms/s | Redis CPU per message, µs | cluster's highest rate within the SLO | load avg before → after |",
+           "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for run in report["runs"]:
         first = run["steps"][0]
         nn = run["nodes"]
         mean = lambda key: sum(x[key] or 0 for x in first["nodes"]) / nn
         best = run["best_cluster_rate"]
         out.append(f"| {nn} | {run['mode']} | {run['placement']} | {first['cluster_rate']:.0f} | {mean('bus_msgs_per_s'):.0f} "
-                   f"| {mean('unwanted_per_s'):.0f} | {mean('cpu_ms_per_s'):.1f} | {best and f'{best:.0f} msg/s' or 'none'} "
+                   f"| {mean('unwanted_per_s'):.0f} | {mean('cpu_ms_per_s'):.1f} | {first['redis_cpu_us_per_msg']:.1f} | {best and f'{best:.0f} msg/s' or 'none'} "
                    f"| {run['load_before']} → {run['load_after']} |")
     return "\n".join(out)
 

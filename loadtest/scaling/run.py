@@ -25,6 +25,7 @@ averages are recorded before and after every (N, mode) block.
 
   loadtest/scaling/run.py                       # 1,2,4,6 nodes, rates 250..4000 per node
   loadtest/scaling/run.py --nodes 1,2 --rates 250 --duration 3    # quick
+  loadtest/scaling/run.py --modes rooms,cluster --rates 250,1000,4000   # one Redis vs 3 shards
 
 Env: ROOMCAST_BIN, LOADGEN_BIN (default target/release/...). Writes JSON to
 target/bench/scaling-<time>.json and prints Markdown tables. Loopback only; every run is
@@ -119,19 +120,53 @@ def loadavg():
 
 
 class Nodes:
+    """One Redis and N nodes in `mode` (pattern, rooms), or, for mode `cluster`, a Redis
+    Cluster of 3 primaries and 3 replicas (deploy/redis-cluster) and N nodes on
+    --redis-cluster-urls; then Redis CPU is the sum over the primaries, and each primary's
+    share is kept too (the shards' balance)."""
+
     def __init__(self, n, mode, args, tmp):
-        self.redis_port = free_port()
-        self.redis = start(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-                            "--appendonly", "no", "--client-output-buffer-limit", "pubsub 64mb 16mb 60"],
-                           os.path.join(tmp, "redis.log"))
-        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(self.redis_port), "ping"], capture_output=True,
-                                        text=True).stdout.strip() == "PONG", 10, "redis")
+        self.cluster_dir = None
+        self.redis_pids = []
+        if mode == "cluster":
+            self.cluster_dir = os.path.join(tmp, f"redis-cluster-{n}")
+            subprocess.run([os.path.join(ROOT, "deploy/redis-cluster"), "start", self.cluster_dir], check=True,
+                           timeout=120)
+            env = {}
+            with open(os.path.join(self.cluster_dir, "cluster.env")) as f:
+                for line in f:
+                    k, _, v = line.strip().partition("=")
+                    env[k] = v.strip('"')
+            seeds = env["REDIS_CLUSTER_URLS"]
+            pids, ports = env["REDIS_CLUSTER_PIDS"].split(), env["REDIS_CLUSTER_PORTS"].split()
+            # Redis CPU: the primaries (they run the publish scripts and the sharded pub/sub).
+            for pid, port in zip(pids, ports):
+                role = subprocess.run(["redis-cli", "-p", port, "ROLE"], capture_output=True, text=True,
+                                      timeout=10).stdout.split()
+                if role and role[0] == "master":
+                    self.redis_pids.append(int(pid))
+            bus = ["--redis-cluster-urls", seeds]
+        else:
+            self.redis_port = free_port()
+            self.redis = start(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--client-output-buffer-limit", "pubsub 64mb 16mb 60"],
+                               os.path.join(tmp, "redis.log"))
+            wait_for(lambda: subprocess.run(["redis-cli", "-p", str(self.redis_port), "ping"], capture_output=True,
+                                            text=True).stdout.strip() == "PONG", 10, "redis")
+            self.redis_pids = [self.redis.pid]
+            bus = ["--redis-url", f"redis://127.0.0.1:{self.redis_port}", "--bus-subscribe", mode]
         self.ports, self.procs = [], []
+        try:
+            self._start_nodes(n, bus, args, tmp)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_nodes(self, n, bus, args, tmp):
         for i in range(n):
             port = free_port()
-            self.procs.append(start([args.roomcast_bin, "--auth", "none", "--redis-url",
-                                     f"redis://127.0.0.1:{self.redis_port}", "--listen", f"127.0.0.1:{port}",
-                                     "--node-id", f"scale-{i}", "--bus-subscribe", mode, "--rate-limit", "1000000",
+            self.procs.append(start([args.roomcast_bin, "--auth", "none", *bus, "--listen", f"127.0.0.1:{port}",
+                                     "--node-id", f"scale-{i}", "--rate-limit", "1000000",
                                      "--rate-burst", "1000000", "--max-connections", "100000", "--log-level", "warn"],
                                     os.path.join(tmp, f"node{i}.log")))
             self.ports.append(port)
@@ -141,11 +176,15 @@ class Nodes:
     def snapshot(self):
         return [{"cpu": cpu_s(p.pid), "bus": metric(port, "roomcast_bus_messages_received_total"),
                  "unwanted": metric(port, "roomcast_bus_unwanted_room_messages_total")}
-                for port, p in zip(self.ports, self.procs)] + [{"redis_cpu": cpu_s(self.redis.pid)}]
+                for port, p in zip(self.ports, self.procs)] + [{"redis_cpu": [cpu_s(p) for p in self.redis_pids]}]
 
     def stop(self):
-        for p in self.procs + [self.redis]:
+        for p in self.procs:
             stop(p)
+        if self.cluster_dir:
+            subprocess.run([os.path.join(ROOT, "deploy/redis-cluster"), "stop", self.cluster_dir], timeout=60)
+        elif getattr(self, "redis", None):
+            stop(self.redis)
 
 
 def run_step(nodes, placement, per_node_rate, args, tmp, tag):
@@ -192,7 +231,8 @@ def run_step(nodes, placement, per_node_rate, args, tmp, tag):
                 reps.append(json.load(f))
         except Exception:
             reps.append({"ok": False, "error": open(errf).read()[-500:]})
-    redis_cpu = s1.pop()["redis_cpu"] - s0.pop()["redis_cpu"]
+    shard_cpu = [b - a for a, b in zip(s0.pop()["redis_cpu"], s1.pop()["redis_cpu"])]
+    redis_cpu = sum(shard_cpu)
     per_node = []
     for a, b in zip(s0, s1):
         bus, cpu = b["bus"] - a["bus"], b["cpu"] - a["cpu"]
@@ -208,6 +248,7 @@ def run_step(nodes, placement, per_node_rate, args, tmp, tag):
            "duplicates": sum(r.get("duplicates", 0) or 0 for r in reps), "p99_us": p99, "ok": ok,
            "within_slo": ok and p99 <= 100_000 and rate_ok, "window_s": round(wall, 2), "nodes": per_node,
            "redis_cpu_ms_per_s": round(redis_cpu * 1000 / wall, 1),
+           "redis_cpu_ms_per_s_per_primary": [round(c * 1000 / wall, 1) for c in shard_cpu],
            "redis_cpu_us_per_msg": round(redis_cpu * 1e6 / (wall * per_node_rate * n), 2),
            "generator_cpu_s": round(sum(r.get("generator_cpu_s", 0) or 0 for r in reps), 2)}
     mean = lambda key: round(sum(x[key] or 0 for x in per_node) / n, 1)
@@ -220,7 +261,9 @@ def run_step(nodes, placement, per_node_rate, args, tmp, tag):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", default="1,2,4,6")
-    ap.add_argument("--modes", default="pattern,rooms")
+    ap.add_argument("--modes", default="pattern,rooms",
+                    help="from pattern, rooms, cluster (a 3-primary Redis Cluster: needs a node built with "
+                         "--redis-cluster-urls)")
     ap.add_argument("--placements", default="local,spread")
     ap.add_argument("--rates", default="250,500,1000,2000,4000", help="publish rates per node, rising")
     ap.add_argument("--duration", type=float, default=6.0)

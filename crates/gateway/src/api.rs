@@ -460,7 +460,7 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
 /// `POST /client/commands`: one client message or a list, as the user of the JWT,
 /// under the same room rules and rate limits as /ws; answers the list of replies.
 async fn client_commands(node: &Node, req: Request<Incoming>) -> ApiResult {
-    let who = match crate::sse::http_identity(node, &req) {
+    let who = match crate::sse::http_identity(node, &req).await {
         Ok(w) => w,
         Err(_) => {
             node.metrics.errors.with_label_values(&["forbidden"]).inc();

@@ -76,6 +76,19 @@ pub struct Config {
     /// PEM public key file for RS256, ES256 or EdDSA.
     #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// JWK set endpoint (http://) to fetch verification keys from, by `kid`, instead of
+    /// one configured key.
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds between periodic fetches of the JWK set.
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_REFRESH", default_value_t = 300)]
+    pub jwt_jwks_refresh: u64,
+    /// Least seconds between two fetches caused by tokens naming an unknown `kid`.
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_REFRESH_MIN", default_value_t = 30)]
+    pub jwt_jwks_refresh_min: u64,
+    /// Seconds the cached keys stay usable past a missed periodic refresh (endpoint down).
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_STALE_MAX", default_value_t = 86_400)]
+    pub jwt_jwks_stale_max: u64,
     /// Accepted algorithms, comma-separated (default: the one that fits the key).
     #[arg(long, env = "ROOMCAST_JWT_ALGORITHMS")]
     pub jwt_algorithms: Option<String>,
@@ -267,9 +280,12 @@ impl Config {
     /// Checks the settings together; the message says what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.auth == AuthMode::Jwt && self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+        if self.auth == AuthMode::Jwt
+            && self.jwt_secret.is_none()
+            && self.jwt_public_key.is_none()
+            && self.jwt_jwks_url.is_none()
         {
-            return bad("--auth jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256/ES256/EdDSA); use --auth none for development");
+            return bad("--auth jwt needs --jwt-secret (HS256), --jwt-public-key (RS256/ES256/EdDSA) or --jwt-jwks-url; use --auth none for development");
         }
         if self.heartbeat == 0 {
             return bad("--heartbeat must be at least 1 second");

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
@@ -114,6 +115,10 @@ pub async fn run(
         churn: Arc::default(),
         cfg,
     });
+    if let Some(jwks) = &node.auth.jwks {
+        node.metrics.register(jwks.stats.collectors());
+        jwks.spawn_refresher(shutdown.clone());
+    }
     memory::spawn_trimmer(
         Duration::from_secs(node.cfg.malloc_trim_interval),
         node.churn.clone(),

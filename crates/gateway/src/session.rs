@@ -232,7 +232,7 @@ where
     /// none`; `Some` when the connection must end instead.
     async fn begin(&mut self, state: &mut State, token: Option<String>) -> Option<End> {
         let initial = match token {
-            Some(t) => Some(self.node.auth.verify(&t)),
+            Some(t) => Some(self.node.auth.verify_token(&t).await),
             None => self.node.auth.anonymous(&self.conn_id).map(Ok),
         };
         match initial {
@@ -609,7 +609,7 @@ where
                     .messages_in
                     .with_label_values(&["auth"])
                     .inc();
-                match self.node.auth.verify(&token) {
+                match self.node.auth.verify_token(&token).await {
                     Ok(who) => {
                         *state = State::Active(self.authenticate(who, id).await?);
                         Ok(())
@@ -628,7 +628,7 @@ where
                 if !node.auth.enabled() {
                     Some(ServerMessage::AuthOk { exp: 0, id })
                 } else {
-                    match node.auth.verify(&token) {
+                    match node.auth.verify_token(&token).await {
                         Ok(who) if who.user != active.who.user => {
                             return Err(self.auth_failed(&AuthError::OtherUser))
                         }

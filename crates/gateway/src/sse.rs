@@ -125,7 +125,10 @@ fn clip(s: &str, max: usize) -> &str {
 /// The identity of an HTTP client: its JWT (query `token` or Authorization), or with
 /// `--auth none` the `user` query parameter or a fresh id.
 #[allow(clippy::result_large_err)] // the error is the response itself, built once per refused request
-pub fn http_identity(node: &Node, req: &Request<Incoming>) -> Result<Identity, Response<Body>> {
+pub async fn http_identity(
+    node: &Node,
+    req: &Request<Incoming>,
+) -> Result<Identity, Response<Body>> {
     if !node.auth.enabled() {
         let user = query_param(req, "user")
             .filter(|u| !u.is_empty())
@@ -144,7 +147,7 @@ pub fn http_identity(node: &Node, req: &Request<Incoming>) -> Result<Identity, R
             "a token is required (token query parameter or Authorization: Bearer)\n",
         ));
     };
-    node.auth.verify(&token).map_err(|e| {
+    node.auth.verify_token(&token).await.map_err(|e| {
         node.metrics
             .auth_failures
             .with_label_values(&[e.reason()])
@@ -172,7 +175,7 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
             format!("the query is longer than {max_query} bytes\n"),
         );
     }
-    let who = match http_identity(&node, &req) {
+    let who = match http_identity(&node, &req).await {
         Ok(w) => w,
         Err(r) => return r,
     };

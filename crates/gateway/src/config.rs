@@ -222,6 +222,19 @@ pub struct Config {
     /// local member left (a quick re-join costs no Redis command).
     #[arg(long, env = "ROOMCAST_BUS_LINGER_MS", default_value_t = 2000)]
     pub bus_linger_ms: u64,
+    /// Redis Stream keys to publish from (repeatable or comma-separated); each entry's
+    /// `room`, `event`, `data` and optional `id` fields become a room publish. Needs
+    /// --redis-url.
+    #[arg(long, env = "ROOMCAST_CONSUME_STREAM", value_delimiter = ',')]
+    pub consume_stream: Vec<String>,
+    /// The cluster's consumer group on those streams (one per cluster: each entry is
+    /// published once; the consumer name is the node id).
+    #[arg(long, env = "ROOMCAST_CONSUME_GROUP", default_value = "roomcast")]
+    pub consume_group: String,
+    /// Milliseconds an entry may stay pending with a consumer (a dead node) before
+    /// another node claims and publishes it.
+    #[arg(long, env = "ROOMCAST_CONSUME_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub consume_claim_idle_ms: u64,
     /// Seconds the drain may take on shutdown before remaining connections are dropped.
     #[arg(long, env = "ROOMCAST_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -321,6 +334,20 @@ impl Config {
             }
         }
         crate::limits::parse_cidrs(&self.trusted_proxies).map_err(ConfigError::Invalid)?;
+        if !self.consume_stream.is_empty() {
+            if self.redis_url.is_none() {
+                return bad("--consume-stream needs --redis-url (streams are read from Redis)");
+            }
+            if self.consume_stream.iter().any(|s| s.trim().is_empty()) {
+                return bad("--consume-stream: a stream key must not be empty");
+            }
+            if self.consume_group.is_empty() {
+                return bad("--consume-group must not be empty");
+            }
+            if self.consume_claim_idle_ms == 0 {
+                return bad("--consume-claim-idle-ms must be at least 1");
+            }
+        }
         if self.http_body_timeout == 0 {
             return bad("--http-body-timeout must be at least 1 second");
         }

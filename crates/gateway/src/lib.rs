@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod consumer;
 pub mod demo;
 pub mod http;
 pub mod hub;
@@ -119,6 +120,14 @@ pub async fn run(
         node.metrics.register(jwks.stats.collectors());
         jwks.spawn_refresher(shutdown.clone());
     }
+    // Publishing from Redis Streams (--consume-stream); stops when the drain starts.
+    let consumer = match &node.cfg.redis_url {
+        Some(url) if !node.cfg.consume_stream.is_empty() => Some(
+            consumer::Consumer::start(node.clone(), url, shutdown.child_token())
+                .map_err(RunError::Config)?,
+        ),
+        _ => None,
+    };
     memory::spawn_trimmer(
         Duration::from_secs(node.cfg.malloc_trim_interval),
         node.churn.clone(),
@@ -211,6 +220,9 @@ pub async fn run(
     stop_http.cancel();
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), conns.wait()).await;
+    if let Some(c) = consumer {
+        c.stopped(Duration::from_secs(node.cfg.drain_timeout)).await;
+    }
     bus.close().await;
     tracing::info!(node = %node_id, "stopped");
     Ok(())

@@ -21,6 +21,7 @@ mod keys;
 mod presence;
 mod publisher;
 mod scripts;
+pub(crate) mod stream;
 mod subscriber;
 
 use crate::bus::*;

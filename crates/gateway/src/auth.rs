@@ -255,7 +255,9 @@ impl Authenticator {
                 (Some(key), algs)
             }
             (None, None) if cfg.auth == AuthMode::Jwt => {
-                return Err("--auth jwt needs --jwt-secret, --jwt-public-key or --jwt-jwks-url".into());
+                return Err(
+                    "--auth jwt needs --jwt-secret, --jwt-public-key or --jwt-jwks-url".into(),
+                );
             }
             (None, None) => (None, vec![Algorithm::HS256]),
         };
@@ -380,11 +382,9 @@ impl Authenticator {
         validation: &Validation,
     ) -> Result<Identity, AuthError> {
         let data =
-            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
-                match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                    other => AuthError::Invalid(format!("{other:?}")),
-                }
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                other => AuthError::Invalid(format!("{other:?}")),
             })?;
         let c = data.claims;
         if let Some(iat) = c.iat {

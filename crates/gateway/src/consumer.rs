@@ -18,7 +18,9 @@
 use crate::node::Node;
 use prometheus::{IntCounterVec, Opts};
 use roomcast_protocol::{EventName, Publication, RoomName, UserId, SERVER_USER};
-use roomcast_redis_bridge::{BusError, PublishRequest, StreamEntry, StreamReader, StreamReaderConfig};
+use roomcast_redis_bridge::{
+    BusError, PublishRequest, StreamEntry, StreamReader, StreamReaderConfig,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,10 +97,13 @@ fn publish_request(entry: &StreamEntry, max_size: usize) -> Result<PublishReques
     // published both ways with one id is delivered once); without it, the stream ID.
     let key = match text("id")?.filter(|i| !i.is_empty()) {
         Some(id) => format!("{SERVER_USER}\u{1f}api\u{1f}{id}"),
-        None => format!("{SERVER_USER}\u{1f}stream\u{1f}{}\u{1f}{}", entry.stream, entry.id),
+        None => format!(
+            "{SERVER_USER}\u{1f}stream\u{1f}{}\u{1f}{}",
+            entry.stream, entry.id
+        ),
     };
-    let from = UserId::new(SERVER_USER)
-        .map_err(|e| Malformed::Name(format!("server user: {e}")))?;
+    let from =
+        UserId::new(SERVER_USER).map_err(|e| Malformed::Name(format!("server user: {e}")))?;
     Ok(PublishRequest {
         publication: Publication {
             room,
@@ -142,7 +147,14 @@ impl Consumer {
         )
         .map_err(|e| format!("metric: {e}"))?;
         for s in &node.cfg.consume_stream {
-            for o in ["consumed", "published", "duplicate", "failed", "claimed", "malformed"] {
+            for o in [
+                "consumed",
+                "published",
+                "duplicate",
+                "failed",
+                "claimed",
+                "malformed",
+            ] {
                 entries.with_label_values(&[s.as_str(), o]);
             }
         }
@@ -153,8 +165,14 @@ impl Consumer {
             reader,
             stats: Stats { entries },
             processed: processed.clone(),
-            bad_log: RateLog { last: None, skipped: 0 },
-            fail_log: RateLog { last: None, skipped: 0 },
+            bad_log: RateLog {
+                last: None,
+                skipped: 0,
+            },
+            fail_log: RateLog {
+                last: None,
+                skipped: 0,
+            },
         };
         let handle = tokio::spawn(run.run(stop));
         Ok(Consumer { handle, processed })
@@ -227,7 +245,10 @@ impl Run {
                             self.count(&e.stream, "claimed");
                         }
                         if !entries.is_empty() {
-                            tracing::info!(entries = entries.len(), "claimed stream entries another consumer left pending");
+                            tracing::info!(
+                                entries = entries.len(),
+                                "claimed stream entries another consumer left pending"
+                            );
                         }
                     }
                     // A batch runs to its end even when the node stops (each step is
@@ -255,7 +276,10 @@ impl Run {
     }
 
     fn count(&self, stream: &str, outcome: &str) {
-        self.stats.entries.with_label_values(&[stream, outcome]).inc();
+        self.stats
+            .entries
+            .with_label_values(&[stream, outcome])
+            .inc();
     }
 
     fn failed_log(&mut self, what: &str, e: &BusError) {
@@ -294,7 +318,11 @@ impl Run {
                 Ok(res) => {
                     self.count(
                         &entry.stream,
-                        if res.duplicate { "duplicate" } else { "published" },
+                        if res.duplicate {
+                            "duplicate"
+                        } else {
+                            "published"
+                        },
                     );
                 }
                 Err(e) => {
@@ -333,13 +361,20 @@ mod tests {
     #[test]
     fn entries_become_publishes() {
         let r = publish_request(
-            &entry(&[("room", "city:paris"), ("event", "tick"), ("data", r#"{"t":1}"#)]),
+            &entry(&[
+                ("room", "city:paris"),
+                ("event", "tick"),
+                ("data", r#"{"t":1}"#),
+            ]),
             1024,
         )
         .expect("valid");
         assert_eq!(r.publication.room.as_str(), "city:paris");
         assert_eq!(r.publication.data, serde_json::json!({"t": 1}));
-        assert_eq!(r.idempotency_key.as_deref(), Some("server\u{1f}stream\u{1f}s\u{1f}1-0"));
+        assert_eq!(
+            r.idempotency_key.as_deref(),
+            Some("server\u{1f}stream\u{1f}s\u{1f}1-0")
+        );
         let r = publish_request(&entry(&[("room", "r"), ("event", "e"), ("id", "x")]), 1024)
             .expect("valid");
         assert_eq!(r.publication.data, serde_json::Value::Null);
@@ -357,7 +392,10 @@ mod tests {
 
     #[test]
     fn rate_log() {
-        let mut l = RateLog { last: None, skipped: 0 };
+        let mut l = RateLog {
+            last: None,
+            skipped: 0,
+        };
         assert_eq!(l.due(), Some(0));
         assert_eq!(l.due(), None);
         assert_eq!(l.skipped, 1);

@@ -23,8 +23,8 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
-use std::collections::HashMap;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -70,7 +70,10 @@ impl JwksConfig {
             }
             _ => return Err(format!("--jwt-jwks-url {url:?}: not an http:// URL")),
         }
-        if algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac) {
+        if algorithms
+            .iter()
+            .any(|a| a.family() == AlgorithmFamily::Hmac)
+        {
             return Err("--jwt-jwks-url: key sets hold public keys; --jwt-algorithms must name RSA, ECDSA or EdDSA algorithms, not HMAC".into());
         }
         if refresh.is_zero() {
@@ -247,9 +250,8 @@ impl Jwks {
             None => {
                 self.stats.unknown_kids.inc();
                 self.refresh_for_kid().await;
-                self.lookup(&kid, Instant::now())?.ok_or_else(|| {
-                    AuthError::Invalid(format!("no key {kid:?} in the JWK set"))
-                })?
+                self.lookup(&kid, Instant::now())?
+                    .ok_or_else(|| AuthError::Invalid(format!("no key {kid:?} in the JWK set")))?
             }
         };
         if !found.algorithms.contains(&header.alg) {

@@ -198,7 +198,12 @@ async fn unknown_kids_fetch_at_most_once_per_interval() {
     let before = server.requests();
     // Sequential and concurrent tokens with random kids.
     for i in 0..10 {
-        let t = signed(Algorithm::RS256, "rsa_private.pem", &format!("rand-{i}"), "x");
+        let t = signed(
+            Algorithm::RS256,
+            "rsa_private.pem",
+            &format!("rand-{i}"),
+            "x",
+        );
         assert_eq!(outcome(&n, &t).await, Err(Closed::Code(4002)));
     }
     let mut tasks = Vec::new();
@@ -206,7 +211,12 @@ async fn unknown_kids_fetch_at_most_once_per_interval() {
     for i in 0..20 {
         let n = n.clone();
         tasks.push(tokio::spawn(async move {
-            let t = signed(Algorithm::RS256, "rsa_private.pem", &format!("many-{i}"), "x");
+            let t = signed(
+                Algorithm::RS256,
+                "rsa_private.pem",
+                &format!("many-{i}"),
+                "x",
+            );
             outcome(&n, &t).await
         }));
     }

@@ -128,8 +128,7 @@ impl StreamReader {
         match cmd.query_async::<Value>(&mut c).await {
             Ok(v) => Ok(v),
             Err(e) => {
-                if !matches!(e.kind(), redis::ErrorKind::Server(_)) || e.is_unrecoverable_error()
-                {
+                if !matches!(e.kind(), redis::ErrorKind::Server(_)) || e.is_unrecoverable_error() {
                     self.conn = None;
                 }
                 if e.to_string().contains("NOGROUP") {
@@ -173,7 +172,8 @@ impl StreamReader {
             .arg("COUNT")
             .arg(BATCH);
         if block {
-            cmd.arg("BLOCK").arg(self.cfg.block.as_millis().max(1) as u64);
+            cmd.arg("BLOCK")
+                .arg(self.cfg.block.as_millis().max(1) as u64);
         }
         cmd.arg("STREAMS").arg(&self.cfg.streams);
         for _ in &self.cfg.streams {
@@ -322,7 +322,10 @@ fn parse_read(v: &Value) -> Result<Vec<StreamEntry>, BusError> {
                 let Value::Array(pair) = s else {
                     return Err(bad("stream"));
                 };
-                let name = pair.first().and_then(text).ok_or_else(|| bad("stream key"))?;
+                let name = pair
+                    .first()
+                    .and_then(text)
+                    .ok_or_else(|| bad("stream key"))?;
                 out.extend(parse_entries(&name, pair.get(1).unwrap_or(&Value::Nil))?);
             }
         }
@@ -362,7 +365,10 @@ mod tests {
         let read = Value::Array(vec![Value::Array(vec![
             b("s1"),
             Value::Array(vec![
-                Value::Array(vec![b("1-0"), Value::Array(vec![b("room"), b("r"), b("data"), b("{}")])]),
+                Value::Array(vec![
+                    b("1-0"),
+                    Value::Array(vec![b("room"), b("r"), b("data"), b("{}")]),
+                ]),
                 Value::Array(vec![b("2-0"), Value::Nil]),
             ]),
         ])]);
@@ -375,7 +381,10 @@ mod tests {
         assert!(parse_read(&Value::Int(3)).is_err());
         let claim = Value::Array(vec![
             b("0-0"),
-            Value::Array(vec![Value::Array(vec![b("5-1"), Value::Array(vec![b("event"), b("e")])])]),
+            Value::Array(vec![Value::Array(vec![
+                b("5-1"),
+                Value::Array(vec![b("event"), b("e")]),
+            ])]),
             Value::Array(vec![]),
         ]);
         let (next, e) = parse_autoclaim("s", &claim).expect("claim");

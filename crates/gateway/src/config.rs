@@ -461,6 +461,23 @@ mod tests {
     }
 
     #[test]
+    fn consume_stream_lists() {
+        let c = Config::from_args([
+            "--auth",
+            "none",
+            "--redis-url",
+            "redis://127.0.0.1/",
+            "--consume-stream",
+            "a,b",
+            "--consume-stream",
+            "c",
+        ])
+        .expect("valid");
+        assert_eq!(c.consume_stream, ["a", "b", "c"]);
+        assert!(Config::from_args(["--auth", "none", "--consume-stream", "a"]).is_err());
+    }
+
+    #[test]
     fn rejects_bad_values() {
         assert!(Config::from_args(["--auth", "none", "--heartbeat", "0"]).is_err());
         assert!(Config::from_args(["--auth", "none", "--redis-url", "http://x"]).is_err());

@@ -12,13 +12,16 @@
 //!   token or the key set: a key whose type (or `alg`) does not fit them is not cached,
 //!   and a token naming it is refused with that reason.
 //!
-//! Only `http://` endpoints are fetched (put a local proxy or sidecar in front of an
-//! `https://` one); the fetch has a fixed 5 s timeout and reads at most 1 MiB.
+//! `https://` endpoints are fetched with rustls (the ring provider, as for `rediss://`),
+//! trusting the system's root certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` override
+//! them); `http://` too, for an endpoint on a private network. The fetch has a fixed 5 s
+//! timeout and reads at most 1 MiB.
 
 use crate::auth::AuthError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::Uri;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
@@ -62,13 +65,12 @@ impl JwksConfig {
             .parse()
             .map_err(|e| format!("--jwt-jwks-url {url:?}: {e}"))?;
         match uri.scheme_str() {
-            Some("http") if uri.host().is_some() => {}
-            Some("https") => {
+            Some("http" | "https") if uri.host().is_some() => {}
+            _ => {
                 return Err(format!(
-                    "--jwt-jwks-url {url:?}: only http:// is supported (put a local TLS-terminating proxy in front of an https:// endpoint)"
+                    "--jwt-jwks-url {url:?}: not an https:// or http:// URL"
                 ))
             }
-            _ => return Err(format!("--jwt-jwks-url {url:?}: not an http:// URL")),
         }
         if algorithms
             .iter()
@@ -171,7 +173,7 @@ impl JwksStats {
 /// The key-set cache. Cheap to share; the refresher task is started by [`Jwks::spawn_refresher`].
 pub struct Jwks {
     cfg: JwksConfig,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// Std mutex: held for map reads and swaps only, never across an await.
     state: Mutex<State>,
     /// Single flight: one fetch at a time; a caller that waited re-checks the cache.
@@ -196,19 +198,37 @@ enum FetchError {
 }
 
 impl Jwks {
-    /// A cache with nothing fetched yet.
-    pub fn new(cfg: JwksConfig) -> Self {
+    /// A cache with nothing fetched yet. Fails for an https:// URL when the system has no
+    /// root certificates to trust.
+    pub fn new(cfg: JwksConfig) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = if cfg.url.scheme_str() == Some("https") {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|e| {
+                    format!("--jwt-jwks-url: no trusted root certificates for https ({e}); install ca-certificates or set SSL_CERT_FILE")
+                })?
+        } else {
+            // Plain http: TLS is never used, no roots needed.
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("tls: {e}"))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+        };
+        let connector = tls.https_or_http().enable_http1().build();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1)
-            .build_http();
-        Jwks {
+            .build(connector);
+        Ok(Jwks {
             cfg,
             client,
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
             stats: JwksStats::new(),
-        }
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -385,7 +405,7 @@ pub(crate) fn authenticator(
         Duration::from_secs(cfg.jwt_jwks_refresh_min),
         Duration::from_secs(cfg.jwt_jwks_stale_max),
         algorithms.clone(),
-    )?);
+    )?)?;
     Ok(crate::auth::Authenticator::with_jwks(cfg, jwks, algorithms))
 }
 
@@ -515,7 +535,8 @@ mod tests {
     #[test]
     fn config_refusals() {
         let d = Duration::from_secs(1);
-        assert!(JwksConfig::new("https://x/jwks", d, d, d, vec![Algorithm::RS256]).is_err());
+        assert!(JwksConfig::new("https://x/jwks", d, d, d, vec![Algorithm::RS256]).is_ok());
+        assert!(JwksConfig::new("https:///jwks", d, d, d, vec![Algorithm::RS256]).is_err());
         assert!(JwksConfig::new("ftp://x/jwks", d, d, d, vec![Algorithm::RS256]).is_err());
         assert!(JwksConfig::new("http://x/jwks", d, d, d, vec![Algorithm::HS256]).is_err());
         assert!(JwksConfig::new("http://x/jwks", d, d, d, vec![Algorithm::ES256]).is_ok());

@@ -97,6 +97,17 @@ struct CachedKey {
     algorithms: Vec<Algorithm>,
 }
 
+/// What the cache says about a `kid`.
+enum Lookup {
+    Found(Arc<CachedKey>),
+    /// The set holds it, but it does not fit the pinned algorithms.
+    Refused(String),
+    /// The set does not hold it.
+    Missing,
+    /// The set held it, but could not be refreshed for too long.
+    Stale,
+}
+
 #[derive(Default)]
 struct State {
     keys: HashMap<String, Arc<CachedKey>>,
@@ -265,13 +276,26 @@ impl Jwks {
         let kid = header
             .kid
             .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
-        let found = match self.lookup(&kid, Instant::now())? {
-            Some(k) => k,
-            None => {
-                self.stats.unknown_kids.inc();
+        let found = match self.lookup(&kid, Instant::now()) {
+            Lookup::Found(k) => k,
+            Lookup::Refused(why) => return Err(AuthError::Invalid(why)),
+            first => {
+                // Unknown, or the cache is too old: one fetch (rate limited), then again.
+                if matches!(first, Lookup::Missing) {
+                    self.stats.unknown_kids.inc();
+                }
                 self.refresh_for_kid().await;
-                self.lookup(&kid, Instant::now())?
-                    .ok_or_else(|| AuthError::Invalid(format!("no key {kid:?} in the JWK set")))?
+                match self.lookup(&kid, Instant::now()) {
+                    Lookup::Found(k) => k,
+                    Lookup::Refused(why) => return Err(AuthError::Invalid(why)),
+                    Lookup::Missing => {
+                        return Err(AuthError::Invalid(format!("no key {kid:?} in the JWK set")))
+                    }
+                    Lookup::Stale => return Err(AuthError::Invalid(
+                        "the JWK set could not be refreshed for longer than --jwt-jwks-stale-max"
+                            .into(),
+                    )),
+                }
             }
         };
         if !found.algorithms.contains(&header.alg) {
@@ -285,19 +309,16 @@ impl Jwks {
         Ok((found.key.clone(), v))
     }
 
-    /// The cached key `kid`: `Ok(None)` when the set does not hold it, an error when it
-    /// holds it but refused it, or when the cache is too stale to use.
-    fn lookup(&self, kid: &str, now: Instant) -> Result<Option<Arc<CachedKey>>, AuthError> {
+    /// The cached key `kid`, if the cache holds it, has not refused it and is not too old.
+    fn lookup(&self, kid: &str, now: Instant) -> Lookup {
         let st = self.state();
         if let Some(why) = st.refused.get(kid) {
-            return Err(AuthError::Invalid(format!("key {kid:?} refused: {why}")));
+            return Lookup::Refused(format!("key {kid:?} refused: {why}"));
         }
         match st.keys.get(kid) {
-            Some(_) if !st.fresh(now, &self.cfg) => Err(AuthError::Invalid(
-                "the JWK set could not be refreshed for longer than --jwt-jwks-stale-max".into(),
-            )),
-            Some(k) => Ok(Some(k.clone())),
-            None => Ok(None),
+            Some(_) if !st.fresh(now, &self.cfg) => Lookup::Stale,
+            Some(k) => Lookup::Found(k.clone()),
+            None => Lookup::Missing,
         }
     }
 

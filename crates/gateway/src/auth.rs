@@ -201,6 +201,8 @@ fn pem_body(text: &str) -> Option<Vec<u8>> {
 pub struct Authenticator {
     mode: AuthMode,
     key: Option<DecodingKey>,
+    /// Keys from `--jwt-jwks-url` instead of one configured key (crate::jwks).
+    pub jwks: Option<std::sync::Arc<crate::jwks::Jwks>>,
     validation: Validation,
     /// The room policy for tokens without a `rooms` claim.
     pub default_policy: RoomPolicy,
@@ -238,6 +240,9 @@ impl Authenticator {
             }
             None => None,
         };
+        if let Some(url) = &cfg.jwt_jwks_url {
+            return crate::jwks::authenticator(cfg, url, algorithms);
+        }
         let (key, default_algs): (Option<DecodingKey>, Vec<Algorithm>) = match (
             &cfg.jwt_secret,
             &cfg.jwt_public_key,
@@ -263,7 +268,9 @@ impl Authenticator {
                 (Some(key), algs)
             }
             (None, None) if cfg.auth == AuthMode::Jwt => {
-                return Err("--auth jwt needs --jwt-secret or --jwt-public-key".into());
+                return Err(
+                    "--auth jwt needs --jwt-secret, --jwt-public-key or --jwt-jwks-url".into(),
+                );
             }
             (None, None) => (None, vec![Algorithm::HS256]),
         };
@@ -292,6 +299,17 @@ impl Authenticator {
             // Without a list: the key's first (and most common) algorithm.
             None => default_algs.into_iter().take(1).collect(),
         };
+        Ok(Authenticator {
+            mode: cfg.auth,
+            key,
+            jwks: None,
+            validation: Self::validation(cfg, algorithms),
+            default_policy: cfg.default_room_policy,
+        })
+    }
+
+    /// The claim rules of `cfg` with these algorithms.
+    pub(crate) fn validation(cfg: &Config, algorithms: Vec<Algorithm>) -> Validation {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.leeway = cfg.jwt_leeway;
@@ -304,12 +322,22 @@ impl Authenticator {
         if let Some(iss) = &cfg.jwt_issuer {
             validation.set_issuer(&[iss]);
         }
-        Ok(Authenticator {
+        validation
+    }
+
+    /// An authenticator whose keys come from a JWK set (crate::jwks).
+    pub(crate) fn with_jwks(
+        cfg: &Config,
+        jwks: crate::jwks::Jwks,
+        algorithms: Vec<Algorithm>,
+    ) -> Self {
+        Authenticator {
             mode: cfg.auth,
-            key,
-            validation,
+            key: None,
+            jwks: Some(std::sync::Arc::new(jwks)),
+            validation: Self::validation(cfg, algorithms),
             default_policy: cfg.default_room_policy,
-        })
+        }
     }
 
     /// The mode, as the welcome message names it.
@@ -346,18 +374,37 @@ impl Authenticator {
         })
     }
 
-    /// Verifies a token.
+    /// Verifies a token, with the key its `kid` names when keys come from a JWK set
+    /// (which may fetch the set; see crate::jwks).
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+        match &self.jwks {
+            Some(jwks) => {
+                let (key, validation) = jwks.key_for(token, &self.validation).await?;
+                self.verify_with(token, &key, &validation)
+            }
+            None => self.verify(token),
+        }
+    }
+
+    /// Verifies a token with the configured key.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let key = self
             .key
             .as_ref()
             .ok_or_else(|| AuthError::Invalid("no key configured".into()))?;
+        self.verify_with(token, key, &self.validation)
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        validation: &Validation,
+    ) -> Result<Identity, AuthError> {
         let data =
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                    other => AuthError::Invalid(format!("{other:?}")),
-                }
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                other => AuthError::Invalid(format!("{other:?}")),
             })?;
         let c = data.claims;
         if let Some(iat) = c.iat {

@@ -80,6 +80,19 @@ pub struct Config {
     /// PEM public key file for RS256, ES256 or EdDSA.
     #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// JWK set endpoint (http://) to fetch verification keys from, by `kid`, instead of
+    /// one configured key.
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds between periodic fetches of the JWK set.
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_REFRESH", default_value_t = 300)]
+    pub jwt_jwks_refresh: u64,
+    /// Least seconds between two fetches caused by tokens naming an unknown `kid`.
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_REFRESH_MIN", default_value_t = 30)]
+    pub jwt_jwks_refresh_min: u64,
+    /// Seconds the cached keys stay usable past a missed periodic refresh (endpoint down).
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_STALE_MAX", default_value_t = 86_400)]
+    pub jwt_jwks_stale_max: u64,
     /// Accepted algorithms, comma-separated (default: the one that fits the key).
     #[arg(long, env = "ROOMCAST_JWT_ALGORITHMS")]
     pub jwt_algorithms: Option<String>,
@@ -221,6 +234,19 @@ pub struct Config {
     /// local member left (a quick re-join costs no Redis command).
     #[arg(long, env = "ROOMCAST_BUS_LINGER_MS", default_value_t = 2000)]
     pub bus_linger_ms: u64,
+    /// Redis Stream keys to publish from (repeatable or comma-separated); each entry's
+    /// `room`, `event`, `data` and optional `id` fields become a room publish. Needs
+    /// --redis-url.
+    #[arg(long, env = "ROOMCAST_CONSUME_STREAM", value_delimiter = ',')]
+    pub consume_stream: Vec<String>,
+    /// The cluster's consumer group on those streams (one per cluster: each entry is
+    /// published once; the consumer name is the node id).
+    #[arg(long, env = "ROOMCAST_CONSUME_GROUP", default_value = "roomcast")]
+    pub consume_group: String,
+    /// Milliseconds an entry may stay pending with a consumer (a dead node) before
+    /// another node claims and publishes it.
+    #[arg(long, env = "ROOMCAST_CONSUME_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub consume_claim_idle_ms: u64,
     /// Seconds the drain may take on shutdown before remaining connections are dropped.
     #[arg(long, env = "ROOMCAST_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -327,9 +353,12 @@ impl Config {
                 return bad("--personal-room must make a valid room name once {user} is filled in");
             }
         }
-        if self.auth == AuthMode::Jwt && self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+        if self.auth == AuthMode::Jwt
+            && self.jwt_secret.is_none()
+            && self.jwt_public_key.is_none()
+            && self.jwt_jwks_url.is_none()
         {
-            return bad("--auth jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256/ES256/EdDSA); use --auth none for development");
+            return bad("--auth jwt needs --jwt-secret (HS256), --jwt-public-key (RS256/ES256/EdDSA) or --jwt-jwks-url; use --auth none for development");
         }
         if self.heartbeat == 0 {
             return bad("--heartbeat must be at least 1 second");
@@ -370,6 +399,20 @@ impl Config {
         }
         if self.admin_key_list().iter().any(|k| k.len() < 16) {
             return bad("--admin-key: each key must be at least 16 characters (use a random one, e.g. openssl rand -hex 16)");
+        }
+        if !self.consume_stream.is_empty() {
+            if self.redis_url.is_none() {
+                return bad("--consume-stream needs --redis-url (streams are read from Redis)");
+            }
+            if self.consume_stream.iter().any(|s| s.trim().is_empty()) {
+                return bad("--consume-stream: a stream key must not be empty");
+            }
+            if self.consume_group.is_empty() {
+                return bad("--consume-group must not be empty");
+            }
+            if self.consume_claim_idle_ms == 0 {
+                return bad("--consume-claim-idle-ms must be at least 1");
+            }
         }
         if self.http_body_timeout == 0 {
             return bad("--http-body-timeout must be at least 1 second");
@@ -498,6 +541,23 @@ mod tests {
         assert!(e.to_string().contains("--jwt-secret"), "{e}");
         assert!(Config::from_args(["--auth", "none"]).is_ok());
         assert!(Config::from_args(["--jwt-secret", "s"]).is_ok());
+    }
+
+    #[test]
+    fn consume_stream_lists() {
+        let c = Config::from_args([
+            "--auth",
+            "none",
+            "--redis-url",
+            "redis://127.0.0.1/",
+            "--consume-stream",
+            "a,b",
+            "--consume-stream",
+            "c",
+        ])
+        .expect("valid");
+        assert_eq!(c.consume_stream, ["a", "b", "c"]);
+        assert!(Config::from_args(["--auth", "none", "--consume-stream", "a"]).is_err());
     }
 
     #[test]

@@ -7,11 +7,13 @@ pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod consumer;
 pub mod demo;
 pub mod heartbeat;
 pub mod hooks;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
@@ -123,6 +125,18 @@ pub async fn run(
         hooks,
         cfg,
     });
+    if let Some(jwks) = &node.auth.jwks {
+        node.metrics.register(jwks.stats.collectors());
+        jwks.spawn_refresher(shutdown.clone());
+    }
+    // Publishing from Redis Streams (--consume-stream); stops when the drain starts.
+    let consumer = match &node.cfg.redis_url {
+        Some(url) if !node.cfg.consume_stream.is_empty() => Some(
+            consumer::Consumer::start(node.clone(), url, shutdown.child_token())
+                .map_err(RunError::Config)?,
+        ),
+        _ => None,
+    };
     memory::spawn_trimmer(
         Duration::from_secs(node.cfg.malloc_trim_interval),
         node.churn.clone(),
@@ -218,6 +232,9 @@ pub async fn run(
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), conns.wait()).await;
     let _ = tokio::time::timeout(Duration::from_secs(node.cfg.bus_timeout + 1), heartbeat).await;
+    if let Some(c) = consumer {
+        c.stopped(Duration::from_secs(node.cfg.drain_timeout)).await;
+    }
     bus.close().await;
     tracing::info!(node = %node_id, "stopped");
     Ok(())

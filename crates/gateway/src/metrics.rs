@@ -312,6 +312,16 @@ impl Metrics {
         m
     }
 
+    /// Adds collectors owned elsewhere (the JWKS cache, the stream consumer); a name
+    /// registered twice is a programming error, logged.
+    pub fn register(&self, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
+        for c in collectors {
+            if let Err(e) = self.registry.register(c) {
+                tracing::warn!(error = %e, "metric not registered");
+            }
+        }
+    }
+
     /// The text exposition, with the bus counters brought up to date first.
     pub fn render(&self, bus: &BusStats, bus_up: bool) -> String {
         catch_up(&self.bus_reconnects, bus.reconnects.load(Ordering::Relaxed));

@@ -257,7 +257,7 @@ where
                 Ok(who) => Some(Ok(who)),
                 Err(end) => return Some(end),
             },
-            (None, Some(t)) => Some(self.node.auth.verify(&t)),
+            (None, Some(t)) => Some(self.node.auth.verify_token(&t).await),
             (None, None) => self.node.auth.anonymous(&self.conn_id).map(Ok),
         };
         match initial {
@@ -655,7 +655,7 @@ where
                     .messages_in
                     .with_label_values(&["auth"])
                     .inc();
-                match self.node.auth.verify(&token) {
+                match self.node.auth.verify_token(&token).await {
                     Ok(who) => {
                         *state = State::Active(self.authenticate(who, id).await?);
                         Ok(())
@@ -688,7 +688,7 @@ where
                             Err(end) => return Err(end),
                         }
                     } else {
-                        node.auth.verify(&token)
+                        node.auth.verify_token(&token).await
                     };
                     match fresh.map(|mut who| {
                         who.join = node.server_rooms(&who);

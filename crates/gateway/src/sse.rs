@@ -209,7 +209,8 @@ pub async fn http_identity(
         ));
     };
     node.auth
-        .verify(&token)
+        .verify_token(&token)
+        .await
         .map(|mut who| {
             who.join = node.server_rooms(&who);
             who

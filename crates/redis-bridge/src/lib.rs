@@ -10,6 +10,7 @@ mod bus;
 mod memory;
 mod redis;
 
+pub use self::redis::stream::{dead_letter_key, StreamEntry, StreamReader, StreamReaderConfig};
 pub use self::redis::RedisBus;
 pub use bus::{
     Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery, NodeStats,

@@ -22,6 +22,7 @@ mod nodes;
 mod presence;
 mod publisher;
 mod scripts;
+pub(crate) mod stream;
 mod subscriber;
 
 use crate::bus::*;

@@ -257,6 +257,25 @@ pub struct BusStats {
     pub subscribed_rooms: AtomicU64,
     /// Rooms mode: user channels subscribed now.
     pub subscribed_users: AtomicU64,
+    /// Redis Cluster: times the slot map was read anew (at start, and after every cut:
+    /// a failover, a slot moved, a shard lost). MOVED and ASK replies to commands are
+    /// followed inside the redis crate, which does not count them.
+    pub topology_refreshes: AtomicU64,
+    /// Redis Cluster: subscriptions Redis dropped because their slot moved to another
+    /// shard (`sunsubscribe` pushed by the server).
+    pub slot_moves: AtomicU64,
+    /// Rooms whose stored offset was found below one this node had delivered (publishes
+    /// lost in a failover) and which got a new epoch.
+    pub epoch_resets: AtomicU64,
+}
+
+/// A shard of a Redis Cluster, as the node's subscription last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardState {
+    /// The shard primary's address (`host:port`).
+    pub shard: String,
+    /// Whether its connection answers.
+    pub up: bool,
 }
 
 impl BusStats {
@@ -335,6 +354,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus can serve (connected and subscribed).
     fn is_ready(&self) -> bool;
+
+    /// Redis Cluster: every shard primary and whether the node's subscription connection
+    /// to it answers; empty otherwise.
+    fn shards(&self) -> Vec<ShardState> {
+        Vec::new()
+    }
 
     /// The bus's counters.
     fn stats(&self) -> &BusStats;

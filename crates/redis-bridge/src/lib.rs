@@ -13,6 +13,7 @@ mod redis;
 pub use self::redis::RedisBus;
 pub use bus::{
     Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery,
-    PresenceSnapshot, PublishRequest, PublishResult, SendRequest, SendResult, SubscribeMode,
+    PresenceSnapshot, PublishRequest, PublishResult, SendRequest, SendResult, ShardState,
+    SubscribeMode,
 };
 pub use memory::MemoryBus;

@@ -5,7 +5,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use roomcast_redis_bridge::BusStats;
+use roomcast_redis_bridge::{BusStats, ShardState};
 use std::sync::atomic::Ordering;
 
 /// Every metric of a node.
@@ -77,6 +77,14 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// 1 while the node drains.
     pub draining: IntGauge,
+    /// Redis Cluster: 1 per shard primary whose subscription connection answers, 0 if not.
+    pub bus_shard_up: IntGaugeVec,
+    /// Redis Cluster: slot map reads (start, and after every cut).
+    pub bus_topology_refreshes: IntCounter,
+    /// Redis Cluster: subscriptions Redis dropped because their slot moved.
+    pub bus_slot_moves: IntCounter,
+    /// Rooms given a new epoch because a failover lost publishes this node had delivered.
+    pub bus_epoch_resets: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -275,6 +283,34 @@ impl Metrics {
                 &["route", "status"],
             ),
             draining: gauge(&r, "roomcast_draining", "1 while the node drains"),
+            bus_shard_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "roomcast_bus_shard_up",
+                        "Redis Cluster: 1 per shard primary whose subscription connection answers, 0 if not",
+                    ),
+                    &["shard"],
+                )
+                .unwrap_or_else(|e| panic!("metric roomcast_bus_shard_up: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("metric roomcast_bus_shard_up: {e}"));
+                g
+            },
+            bus_topology_refreshes: counter(
+                &r,
+                "roomcast_bus_topology_refreshes_total",
+                "Redis Cluster: times the slot map was read (start, and after a failover, a moved slot or a lost shard; MOVED/ASK on commands are followed inside the redis client)",
+            ),
+            bus_slot_moves: counter(
+                &r,
+                "roomcast_bus_slot_moves_total",
+                "Redis Cluster: subscriptions Redis dropped because their slot moved to another shard",
+            ),
+            bus_epoch_resets: counter(
+                &r,
+                "roomcast_bus_epoch_resets_total",
+                "Rooms given a new epoch because a failover lost publishes this node had delivered",
+            ),
             registry: r,
         };
         for t in ["ws", "sse"] {
@@ -287,6 +323,18 @@ impl Metrics {
     }
 
     /// The text exposition, with the bus counters brought up to date first.
+    /// Sets the per-shard gauge to what the bus says now (a shard gone from the slot map
+    /// is removed).
+    pub fn set_shards(&self, shards: &[ShardState]) {
+        self.bus_shard_up.reset();
+        for s in shards {
+            self.bus_shard_up
+                .with_label_values(&[s.shard.as_str()])
+                .set(i64::from(s.up));
+        }
+    }
+
+    /// Renders every metric, bringing the bus's counters up to date first.
     pub fn render(&self, bus: &BusStats, bus_up: bool) -> String {
         catch_up(&self.bus_reconnects, bus.reconnects.load(Ordering::Relaxed));
         catch_up(
@@ -341,6 +389,15 @@ impl Metrics {
         catch_up(
             &self.bus_publishes_batched,
             bus.publishes_batched.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_topology_refreshes,
+            bus.topology_refreshes.load(Ordering::Relaxed),
+        );
+        catch_up(&self.bus_slot_moves, bus.slot_moves.load(Ordering::Relaxed));
+        catch_up(
+            &self.bus_epoch_resets,
+            bus.epoch_resets.load(Ordering::Relaxed),
         );
         self.bus_up.set(i64::from(bus_up));
         let mut buf = Vec::new();

@@ -322,7 +322,6 @@ impl Metrics {
         m
     }
 
-    /// The text exposition, with the bus counters brought up to date first.
     /// Sets the per-shard gauge to what the bus says now (a shard gone from the slot map
     /// is removed).
     pub fn set_shards(&self, shards: &[ShardState]) {
@@ -334,7 +333,7 @@ impl Metrics {
         }
     }
 
-    /// Renders every metric, bringing the bus's counters up to date first.
+    /// The text exposition, with the bus counters brought up to date first.
     pub fn render(&self, bus: &BusStats, bus_up: bool) -> String {
         catch_up(&self.bus_reconnects, bus.reconnects.load(Ordering::Relaxed));
         catch_up(

@@ -290,3 +290,20 @@ impl RedisCluster {
             .expect("a slot number")
     }
 }
+
+/// Runs `redis-cli -c -p port -x args...` with `input` as the last argument (binary safe;
+/// `-c` follows MOVED to the slot's shard); its output.
+pub fn cli_with_input(port: u16, args: &[&str], input: &[u8]) -> Option<String> {
+    use std::io::Write;
+    let mut child = Command::new("redis-cli")
+        .args(["-c", "-h", "127.0.0.1", "-p", &port.to_string(), "-x"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(input).ok()?;
+    let out = child.wait_with_output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -95,6 +95,10 @@ impl ClusterNode {
             ])
             // a failover within a few seconds of a kill
             .args(["--cluster-node-timeout", "2000"])
+            // replicas sync at once (not after the default 5 s), and a replica may take
+            // over whatever its replication link's age
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--cluster-replica-validity-factor", "0"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(&self.dir)
@@ -169,8 +173,8 @@ impl RedisCluster {
         c
     }
 
-    /// Waits until every live node says `cluster_state:ok`, knows every live node as
-    /// connected, and agrees on who serves every slot.
+    /// Waits until every live node says `cluster_state:ok`, every live replica's link
+    /// to its primary is up, and all agree on who serves every slot.
     pub fn wait_ok(&self) {
         let live: Vec<u16> = self
             .nodes
@@ -181,11 +185,33 @@ impl RedisCluster {
         wait_until("cluster_state:ok on every node", || {
             live.iter().all(|&p| {
                 cli(p, &["CLUSTER", "INFO"]).is_some_and(|o| o.contains("cluster_state:ok"))
+                    && cli(p, &["INFO", "replication"]).is_some_and(|o| {
+                        o.contains("role:master") || o.contains("master_link_status:up")
+                    })
             }) && {
                 let maps: Vec<Option<String>> = live.iter().map(|&p| self.primary_map(p)).collect();
                 maps.iter().all(|m| m.is_some() && *m == maps[0])
             }
         });
+    }
+
+    /// After `dead` was killed: waits until its replica is promoted, i.e. every live node
+    /// says `cluster_state:ok` and none names `dead` as the primary of any slot.
+    pub fn wait_promoted(&self, dead: u16) {
+        let gone = format!("127.0.0.1:{dead}@");
+        let live: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive())
+            .map(|n| n.port)
+            .collect();
+        wait_until("the dead primary's replica promoted", || {
+            live.iter().all(|&p| {
+                cli(p, &["CLUSTER", "INFO"]).is_some_and(|o| o.contains("cluster_state:ok"))
+                    && self.primary_map(p).is_some_and(|m| !m.contains(&gone))
+            })
+        });
+        self.wait_ok();
     }
 
     /// A node's view of which primary serves which slots (sorted lines), when it serves

@@ -1,6 +1,8 @@
-//! Failover drill on a real Redis Cluster (docs/protocol.md section 6b): a primary is
-//! killed with SIGKILL while a node publishes without pause to rooms on every shard; its
-//! replica is promoted (waited for, bounded); the nodes follow without a restart. Members
+//! Topology changes on a real Redis Cluster under load (docs/protocol.md section 6b).
+//! Failover drill: a primary is killed with SIGKILL while a node publishes without pause
+//! to rooms on every shard; its replica is promoted (waited for, bounded); the nodes
+//! follow without a restart. Slot migration: `redis-cli --cluster reshard` moves the slots
+//! holding two test rooms to another shard while they are published to. Members
 //! on the other node see, per room, every offset once and in order; every acknowledged
 //! message reaches them, unless the room's epoch changed and their re-join said
 //! `recovered: false` (what asynchronous replication lost is never a silent gap).
@@ -146,13 +148,55 @@ async fn member(
     }
 }
 
+/// What happens to the cluster in the middle of the publishing.
+enum Disruption {
+    /// SIGKILL the primary of the first room's slot; wait for its replica's promotion.
+    KillPrimary,
+    /// Move the lowest `n` slots of the first room's shard (which hold the first two
+    /// rooms) to another shard with `redis-cli --cluster reshard`.
+    Reshard(u32),
+}
+
+/// CRC16/XMODEM mod 16384: a name's hash slot.
+fn slot(name: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in name.as_bytes() {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_publishing_loses_nothing_silently() {
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("f{i}")).collect();
+    drill(rooms, Disruption::KillPrimary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_resharded_under_publishing_lose_and_double_nothing() {
+    // Two rooms in the lowest slots (0..64), which `reshard` moves first; the others anywhere.
+    let mut rooms: Vec<String> = (0..100_000)
+        .map(|i| format!("m{i}"))
+        .filter(|r| slot(r) < 64)
+        .take(2)
+        .collect();
+    rooms.extend((2..ROOMS).map(|i| format!("f{i}")));
+    drill(rooms, Disruption::Reshard(64)).await;
+}
+
+async fn drill(rooms: Vec<String>, disruption: Disruption) {
     let mut rc = RedisCluster::start();
     let a = node(&rc, "a").await;
     let b = node(&rc, "b").await;
-    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("f{i}")).collect();
-    let victim = rc.primary_of(&format!("{{{}}}", rooms[0]));
+    let first_slot = slot(&rooms[0]);
+    let victim = rc.primary_of_slot(first_slot);
 
     let stop_members = Arc::new(AtomicBool::new(false));
     let mut seen = Vec::new();
@@ -219,11 +263,48 @@ async fn a_primary_killed_under_publishing_loses_nothing_silently() {
         }
     };
     acks(300).await;
-    rc.node(victim).kill9();
-    let at_kill = acked.lock().expect("lock").len();
-    // The replica is promoted (bounded wait inside).
-    tokio::task::block_in_place(|| rc.wait_promoted(victim));
-    assert_ne!(rc.primary_of(&format!("{{{}}}", rooms[0])), victim);
+    let at_kill = match disruption {
+        Disruption::KillPrimary => {
+            rc.node(victim).kill9();
+            let at_kill = acked.lock().expect("lock").len();
+            // The replica is promoted (bounded wait inside).
+            tokio::task::block_in_place(|| rc.wait_promoted(victim));
+            at_kill
+        }
+        Disruption::Reshard(n) => {
+            let to = rc
+                .nodes
+                .iter()
+                .map(|n| n.port)
+                .find(|&p| p != victim && rc.node_role_is_master(p))
+                .expect("another primary");
+            let (from_id, to_id) = (rc.node_id(victim), rc.node_id(to));
+            let seed = format!("127.0.0.1:{victim}");
+            let n = n.to_string();
+            let status = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("redis-cli")
+                    .args(["--cluster", "reshard", &seed])
+                    .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+                    .args(["--cluster-slots", &n, "--cluster-yes"])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+            })
+            .await
+            .expect("reshard task")
+            .expect("redis-cli runs");
+            assert!(status.success(), "redis-cli --cluster reshard failed");
+            let at = acked.lock().expect("lock").len();
+            tokio::task::block_in_place(|| rc.wait_ok());
+            at
+        }
+    };
+    assert_ne!(
+        rc.primary_of_slot(first_slot),
+        victim,
+        "the first room's slot is served elsewhere now"
+    );
     // The nodes follow without a restart: publishing works again.
     acks(at_kill + 300).await;
     stop_pub.store(true, Ordering::Release);
@@ -292,10 +373,27 @@ async fn a_primary_killed_under_publishing_loses_nothing_silently() {
         m
     });
     eprintln!(
-        "failover drill: {} acknowledged ({at_kill} before the kill), {} failed during the failover, rooms with a new epoch: {lost_rooms}, per room {per_room:?}",
+        "topology drill: {} acknowledged ({at_kill} before the change), {} failed during the failover, rooms with a new epoch: {lost_rooms}, per room {per_room:?}",
         acked.len(),
         failed.load(Ordering::Relaxed)
     );
+    // B followed the change: it read the slot map again (and, for the migration, Redis
+    // told it the slot moved).
+    let (_, body) = http(b.addr, "GET", "/metrics", &[], "").await;
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (refreshes, moves) = (
+        value("roomcast_bus_topology_refreshes_total"),
+        value("roomcast_bus_slot_moves_total"),
+    );
+    eprintln!("node B: {refreshes} topology refreshes, {moves} slot moves");
+    assert!(refreshes >= 2.0, "B re-read the slot map");
+    if matches!(disruption, Disruption::Reshard(_)) {
+        assert!(moves >= 1.0, "Redis told B its subscribed slot moved");
+    }
     for n in [&a, &b] {
         let (status, _) = http(n.addr, "GET", "/readyz", &[], "").await;
         assert_eq!(status, 200, "the node is ready again without a restart");

@@ -298,6 +298,15 @@ impl RedisCluster {
             .expect("a node of this cluster")
     }
 
+    /// Whether the node on `port` is a live primary.
+    pub fn node_role_is_master(&self, port: u16) -> bool {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port && n.alive())
+            .and_then(|n| n.role())
+            .is_some_and(|r| r == "master")
+    }
+
     /// The node id of the node on `port`.
     pub fn node_id(&self, port: u16) -> String {
         cli(port, &["CLUSTER", "MYID"])

@@ -281,14 +281,13 @@ impl RedisBus {
         // Say now, not at the first publish, when the URL or the password is wrong; a
         // Redis that is down is waited for (the health task marks the bus up when it is).
         let ping = async {
-            let mut c = match inner.pub_conn().await {
-                Ok(c) => c,
-                Err(OpError::Redis(e)) => return Err(e),
+            match inner.ping().await {
+                Ok(()) => Ok(()),
+                Err(OpError::Redis(e)) => Err(e),
                 Err(OpError::Pool(e) | OpError::Bad(e)) => {
-                    return Err(RedisError::from((ErrorKind::Io, "connect", e)))
+                    Err(RedisError::from((ErrorKind::Io, "connect", e)))
                 }
-            };
-            redis::cmd("PING").query_async::<String>(&mut c).await
+            }
         };
         match tokio::time::timeout(op, ping).await {
             Ok(Ok(_)) => {}
@@ -454,20 +453,27 @@ impl Inner {
         (d.as_millis() as u64).max(1)
     }
 
+    /// PINGs the publish connection; on a cluster every primary (not every node: a dead
+    /// replica costs no readiness).
+    pub(crate) async fn ping(&self) -> Result<(), OpError> {
+        let mut c = self.pub_conn().await?;
+        if let Conn::Cluster(c) = &mut c {
+            let primaries = redis::cluster_routing::RoutingInfo::MultiNode((
+                redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+            ));
+            c.route_command(redis::cmd("PING"), primaries).await?;
+            return Ok(());
+        }
+        redis::cmd("PING").query_async::<String>(&mut c).await?;
+        Ok(())
+    }
+
     /// Makes sure the publish connection works before the bus says it is up: after an
     /// outage its old socket is dead, and the first command on it fails (and makes the
     /// manager reconnect), so a failed ping is retried once.
     pub(crate) async fn warm_publisher(&self) -> Result<(), BusError> {
-        let ping = || async {
-            self.run("ping", async move {
-                let mut c = self.pub_conn().await?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .map_err(OpError::from)
-            })
-            .await
-        };
+        let ping = || self.run("ping", self.ping());
         match ping().await {
             Ok(_) => Ok(()),
             Err(_) => ping().await.map(|_| ()),
@@ -483,15 +489,7 @@ impl Inner {
                 _ = self.stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let r = self
-                .run("health ping", async {
-                    let mut c = self.pub_conn().await?;
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut c)
-                        .await
-                        .map_err(OpError::from)
-                })
-                .await;
+            let r = self.run("health ping", self.ping()).await;
             if let Err(e) = r {
                 tracing::debug!(error = %e, "redis health ping failed");
             }

@@ -267,6 +267,12 @@ async fn drill(rooms: Vec<String>, disruption: Disruption) {
         Disruption::KillPrimary => {
             rc.node(victim).kill9();
             let at_kill = acked.lock().expect("lock").len();
+            // Readiness reflects every shard's subscription: B is not ready while a
+            // shard it subscribes on is gone.
+            eventually("B answers /readyz 503 while a shard is down", || async {
+                (http(b.addr, "GET", "/readyz", &[], "").await.0 == 503).then_some(())
+            })
+            .await;
             // The replica is promoted (bounded wait inside).
             tokio::task::block_in_place(|| rc.wait_promoted(victim));
             at_kill

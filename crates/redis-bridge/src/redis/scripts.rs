@@ -263,12 +263,20 @@ return {users, conns, out}
 /// the node knows and its offset is still below the one the node delivered (compare and
 /// set; another node that saw the same loss finds the new epoch and only reports it).
 ///
-/// KEYS: meta, history. ARGV: known epoch, delivered offset, new epoch, history ttl (ms).
+/// Also when the offset is not below but the stream holds another message at the
+/// delivered offset than the one delivered (its SHA-1 given): lost, then re-used.
+///
+/// KEYS: meta, history. ARGV: known epoch, delivered offset, new epoch, history ttl (ms),
+/// SHA-1 of the delivered message ('' when unknown).
 /// Returns 1 when this call started the new epoch, 0 when the room had moved on.
 const EPOCH_CAS: &str = r#"
 local e = redis.call('HMGET', KEYS[1], 'e', 's')
-if e[1] ~= ARGV[1] or (tonumber(e[2] or '0') or 0) >= tonumber(ARGV[2]) then
-  return 0
+if e[1] ~= ARGV[1] then return 0 end
+if (tonumber(e[2] or '0') or 0) >= tonumber(ARGV[2]) then
+  if ARGV[5] == '' then return 0 end
+  local id = ARGV[2] .. '-0'
+  local at = redis.call('XRANGE', KEYS[2], id, id)
+  if not at[1] or redis.sha1hex(at[1][2][2]) == ARGV[5] then return 0 end
 end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'e', ARGV[3], 's', 0)

@@ -53,7 +53,14 @@ pub(crate) enum Track {
     /// next one after must be `offset + 1`.
     Soft { offset: u64, epoch: Option<String> },
     /// Every message of `epoch` up to `offset` has been delivered.
-    Known { offset: u64, epoch: String },
+    /// `sig`: the SHA-1 (hex) of the envelope delivered at `offset`, when it came live:
+    /// after a cut it tells whether the room's stream still holds that message there, or
+    /// another one took its offset (publishes lost in a failover, then re-used).
+    Known {
+        offset: u64,
+        epoch: String,
+        sig: Option<String>,
+    },
 }
 
 /// What to do with a room message.
@@ -121,6 +128,7 @@ fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
         Some(Track::Known {
             offset: last,
             epoch: e,
+            ..
         }) => {
             if e != epoch {
                 Plan::NewEpoch
@@ -775,12 +783,12 @@ async fn on_room_message(
         Plan::Drop => tracing::trace!(%room, offset, "duplicate dropped"),
         Plan::Advance | Plan::First => {
             deliver_room(delivery, m);
-            set_track(inner, &room, Track::Known { offset, epoch });
+            set_track(inner, &room, known(offset, epoch, payload));
         }
         Plan::Repair { from } => {
             repair(inner, delivery, &room, from, offset - 1, &epoch).await;
             deliver_room(delivery, m);
-            set_track(inner, &room, Track::Known { offset, epoch });
+            set_track(inner, &room, known(offset, epoch, payload));
         }
         Plan::NewEpoch => {
             // The loss first: no member of the old epoch may see an offset of the new.
@@ -789,7 +797,7 @@ async fn on_room_message(
                 repair(inner, delivery, &room, 1, offset - 1, &epoch).await;
             }
             deliver_room(delivery, m);
-            set_track(inner, &room, Track::Known { offset, epoch });
+            set_track(inner, &room, known(offset, epoch, payload));
         }
     }
     Ok(true)
@@ -992,7 +1000,7 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
             let Some(track) = lock(&inner.watched).get(room).cloned() else {
                 continue;
             };
-            let (last, known_epoch) = match track {
+            let (last, known_epoch, sig) = match track {
                 Track::Pending => {
                     let t = match meta {
                         Some((offset, epoch)) => Track::Soft {
@@ -1007,8 +1015,8 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                     set_track(inner, room, t);
                     continue;
                 }
-                Track::Soft { offset, epoch } => (offset, epoch),
-                Track::Known { offset, epoch } => (offset, Some(epoch)),
+                Track::Soft { offset, epoch } => (offset, epoch, None),
+                Track::Known { offset, epoch, sig } => (offset, Some(epoch), sig),
             };
             match meta {
                 None => {
@@ -1030,13 +1038,26 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                 Some((offset, epoch)) => {
                     if known_epoch.as_deref().is_some_and(|e| e != epoch) {
                         lost(inner, delivery, room, "epoch changed");
-                        set_track(inner, room, Track::Known { offset, epoch });
-                    } else if offset < last && known_epoch.is_some() {
+                        set_track(
+                            inner,
+                            room,
+                            Track::Known {
+                                offset,
+                                epoch,
+                                sig: None,
+                            },
+                        );
+                    } else if (offset < last && known_epoch.is_some())
+                        || (offset >= last && diverged(inner, room, last, sig.as_deref()).await?)
+                    {
                         // The room's stored offset is below one this node has delivered
-                        // (or read) in the same epoch: a failover lost acknowledged
-                        // publishes (asynchronous replication). Its next publish would
-                        // reuse an offset members hold: a new epoch, once, cluster-wide.
-                        let track = new_epoch_after_loss(inner, room, &epoch, last).await?;
+                        // (or read) in the same epoch, or another message sits where the
+                        // last one it delivered was: a failover lost acknowledged
+                        // publishes (asynchronous replication), and the next publish would
+                        // reuse (or did reuse) an offset members hold: a new epoch, once,
+                        // cluster-wide.
+                        let track =
+                            new_epoch_after_loss(inner, room, &epoch, last, sig.as_deref()).await?;
                         lost(
                             inner,
                             delivery,
@@ -1046,13 +1067,66 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                         set_track(inner, room, track);
                     } else if offset > last {
                         repair(inner, delivery, room, last + 1, offset, &epoch).await;
-                        set_track(inner, room, Track::Known { offset, epoch });
+                        set_track(
+                            inner,
+                            room,
+                            Track::Known {
+                                offset,
+                                epoch,
+                                sig: None,
+                            },
+                        );
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The track of a room whose message at `offset` was just delivered live.
+fn known(offset: u64, epoch: String, payload: &[u8]) -> Track {
+    Track::Known {
+        offset,
+        epoch,
+        sig: Some(sha1_smol::Sha1::from(payload).digest().to_string()),
+    }
+}
+
+/// Whether the room's stream holds another message at `offset` than the one this node
+/// delivered there (`sig`). A trimmed entry, or no signature, proves nothing: false.
+async fn diverged(
+    inner: &Inner,
+    room: &RoomName,
+    offset: u64,
+    sig: Option<&str>,
+) -> Result<bool, BusError> {
+    let Some(sig) = sig else {
+        return Ok(false);
+    };
+    if offset == 0 {
+        return Ok(false);
+    }
+    let id = format!("{offset}-0");
+    let key = inner.keys.history(room);
+    let entries: Vec<StreamEntry> = inner
+        .run("check the last delivered message", async {
+            let mut c = inner.conn().await?;
+            redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&id)
+                .arg(&id)
+                .query_async(&mut c)
+                .await
+                .map_err(OpError::from)
+        })
+        .await?;
+    Ok(entries.first().is_some_and(|(_, fields)| {
+        fields
+            .iter()
+            .find(|(k, _)| k == "d")
+            .is_some_and(|(_, d)| sha1_smol::Sha1::from(d).digest().to_string() != sig)
+    }))
 }
 
 /// Starts a new epoch for a room whose stored offset fell below `delivered` in `epoch`
@@ -1062,6 +1136,7 @@ async fn new_epoch_after_loss(
     room: &RoomName,
     epoch: &str,
     delivered: u64,
+    sig: Option<&str>,
 ) -> Result<Track, BusError> {
     let fresh = new_epoch();
     let mut inv = inner.scripts.epoch_cas.prepare_invoke();
@@ -1070,7 +1145,8 @@ async fn new_epoch_after_loss(
         .arg(epoch)
         .arg(delivered)
         .arg(&fresh)
-        .arg(Inner::ms(inner.cfg.history_ttl));
+        .arg(Inner::ms(inner.cfg.history_ttl))
+        .arg(sig.unwrap_or(""));
     let won: i64 = inner
         .run("new epoch after a loss", async {
             let mut c = inner.conn().await?;
@@ -1083,6 +1159,7 @@ async fn new_epoch_after_loss(
         Track::Known {
             offset: 0,
             epoch: fresh,
+            sig: None,
         }
     } else {
         // Another node started it first (and may have published since): judged by the
@@ -1145,6 +1222,7 @@ mod tests {
         Track::Known {
             offset,
             epoch: "e".into(),
+            sig: None,
         }
     }
 

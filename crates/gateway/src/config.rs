@@ -64,6 +64,10 @@ pub struct Config {
     /// Redis to form a cluster through (redis:// or rediss://); absent: standalone.
     #[arg(long, env = "ROOMCAST_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Seed URLs of a Redis Cluster (7.0 or newer), comma-separated (redis:// or
+    /// rediss://); excludes --redis-url. The node then uses sharded pub/sub in rooms mode.
+    #[arg(long, env = "ROOMCAST_REDIS_CLUSTER_URLS")]
+    pub redis_cluster_urls: Option<String>,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "ROOMCAST_PREFIX", default_value = "roomcast")]
     pub prefix: String,
@@ -223,13 +227,9 @@ pub struct Config {
     pub bus_max_lag: u64,
     /// How the node listens to the bus: `pattern` (every node receives every room's
     /// messages) or `rooms` (a subscription per room and user held locally).
-    #[arg(
-        long,
-        env = "ROOMCAST_BUS_SUBSCRIBE",
-        value_enum,
-        default_value = "pattern"
-    )]
-    pub bus_subscribe: BusSubscribe,
+    /// Default: pattern (one Redis), rooms (a Redis Cluster, which allows no other).
+    #[arg(long, env = "ROOMCAST_BUS_SUBSCRIBE", value_enum)]
+    pub bus_subscribe: Option<BusSubscribe>,
     /// Rooms mode: milliseconds a room's or user's channel stays subscribed after its last
     /// local member left (a quick re-join costs no Redis command).
     #[arg(long, env = "ROOMCAST_BUS_LINGER_MS", default_value_t = 2000)]
@@ -385,6 +385,26 @@ impl Config {
         if self.prefix.is_empty() || self.prefix.contains(['*', '?', '[', ' ']) {
             return bad("--prefix must be non-empty and hold no glob characters or spaces");
         }
+        if self.redis_url.is_some() && self.redis_cluster_urls.is_some() {
+            return bad("--redis-url and --redis-cluster-urls exclude each other: give one Redis or the seeds of one Redis Cluster");
+        }
+        if self.redis_cluster_urls.is_some() {
+            let seeds = self.redis_cluster_url_list();
+            if seeds.is_empty() {
+                return bad("--redis-cluster-urls needs at least one redis:// URL");
+            }
+            if seeds
+                .iter()
+                .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                return bad(
+                    "--redis-cluster-urls must be redis:// or rediss:// URLs, comma-separated",
+                );
+            }
+            if self.bus_subscribe == Some(BusSubscribe::Pattern) {
+                return bad("--bus-subscribe pattern cannot run on a Redis Cluster (--redis-cluster-urls): it uses sharded rooms mode");
+            }
+        }
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
@@ -463,6 +483,26 @@ impl Config {
         roomcast_protocol::RoomName::new(&self.personal_room.replace("{user}", user.as_str())).ok()
     }
 
+    /// The Redis Cluster seed URLs, split (empty without a cluster).
+    pub fn redis_cluster_url_list(&self) -> Vec<String> {
+        split_list(self.redis_cluster_urls.as_deref().unwrap_or(""))
+    }
+
+    /// How the node listens to the bus: as configured, else rooms on a Redis Cluster and
+    /// pattern otherwise.
+    pub fn bus_subscribe(&self) -> BusSubscribe {
+        match (self.bus_subscribe, self.redis_cluster_urls.is_some()) {
+            (_, true) => BusSubscribe::Rooms,
+            (Some(m), false) => m,
+            (None, false) => BusSubscribe::Pattern,
+        }
+    }
+
+    /// Whether the node forms a cluster through Redis (one Redis or a Redis Cluster).
+    pub fn has_redis(&self) -> bool {
+        self.redis_url.is_some() || self.redis_cluster_urls.is_some()
+    }
+
     /// The API keys, split.
     pub fn api_key_list(&self) -> Vec<String> {
         split_list(self.api_keys.as_deref().unwrap_or(""))
@@ -534,6 +574,56 @@ fn apply_file_to_env(path: &PathBuf) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_cluster_urls() {
+        let c = Config::from_args([
+            "--auth",
+            "none",
+            "--redis-cluster-urls",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+        ])
+        .expect("valid");
+        assert_eq!(c.redis_cluster_url_list().len(), 2);
+        assert_eq!(c.bus_subscribe(), BusSubscribe::Rooms, "rooms by default");
+        let e = Config::from_args([
+            "--auth",
+            "none",
+            "--redis-cluster-urls",
+            "redis://a:1",
+            "--redis-url",
+            "redis://b:1",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("exclude each other"), "{e}");
+        let e = Config::from_args([
+            "--auth",
+            "none",
+            "--redis-cluster-urls",
+            "redis://a:1",
+            "--bus-subscribe",
+            "pattern",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--bus-subscribe pattern"), "{e}");
+        assert!(Config::from_args([
+            "--auth",
+            "none",
+            "--redis-cluster-urls",
+            "redis://a:1",
+            "--bus-subscribe",
+            "rooms"
+        ])
+        .is_ok());
+        assert!(Config::from_args(["--auth", "none", "--redis-cluster-urls", "http://a"]).is_err());
+        assert!(Config::from_args(["--auth", "none", "--redis-cluster-urls", " , "]).is_err());
+        let c = Config::from_args(["--auth", "none"]).expect("valid");
+        assert_eq!(
+            c.bus_subscribe(),
+            BusSubscribe::Pattern,
+            "pattern by default"
+        );
+    }
 
     #[test]
     fn jwt_needs_a_key() {

@@ -154,7 +154,7 @@ fn collect(node: &Node, rates: &RoomRates, started_ms: u64, last: &mut Last) -> 
         rooms,
         messages_per_sec,
         bus_up: node.bus.is_ready() && node.hub.bus_up(),
-        shards: Vec::new(),
+        shards: node.bus.shards(),
         top_rooms,
     }
 }

@@ -124,6 +124,7 @@ pub async fn route(
             }
         }
         (&Method::GET, "/metrics") => {
+            node.metrics.set_shards(&node.bus.shards());
             let body = node
                 .metrics
                 .render(node.bus.stats(), node.bus.is_ready() && node.hub.bus_up());

@@ -65,7 +65,7 @@ fn bus_config(cfg: &Config, node_id: &str) -> BusConfig {
         max_recover: cfg.max_recover,
         op_timeout: Duration::from_secs(cfg.bus_timeout),
         max_lag: Duration::from_secs(cfg.bus_max_lag),
-        subscribe: match cfg.bus_subscribe {
+        subscribe: match cfg.bus_subscribe() {
             config::BusSubscribe::Pattern => SubscribeMode::Pattern,
             config::BusSubscribe::Rooms => SubscribeMode::Rooms,
         },
@@ -89,8 +89,10 @@ pub async fn run(
     let hooks = crate::hooks::Hooks::from_config(&cfg, metrics.clone(), shutdown.clone())
         .map_err(|e| RunError::Config(e.to_string()))?;
     let bus_cfg = bus_config(&cfg, &node_id);
+    let seeds = cfg.redis_cluster_url_list();
     let bus: Arc<dyn Bus> = match &cfg.redis_url {
         Some(url) => Arc::new(RedisBus::connect(url, bus_cfg).await?),
+        None if !seeds.is_empty() => Arc::new(RedisBus::connect_cluster(&seeds, bus_cfg).await?),
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
     hub.attach_bus(bus.clone());
@@ -145,7 +147,7 @@ pub async fn run(
     // Ends on shutdown, removing this node's heartbeat; waited for before the bus closes.
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), rates, shutdown.clone()));
     let addr = listener.local_addr()?;
-    let mode = if node.cfg.redis_url.is_some() {
+    let mode = if node.cfg.has_redis() {
         "cluster"
     } else {
         "standalone"

@@ -5,7 +5,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use roomcast_redis_bridge::BusStats;
+use roomcast_redis_bridge::{BusStats, ShardState};
 use std::sync::atomic::Ordering;
 
 /// Every metric of a node.
@@ -82,6 +82,14 @@ pub struct Metrics {
     pub hook_requests: IntCounterVec,
     /// Time of a backend hook call, by hook.
     pub hook_duration: HistogramVec,
+    /// Redis Cluster: 1 per shard primary whose subscription connection answers, 0 if not.
+    pub bus_shard_up: IntGaugeVec,
+    /// Redis Cluster: slot map reads (start, and after every cut).
+    pub bus_topology_refreshes: IntCounter,
+    /// Redis Cluster: subscriptions Redis dropped because their slot moved.
+    pub bus_slot_moves: IntCounter,
+    /// Rooms given a new epoch because a failover lost publishes this node had delivered.
+    pub bus_epoch_resets: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -301,6 +309,34 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("metric: {e}"));
                 h
             },
+            bus_shard_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "roomcast_bus_shard_up",
+                        "Redis Cluster: 1 per shard primary whose subscription connection answers, 0 if not",
+                    ),
+                    &["shard"],
+                )
+                .unwrap_or_else(|e| panic!("metric roomcast_bus_shard_up: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("metric roomcast_bus_shard_up: {e}"));
+                g
+            },
+            bus_topology_refreshes: counter(
+                &r,
+                "roomcast_bus_topology_refreshes_total",
+                "Redis Cluster: times the slot map was read (start, and after a failover, a moved slot or a lost shard; MOVED/ASK on commands are followed inside the redis client)",
+            ),
+            bus_slot_moves: counter(
+                &r,
+                "roomcast_bus_slot_moves_total",
+                "Redis Cluster: subscriptions Redis dropped because their slot moved to another shard",
+            ),
+            bus_epoch_resets: counter(
+                &r,
+                "roomcast_bus_epoch_resets_total",
+                "Rooms given a new epoch because a failover lost publishes this node had delivered",
+            ),
             registry: r,
         };
         for t in ["ws", "sse"] {
@@ -319,6 +355,17 @@ impl Metrics {
             if let Err(e) = self.registry.register(c) {
                 tracing::warn!(error = %e, "metric not registered");
             }
+        }
+    }
+
+    /// Sets the per-shard gauge to what the bus says now (a shard gone from the slot map
+    /// is removed).
+    pub fn set_shards(&self, shards: &[ShardState]) {
+        self.bus_shard_up.reset();
+        for s in shards {
+            self.bus_shard_up
+                .with_label_values(&[s.shard.as_str()])
+                .set(i64::from(s.up));
         }
     }
 
@@ -377,6 +424,15 @@ impl Metrics {
         catch_up(
             &self.bus_publishes_batched,
             bus.publishes_batched.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_topology_refreshes,
+            bus.topology_refreshes.load(Ordering::Relaxed),
+        );
+        catch_up(&self.bus_slot_moves, bus.slot_moves.load(Ordering::Relaxed));
+        catch_up(
+            &self.bus_epoch_resets,
+            bus.epoch_resets.load(Ordering::Relaxed),
         );
         self.bus_up.set(i64::from(bus_up));
         let mut buf = Vec::new();

@@ -186,19 +186,10 @@ pub struct NodeStats {
     pub bus_up: bool,
     /// Per shard, when the bus runs on a Redis Cluster (empty otherwise).
     #[serde(default)]
-    pub shards: Vec<ShardStats>,
+    pub shards: Vec<ShardState>,
     /// The node's busiest rooms (a bounded few, by local members and by messages/s).
     #[serde(default)]
     pub top_rooms: Vec<RoomStats>,
-}
-
-/// The state of one Redis Cluster shard as a node sees it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ShardStats {
-    /// The shard's address (its primary).
-    pub addr: String,
-    /// Whether the node's connection to it is up.
-    pub up: bool,
 }
 
 /// One room in a node's heartbeat.
@@ -312,6 +303,27 @@ pub struct BusStats {
     pub subscribed_rooms: AtomicU64,
     /// Rooms mode: user channels subscribed now.
     pub subscribed_users: AtomicU64,
+    /// Redis Cluster: times the slot map was read anew (at start, and after every cut:
+    /// a failover, a slot moved, a shard lost). MOVED and ASK replies to commands are
+    /// followed inside the redis crate, which does not count them.
+    pub topology_refreshes: AtomicU64,
+    /// Redis Cluster: subscriptions Redis dropped because their slot moved to another
+    /// shard (`sunsubscribe` pushed by the server).
+    pub slot_moves: AtomicU64,
+    /// Rooms whose stored offset was found below one this node had delivered (publishes
+    /// lost in a failover) and which got a new epoch.
+    pub epoch_resets: AtomicU64,
+}
+
+/// A shard of a Redis Cluster, as the node's subscription last saw it (also one row of
+/// a node's heartbeat, where the admin page reads it as `addr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardState {
+    /// The shard primary's address (`host:port`).
+    #[serde(rename = "addr")]
+    pub shard: String,
+    /// Whether its connection answers.
+    pub up: bool,
 }
 
 impl BusStats {
@@ -407,6 +419,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus can serve (connected and subscribed).
     fn is_ready(&self) -> bool;
+
+    /// Redis Cluster: every shard primary and whether the node's subscription connection
+    /// to it answers; empty otherwise.
+    fn shards(&self) -> Vec<ShardState> {
+        Vec::new()
+    }
 
     /// The bus's counters.
     fn stats(&self) -> &BusStats;

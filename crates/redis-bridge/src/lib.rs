@@ -15,6 +15,6 @@ pub use self::redis::RedisBus;
 pub use bus::{
     Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery, NodeStats,
     PresenceSnapshot, PublishRequest, PublishResult, RoomStats, SendRequest, SendResult,
-    ShardStats, SubscribeMode,
+    ShardState, SubscribeMode,
 };
 pub use memory::MemoryBus;

@@ -20,6 +20,8 @@ enum Kind {
     Redis,
     /// One Redis, a subscription per watched room and user (docs/protocol.md section 6).
     RedisRooms,
+    /// A Redis Cluster of 3 primaries and 3 replicas: sharded subscriptions (section 6b).
+    Cluster,
 }
 
 /// A started bus, its events, and the server behind it (if any).
@@ -27,12 +29,22 @@ struct Harness {
     bus: Arc<dyn Bus>,
     events: Events,
     _server: Option<RedisServer>,
+    _cluster: Option<cluster::RedisCluster>,
 }
 
 async fn harness(kind: Kind, cfg: BusConfig) -> Harness {
     let (delivery, mut events) = collector();
+    let mut redis_cluster = None;
     let (bus, server): (Arc<dyn Bus>, _) = match kind {
         Kind::Memory => (Arc::new(MemoryBus::new(cfg)), None),
+        Kind::Cluster => {
+            let c = cluster::RedisCluster::start();
+            let bus = RedisBus::connect_cluster(&c.seeds(), cfg)
+                .await
+                .expect("connect to the cluster");
+            redis_cluster = Some(c);
+            (Arc::new(bus), None)
+        }
         Kind::Redis | Kind::RedisRooms => {
             let cfg = BusConfig {
                 subscribe: if matches!(kind, Kind::RedisRooms) {
@@ -58,7 +70,7 @@ async fn harness(kind: Kind, cfg: BusConfig) -> Harness {
     bus.user_ready(&user("bob"))
         .await
         .expect("user bob subscribed");
-    if matches!(kind, Kind::Redis | Kind::RedisRooms) {
+    if matches!(kind, Kind::Redis | Kind::RedisRooms | Kind::Cluster) {
         assert!(events.state().await, "the Redis bus reports itself up");
         assert!(bus.is_ready());
     }
@@ -66,6 +78,7 @@ async fn harness(kind: Kind, cfg: BusConfig) -> Harness {
         bus,
         events,
         _server: server,
+        _cluster: redis_cluster,
     }
 }
 
@@ -548,6 +561,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Kind::RedisRooms).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Cluster).await
                 }
             )*
         }

@@ -5,7 +5,7 @@
 mod support;
 
 use roomcast_redis_bridge::{
-    Bus, BusConfig, MemoryBus, NodeStats, RedisBus, RoomStats, ShardStats,
+    Bus, BusConfig, MemoryBus, NodeStats, RedisBus, RoomStats, ShardState,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +34,8 @@ fn stats(connections: u64) -> NodeStats {
         rooms: 1,
         messages_per_sec: 2.5,
         bus_up: true,
-        shards: vec![ShardStats {
-            addr: "127.0.0.1:7000".into(),
+        shards: vec![ShardState {
+            shard: "127.0.0.1:7000".into(),
             up: true,
         }],
         top_rooms: vec![RoomStats {

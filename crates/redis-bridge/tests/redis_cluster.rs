@@ -676,9 +676,10 @@ async fn a_subscription_that_fell_behind_is_dropped_and_resynchronised() {
         .expect("publish");
     assert_eq!(a.events.message().await.0.offset, Some(1));
     assert_eq!(b.events.message().await.0.offset, Some(1));
-    // Message 2 is in the room's meta and stream, and its live copy reaches the nodes a
-    // minute after it was stamped: as if it had waited that long in a node's queue.
-    inject_lost_message(&server, "r", 2, &first.epoch, true).await;
+    // Message 2 is in the room's meta and stream, and its live copy (the same bytes, as
+    // the publish script writes them) reaches the nodes a minute after it was stamped: as
+    // if it had waited that long in a node's queue.
+    inject_lost_message(&server, "r", 2, &first.epoch, false).await;
     let stale = room_envelope(
         "b",
         "r",
@@ -687,10 +688,19 @@ async fn a_subscription_that_fell_behind_is_dropped_and_resynchronised() {
         now_ms() - 60_000,
         json!("stale 2"),
     );
+    let bytes = stale.to_msgpack().expect("encode");
     let mut raw = server.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg("rc:history:r")
+        .arg("2-0")
+        .arg("d")
+        .arg(&bytes)
+        .query_async(&mut raw)
+        .await
+        .expect("xadd");
     let _: i64 = redis::cmd("PUBLISH")
         .arg("rc:room:r")
-        .arg(stale.to_msgpack().expect("encode"))
+        .arg(&bytes)
         .query_async(&mut raw)
         .await
         .expect("publish raw");

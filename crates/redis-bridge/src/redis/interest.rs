@@ -245,6 +245,14 @@ impl Interest {
         lock(&self.channels).to_subscribe.iter().cloned().collect()
     }
 
+    /// Whether a local member (or a waiting join) needs `channel` now.
+    pub(crate) fn needed(&self, channel: &str) -> bool {
+        lock(&self.channels)
+            .all
+            .get(channel)
+            .is_some_and(|e| e.needed())
+    }
+
     /// Channels subscribed now: (rooms, users).
     pub(crate) fn counts(&self) -> (u64, u64) {
         lock(&self.channels).subscribed

@@ -12,9 +12,16 @@
 //! `subscriber.rs` receives and repairs
 //! gaps, `presence.rs` keeps this node's presence entries alive.
 //!
+//! On a Redis Cluster (`RedisBus::connect_cluster`, docs/protocol.md section 6b) the
+//! commands go through the redis crate's `ClusterConnection` (`conn.rs`), names carry
+//! hash tags (`keys.rs`), the scripts SPUBLISH (`scripts.rs`), the publisher sends one
+//! script call per slot (`publisher.rs`) and the subscriber SSUBSCRIBEs per slot on the
+//! shard that owns it (`subscriber.rs`, `sharded.rs`).
+//!
 //! Every operation is bounded by `op_timeout` and fails with [`BusError::Unavailable`]
 //! when Redis cannot be reached; nothing waits for Redis to come back.
 
+mod conn;
 mod envelope;
 mod interest;
 mod keys;
@@ -22,15 +29,18 @@ mod nodes;
 mod presence;
 mod publisher;
 mod scripts;
+mod sharded;
 pub(crate) mod stream;
 mod subscriber;
 
 use crate::bus::*;
 use crate::memory::new_epoch;
 use async_trait::async_trait;
+use conn::Conn;
 use keys::Keys;
 use presence::LocalPresence;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
 use roomcast_protocol::{BusMessage, Envelope, RoomName, UserId};
 use scripts::Scripts;
@@ -64,9 +74,7 @@ pub(crate) struct Inner {
     cfg: BusConfig,
     keys: Keys,
     scripts: Scripts,
-    client: redis::Client,
-    publisher: ConnectionManager,
-    pool: deadpool_redis::Pool,
+    backend: Backend,
     stats: BusStats,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -93,6 +101,25 @@ pub(crate) struct Inner {
     bad_log: subscriber::RateLog,
     /// Rooms mode: the room and user channels this node's members need.
     interest: interest::Interest,
+    /// Redis Cluster: the shards and their state, as the subscriber last saw them.
+    shards: Mutex<Vec<ShardState>>,
+}
+
+/// Where the bus's commands (and subscriptions) go.
+pub(crate) enum Backend {
+    /// One Redis.
+    Single {
+        client: redis::Client,
+        publisher: ConnectionManager,
+        pool: deadpool_redis::Pool,
+    },
+    /// A Redis Cluster: its seed URLs (the subscriber builds its own client from them),
+    /// and the command connection, made at the first command that needs it (a node may
+    /// start before the cluster answers).
+    Cluster {
+        seeds: Vec<String>,
+        conn: tokio::sync::OnceCell<ClusterConnection>,
+    },
 }
 
 /// Why one Redis call failed, before it becomes a [`BusError`].
@@ -185,18 +212,56 @@ impl RedisBus {
             .recycle_timeout(Some(op))
             .build()
             .map_err(|e| BusError::Internal(format!("redis pool: {e}")))?;
+        let backend = Backend::Single {
+            client,
+            publisher,
+            pool,
+        };
+        Self::with_backend(backend, cfg).await
+    }
+
+    /// Connects to a Redis Cluster (7.0 or newer) through `seeds` (`redis://` URLs of
+    /// any of its nodes): names carry hash tags, publishes SPUBLISH, and the node listens
+    /// with sharded subscriptions per room and user (rooms mode, whatever `cfg.subscribe`
+    /// says). A cluster that does not answer yet is waited for, as one Redis is.
+    pub async fn connect_cluster(seeds: &[String], mut cfg: BusConfig) -> Result<Self, BusError> {
+        if seeds.is_empty() {
+            return Err(BusError::Internal("no redis cluster url".into()));
+        }
+        if seeds.iter().any(|u| u.starts_with("rediss"))
+            && rustls::crypto::CryptoProvider::get_default().is_none()
+        {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        for s in seeds {
+            redis::Client::open(s.as_str())
+                .map_err(|e| BusError::Internal(format!("redis cluster url {s:?}: {e}")))?;
+        }
+        cfg.subscribe = SubscribeMode::Rooms;
+        let backend = Backend::Cluster {
+            seeds: seeds.to_vec(),
+            conn: tokio::sync::OnceCell::new(),
+        };
+        Self::with_backend(backend, cfg).await
+    }
+
+    async fn with_backend(backend: Backend, cfg: BusConfig) -> Result<Self, BusError> {
+        let op = cfg.op_timeout;
+        let cluster = matches!(backend, Backend::Cluster { .. });
         let stop = CancellationToken::new();
         let (baseline_tx, baseline_rx) = mpsc::unbounded_channel();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let envelope_head = envelope::envelope_head(&cfg.node_id)?;
         let inner = Arc::new(Inner {
-            keys: Keys::new(&cfg.prefix),
+            keys: if cluster {
+                Keys::cluster(&cfg.prefix)
+            } else {
+                Keys::new(&cfg.prefix)
+            },
             presence: LocalPresence::default(),
             cfg,
-            scripts: Scripts::new(),
-            client,
-            publisher,
-            pool,
+            scripts: Scripts::new(cluster),
+            backend,
             stats: BusStats::default(),
             stop: stop.clone(),
             tasks: TaskTracker::new(),
@@ -207,6 +272,7 @@ impl RedisBus {
             reported: Mutex::new(None),
             watched: Mutex::new(HashMap::new()),
             interest: interest::Interest::default(),
+            shards: Mutex::new(Vec::new()),
             baseline_tx,
             baseline_rx: Mutex::new(Some(baseline_rx)),
             publish_tx,
@@ -216,9 +282,16 @@ impl RedisBus {
         inner.tasks.spawn(publisher::run(inner.clone(), publish_rx));
         // Say now, not at the first publish, when the URL or the password is wrong; a
         // Redis that is down is waited for (the health task marks the bus up when it is).
-        let mut c = inner.publisher.clone();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(op, ping.query_async::<String>(&mut c)).await {
+        let ping = async {
+            match inner.ping().await {
+                Ok(()) => Ok(()),
+                Err(OpError::Redis(e)) => Err(e),
+                Err(OpError::Pool(e) | OpError::Bad(e)) => {
+                    Err(RedisError::from((ErrorKind::Io, "connect", e)))
+                }
+            }
+        };
+        match tokio::time::timeout(op, ping).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == ErrorKind::AuthenticationFailed => {
                 return Err(BusError::Internal(format!("redis auth: {e}")))
@@ -297,10 +370,41 @@ impl Inner {
         }
     }
 
-    /// A pooled command connection, back in the pool when dropped. It is multiplexed:
-    /// batches clone it so that their commands pipeline.
-    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection, OpError> {
-        Ok(self.pool.get().await?)
+    /// A command connection (one Redis: from the pool, back in it when dropped). It is
+    /// multiplexed: batches clone it so that their commands pipeline.
+    pub(crate) async fn conn(&self) -> Result<Conn, OpError> {
+        match &self.backend {
+            Backend::Single { pool, .. } => Ok(Conn::Pooled(pool.get().await?)),
+            Backend::Cluster { .. } => self.cluster_conn().await,
+        }
+    }
+
+    /// The connection publishes and sends go on.
+    pub(crate) async fn pub_conn(&self) -> Result<Conn, OpError> {
+        match &self.backend {
+            Backend::Single { publisher, .. } => Ok(Conn::Manager(publisher.clone())),
+            Backend::Cluster { .. } => self.cluster_conn().await,
+        }
+    }
+
+    /// The cluster's command connection, made now if it is not yet.
+    async fn cluster_conn(&self) -> Result<Conn, OpError> {
+        let Backend::Cluster { seeds, conn } = &self.backend else {
+            return Err(OpError::Bad("not a cluster".into()));
+        };
+        let c = conn
+            .get_or_try_init(|| async {
+                sharded::client(seeds, &self.cfg, None)?
+                    .get_async_connection()
+                    .await
+            })
+            .await?;
+        Ok(Conn::Cluster(c.clone()))
+    }
+
+    /// Whether the bus runs on a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
     }
 
     pub(crate) fn deliver(&self, event: BusEvent) {
@@ -351,20 +455,27 @@ impl Inner {
         (d.as_millis() as u64).max(1)
     }
 
+    /// PINGs the publish connection; on a cluster every primary (not every node: a dead
+    /// replica costs no readiness).
+    pub(crate) async fn ping(&self) -> Result<(), OpError> {
+        let mut c = self.pub_conn().await?;
+        if let Conn::Cluster(c) = &mut c {
+            let primaries = redis::cluster_routing::RoutingInfo::MultiNode((
+                redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+            ));
+            c.route_command(redis::cmd("PING"), primaries).await?;
+            return Ok(());
+        }
+        redis::cmd("PING").query_async::<String>(&mut c).await?;
+        Ok(())
+    }
+
     /// Makes sure the publish connection works before the bus says it is up: after an
     /// outage its old socket is dead, and the first command on it fails (and makes the
     /// manager reconnect), so a failed ping is retried once.
     pub(crate) async fn warm_publisher(&self) -> Result<(), BusError> {
-        let ping = || async {
-            let mut c = self.publisher.clone();
-            self.run("ping", async move {
-                redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .map_err(OpError::from)
-            })
-            .await
-        };
+        let ping = || self.run("ping", self.ping());
         match ping().await {
             Ok(_) => Ok(()),
             Err(_) => ping().await.map(|_| ()),
@@ -380,15 +491,7 @@ impl Inner {
                 _ = self.stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let mut c = self.publisher.clone();
-            let r = self
-                .run("health ping", async move {
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut c)
-                        .await
-                        .map_err(OpError::from)
-                })
-                .await;
+            let r = self.run("health ping", self.ping()).await;
             if let Err(e) = r {
                 tracing::debug!(error = %e, "redis health ping failed");
             }
@@ -454,12 +557,12 @@ impl Bus for RedisBus {
             let mut inv = inner.scripts.send.prepare_invoke();
             inv.key(inner.keys.user_channel(&req.to));
             if let Some(k) = &req.idempotency_key {
-                inv.key(inner.keys.dedupe(k));
+                inv.key(inner.keys.send_dedupe(&req.to, k));
             }
             inv.arg(payload).arg(Inner::ms(inner.cfg.dedupe_window));
-            let mut c = inner.publisher.clone();
             let dup: i64 = inner
                 .run("send", async {
+                    let mut c = inner.pub_conn().await?;
                     inv.invoke_async(&mut c).await.map_err(OpError::from)
                 })
                 .await?;
@@ -570,9 +673,9 @@ impl Bus for RedisBus {
             },
         )?;
         let channel = inner.keys.control_channel();
-        let mut c = inner.publisher.clone();
         inner
             .run("disconnect", async move {
+                let mut c = inner.pub_conn().await?;
                 redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(payload)
@@ -667,6 +770,10 @@ impl Bus for RedisBus {
         self.inner.ready()
     }
 
+    fn shards(&self) -> Vec<ShardState> {
+        lock(&self.inner.shards).clone()
+    }
+
     fn stats(&self) -> &BusStats {
         &self.inner.stats
     }
@@ -701,7 +808,11 @@ impl RedisBus {
             meta: inner.keys.meta(room),
             history: inner.keys.history(room),
             channel: inner.keys.room_channel(room),
-            dedupe: req.idempotency_key.as_deref().map(|k| inner.keys.dedupe(k)),
+            dedupe: req
+                .idempotency_key
+                .as_deref()
+                .map(|k| inner.keys.publish_dedupe(room, k)),
+            slot: inner.keys.room_slot(room),
             envelope: parts,
             volatile: req.volatile,
             reply,

@@ -8,6 +8,7 @@
 //! heals entries lost with a Redis restart), and sweeps expired entries (a dead node's)
 //! of the rooms it watches; a read sweeps the room first.
 
+use super::conn::Conn;
 use super::keys::Keys;
 use super::{envelope, lock, Inner, OpError};
 use crate::bus::{BusError, PresenceSnapshot};
@@ -43,7 +44,7 @@ fn key_ttl_ms(inner: &Inner) -> u64 {
 /// Runs the join script for one entry (used to join and to refresh).
 async fn run_join(
     inner: &Inner,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Conn,
     room: &RoomName,
     user: &UserId,
     conn_id: &str,
@@ -71,7 +72,7 @@ async fn run_join(
 
 async fn run_leave(
     inner: &Inner,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Conn,
     room: &RoomName,
     user: &UserId,
     conn_id: &str,

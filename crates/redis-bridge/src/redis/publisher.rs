@@ -7,6 +7,14 @@
 //!
 //! Order: the task sends batches one at a time and the script runs a batch's messages
 //! in the order they were queued, so publishes queued in order get offsets in order.
+//!
+//! On a Redis Cluster every key of one script call must be in one slot, so a batch is
+//! split by the rooms' slots (a room's keys share its hash tag) into one call per slot,
+//! in the batch's order within each; the calls of one batch go out together (the cluster
+//! connection pipelines those bound for one shard on its connection) and the next batch
+//! waits for all of them, so a room's order is kept. (A single call per shard would need
+//! keys the script does not declare, which a slot that moves mid-batch turns into a
+//! half-applied batch; per slot, MOVED and ASK are followed before anything runs.)
 
 use super::envelope::SplitEnvelope;
 use super::{Inner, OpError};
@@ -27,6 +35,8 @@ pub(crate) struct Job {
     pub(crate) history: String,
     pub(crate) channel: String,
     pub(crate) dedupe: Option<String>,
+    /// The room's hash slot (used on a Redis Cluster only).
+    pub(crate) slot: u16,
     pub(crate) envelope: SplitEnvelope,
     pub(crate) volatile: bool,
     pub(crate) reply: oneshot::Sender<Reply>,
@@ -48,14 +58,13 @@ pub(crate) async fn run(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>) {
             .stats
             .publishes_batched
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        let replies = call(&inner, &batch).await;
-        for (i, job) in batch.drain(..).enumerate() {
-            let r = match &replies {
-                Ok(v) => v.get(i).cloned().ok_or_else(|| {
-                    BusError::Internal(format!("publish: {} replies for {n} messages", v.len()))
-                }),
-                Err(e) => Err(e.clone()),
-            };
+        let replies = if inner.is_cluster() {
+            call_per_slot(&inner, &batch).await
+        } else {
+            let jobs: Vec<&Job> = batch.iter().collect();
+            spread(call(&inner, &jobs).await, n)
+        };
+        for (job, r) in batch.drain(..).zip(replies) {
             // The publisher may have given up (its request timed out): nothing to do.
             let _ = job.reply.send(r);
         }
@@ -63,8 +72,46 @@ pub(crate) async fn run(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>) {
     tracing::debug!("redis publisher stopped");
 }
 
-/// One call of the publish script for the whole batch.
-async fn call(inner: &Inner, batch: &[Job]) -> Result<Vec<(u8, String)>, BusError> {
+/// One call of the publish script per slot (Redis Cluster); the replies in the batch's
+/// order. A slot whose call failed fails its own messages only.
+async fn call_per_slot(inner: &Inner, batch: &[Job]) -> Vec<Reply> {
+    let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        match slots.iter_mut().find(|(s, _)| *s == job.slot) {
+            Some((_, idx)) => idx.push(i),
+            None => slots.push((job.slot, vec![i])),
+        }
+    }
+    let calls = slots.iter().map(|(_, idx)| {
+        let jobs: Vec<&Job> = idx.iter().map(|&i| &batch[i]).collect();
+        async move { call(inner, &jobs).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let mut out: Vec<Reply> = (0..batch.len())
+        .map(|_| Err(BusError::Internal("publish: no reply".into())))
+        .collect();
+    for ((_, idx), r) in slots.iter().zip(results) {
+        for (&i, reply) in idx.iter().zip(spread(r, idx.len())) {
+            out[i] = reply;
+        }
+    }
+    out
+}
+
+/// One script call's answer as one reply per message.
+fn spread(r: Result<Vec<(u8, String)>, BusError>, n: usize) -> Vec<Reply> {
+    (0..n)
+        .map(|i| match &r {
+            Ok(v) => v.get(i).cloned().ok_or_else(|| {
+                BusError::Internal(format!("publish: {} replies for {n} messages", v.len()))
+            }),
+            Err(e) => Err(e.clone()),
+        })
+        .collect()
+}
+
+/// One call of the publish script for these messages.
+async fn call(inner: &Inner, batch: &[&Job]) -> Result<Vec<(u8, String)>, BusError> {
     let mut inv = inner.scripts.publish.prepare_invoke();
     inv.arg(inner.cfg.history_size)
         .arg(Inner::ms(inner.cfg.history_ttl))
@@ -81,9 +128,9 @@ async fn call(inner: &Inner, batch: &[Job]) -> Result<Vec<(u8, String)>, BusErro
             .arg(if job.volatile { "1" } else { "0" })
             .arg(if job.dedupe.is_some() { "1" } else { "0" });
     }
-    let mut c = inner.publisher.clone();
     inner
         .run("publish", async {
+            let mut c = inner.pub_conn().await?;
             inv.invoke_async(&mut c).await.map_err(OpError::from)
         })
         .await

@@ -9,6 +9,11 @@
 //! and writes the new header. The application's `data` is never decoded in Lua (cmsgpack
 //! would turn `{}` into `[]` and `1.0` into `1`). Member events, whose fields are all
 //! strings, are built in Lua by `member_envelope`.
+//!
+//! On a Redis Cluster the same scripts SPUBLISH instead of PUBLISH (`Scripts::new`): a
+//! room's channel carries the room's hash tag, so the script publishes from the shard
+//! that runs it, to the slot of its keys. (Checked against Redis 7.0.15: SPUBLISH is
+//! allowed in a script, and reaches the channel's SSUBSCRIBErs.)
 
 use redis::Script;
 
@@ -252,6 +257,33 @@ until cursor == '0' or #out >= 2 * want
 return {users, conns, out}
 "#;
 
+/// A failover lost acknowledged publishes (asynchronous replication): the room's stored
+/// top offset is below one a node already delivered, so the next publish would reuse an
+/// offset clients hold. Starts a new epoch, once: only while the room still has the epoch
+/// the node knows and its offset is still below the one the node delivered (compare and
+/// set; another node that saw the same loss finds the new epoch and only reports it).
+///
+/// Also when the offset is not below but the stream holds another message at the
+/// delivered offset than the one delivered (its SHA-1 given): lost, then re-used.
+///
+/// KEYS: meta, history. ARGV: known epoch, delivered offset, new epoch, history ttl (ms),
+/// SHA-1 of the delivered message ('' when unknown).
+/// Returns 1 when this call started the new epoch, 0 when the room had moved on.
+const EPOCH_CAS: &str = r#"
+local e = redis.call('HMGET', KEYS[1], 'e', 's')
+if e[1] ~= ARGV[1] then return 0 end
+if (tonumber(e[2] or '0') or 0) >= tonumber(ARGV[2]) then
+  if ARGV[5] == '' then return 0 end
+  local id = ARGV[2] .. '-0'
+  local at = redis.call('XRANGE', KEYS[2], id, id)
+  if not at[1] or redis.sha1hex(at[1][2][2]) == ARGV[5] then return 0 end
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'e', ARGV[3], 's', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"#;
+
 /// The loaded scripts.
 pub(crate) struct Scripts {
     pub(crate) publish: Script,
@@ -261,19 +293,30 @@ pub(crate) struct Scripts {
     pub(crate) presence_leave: Script,
     pub(crate) presence_sweep: Script,
     pub(crate) presence_read: Script,
+    pub(crate) epoch_cas: Script,
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
-        let with_helpers = |body: &str| Script::new(&format!("{HELPERS}\n{body}"));
+    /// The scripts; `cluster`: their room and user messages are SPUBLISHed (sharded).
+    pub(crate) fn new(cluster: bool) -> Self {
+        let text = |body: &str| {
+            if cluster {
+                body.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+            } else {
+                body.to_string()
+            }
+        };
+        let plain = |body: &str| Script::new(&text(body));
+        let with_helpers = |body: &str| Script::new(&text(&format!("{HELPERS}\n{body}")));
         Scripts {
-            publish: Script::new(PUBLISH),
-            send: Script::new(SEND),
-            history: Script::new(HISTORY),
+            publish: plain(PUBLISH),
+            send: plain(SEND),
+            history: plain(HISTORY),
             presence_join: with_helpers(PRESENCE_JOIN),
-            presence_leave: Script::new(PRESENCE_LEAVE),
+            presence_leave: plain(PRESENCE_LEAVE),
             presence_sweep: with_helpers(PRESENCE_SWEEP),
             presence_read: with_helpers(PRESENCE_READ),
+            epoch_cas: Script::new(EPOCH_CAS),
         }
     }
 }

@@ -9,12 +9,20 @@
 //! subscriber) from the room's stream before going on (DESIGN-NOTES.md section 3).
 //! When the connection is lost it reconnects with capped exponential backoff and full
 //! jitter, re-subscribes, and checks every watched room against its meta offset.
+//!
+//! On a Redis Cluster the connection is a sharded one (`sharded.rs`): SSUBSCRIBE per
+//! slot on each shard primary, and a cut (failover, a slot moved, a shard silent) is
+//! handled like a lost connection. There the re-synchronisation also finds what a
+//! failover lost: a room whose stored offset fell below one this node delivered gets a
+//! new epoch (`scripts::EPOCH_CAS`) and its members are told (`BusEvent::Gap`).
 
 use super::envelope::{self, RoomMessage};
 use super::interest;
 use super::keys::Channel;
-use super::{lock, Inner, OpError};
-use crate::bus::{BusError, BusEvent, BusStats, Delivery, SubscribeMode};
+use super::sharded::{self, Incoming, Pushes, Shards};
+use super::{lock, Backend, Inner, OpError};
+use crate::bus::{BusError, BusEvent, BusStats, Delivery, ShardState, SubscribeMode};
+use crate::memory::new_epoch;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use roomcast_protocol::{close, BusMessage, Envelope, RoomName};
@@ -45,7 +53,14 @@ pub(crate) enum Track {
     /// next one after must be `offset + 1`.
     Soft { offset: u64, epoch: Option<String> },
     /// Every message of `epoch` up to `offset` has been delivered.
-    Known { offset: u64, epoch: String },
+    /// `sig`: the SHA-1 (hex) of the envelope delivered at `offset`, when it came live:
+    /// after a cut it tells whether the room's stream still holds that message there, or
+    /// another one took its offset (publishes lost in a failover, then re-used).
+    Known {
+        offset: u64,
+        epoch: String,
+        sig: Option<String>,
+    },
 }
 
 /// What to do with a room message.
@@ -113,6 +128,7 @@ fn plan(track: Option<&Track>, offset: u64, epoch: &str) -> Plan {
         Some(Track::Known {
             offset: last,
             epoch: e,
+            ..
         }) => {
             if e != epoch {
                 Plan::NewEpoch
@@ -260,13 +276,124 @@ fn backoff(attempt: u32) -> Duration {
     ceiling.mul_f64(rand::random::<f64>())
 }
 
-async fn subscribe(inner: &Inner) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
-    let pubsub = inner.client.get_async_pubsub().await?;
-    let (mut sink, stream) = pubsub.split();
+/// Where subscriptions are sent: one Redis's pub/sub connection, or a cluster's shards.
+enum Sink {
+    Single(PubSubSink),
+    Cluster(Shards),
+}
+
+/// Where messages come from.
+enum Source {
+    Single(PubSubStream),
+    Cluster(Pushes),
+}
+
+impl Sink {
+    async fn subscribe(&mut self, inner: &Inner, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Sink::Single(s) => {
+                s.subscribe(channels).await?;
+                BusStats::incr(&inner.stats.subscribe_commands);
+                Ok(())
+            }
+            Sink::Cluster(c) => c.apply(inner, channels, true).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, inner: &Inner, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Sink::Single(s) => {
+                s.unsubscribe(channels).await?;
+                BusStats::incr(&inner.stats.unsubscribe_commands);
+                Ok(())
+            }
+            Sink::Cluster(c) => c.apply(inner, channels, false).await,
+        }
+    }
+
+    /// Whether the connection (every shard of it) answers.
+    async fn ping(&mut self, inner: &Inner) -> Result<(), &'static str> {
+        match self {
+            Sink::Single(s) => {
+                match tokio::time::timeout(inner.cfg.op_timeout, s.ping::<redis::Value>()).await {
+                    // in subscribed mode the answer is ["pong", ""], not +PONG
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(_)) => Err("ping failed"),
+                    Err(_) => Err("ping timed out"),
+                }
+            }
+            Sink::Cluster(c) => {
+                let states = tokio::time::timeout(inner.cfg.op_timeout, c.ping())
+                    .await
+                    .unwrap_or_else(|_| vec![false; c.primaries.len()]);
+                let all = states.iter().all(|up| *up);
+                *lock(&inner.shards) = c
+                    .primaries
+                    .iter()
+                    .zip(states)
+                    .map(|((h, p), up)| ShardState {
+                        shard: format!("{h}:{p}"),
+                        up,
+                    })
+                    .collect();
+                if all {
+                    Ok(())
+                } else {
+                    Err("a shard does not answer")
+                }
+            }
+        }
+    }
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Incoming> {
+        match self {
+            Source::Single(s) => s.next().await.map(Incoming::Msg),
+            Source::Cluster(p) => p.next().await,
+        }
+    }
+}
+
+/// Marks every shard of the last session down (the subscription is being rebuilt).
+fn shards_down(inner: &Inner) {
+    for s in lock(&inner.shards).iter_mut() {
+        s.up = false;
+    }
+}
+
+async fn subscribe(inner: &Inner) -> redis::RedisResult<(Sink, Source)> {
+    let (mut sink, stream) = match &inner.backend {
+        Backend::Single { client, .. } => {
+            let (sink, stream) = client.get_async_pubsub().await?.split();
+            (Sink::Single(sink), Source::Single(stream))
+        }
+        Backend::Cluster { seeds, .. } => {
+            shards_down(inner);
+            let (shards, pushes) = sharded::connect(inner, seeds).await?;
+            *lock(&inner.shards) = shards
+                .primaries
+                .iter()
+                .map(|(h, p)| ShardState {
+                    shard: format!("{h}:{p}"),
+                    up: true,
+                })
+                .collect();
+            (Sink::Cluster(shards), Source::Cluster(pushes))
+        }
+    };
+    fn single(s: &mut Sink) -> Option<&mut PubSubSink> {
+        match s {
+            Sink::Single(s) => Some(s),
+            Sink::Cluster(_) => None,
+        }
+    }
     match inner.cfg.subscribe {
         SubscribeMode::Pattern => {
-            sink.psubscribe(&[inner.keys.room_pattern(), inner.keys.user_pattern()])
-                .await?;
+            if let Some(s) = single(&mut sink) {
+                s.psubscribe(&[inner.keys.room_pattern(), inner.keys.user_pattern()])
+                    .await?;
+            }
         }
         SubscribeMode::Rooms => {
             // A new connection holds nothing: every channel wanted now, in batches,
@@ -274,14 +401,15 @@ async fn subscribe(inner: &Inner) -> redis::RedisResult<(PubSubSink, PubSubStrea
             inner.interest.reset();
             let wanted = inner.interest.wanted();
             for batch in wanted.chunks(interest::BATCH) {
-                sink.subscribe(batch).await?;
-                BusStats::incr(&inner.stats.subscribe_commands);
+                sink.subscribe(inner, batch).await?;
                 inner.interest.subscribed(batch);
             }
             inner.count_subscriptions();
         }
     }
-    sink.subscribe(inner.keys.control_channel()).await?;
+    if let Some(s) = single(&mut sink) {
+        s.subscribe(inner.keys.control_channel()).await?;
+    }
     Ok((sink, stream))
 }
 
@@ -290,29 +418,33 @@ async fn subscribe(inner: &Inner) -> redis::RedisResult<(PubSubSink, PubSubStrea
 /// lingering channel is due.
 async fn apply_interest(
     inner: &Inner,
-    sink: &mut PubSubSink,
+    sink: &mut Sink,
 ) -> Result<Option<tokio::time::Instant>, &'static str> {
     loop {
         let w = inner
             .interest
             .work(tokio::time::Instant::now(), inner.cfg.linger);
         if !w.subscribe.is_empty() {
-            match tokio::time::timeout(inner.cfg.op_timeout, sink.subscribe(&w.subscribe)).await {
+            match tokio::time::timeout(inner.cfg.op_timeout, sink.subscribe(inner, &w.subscribe))
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err("subscribe failed"),
                 Err(_) => return Err("subscribe timed out"),
             }
-            BusStats::incr(&inner.stats.subscribe_commands);
             inner.interest.subscribed(&w.subscribe);
         }
         if !w.unsubscribe.is_empty() {
-            match tokio::time::timeout(inner.cfg.op_timeout, sink.unsubscribe(&w.unsubscribe)).await
+            match tokio::time::timeout(
+                inner.cfg.op_timeout,
+                sink.unsubscribe(inner, &w.unsubscribe),
+            )
+            .await
             {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err("unsubscribe failed"),
                 Err(_) => return Err("unsubscribe timed out"),
             }
-            BusStats::incr(&inner.stats.unsubscribe_commands);
             inner.interest.unsubscribed(&w.unsubscribe);
         }
         inner.count_subscriptions();
@@ -325,8 +457,8 @@ async fn apply_interest(
 async fn connected_loop(
     inner: &Inner,
     delivery: &dyn Delivery,
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
+    mut sink: Sink,
+    mut stream: Source,
     baselines: &mut mpsc::UnboundedReceiver<RoomName>,
 ) -> Exit {
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -369,7 +501,16 @@ async fn connected_loop(
                 }
             }
             m = stream.next() => match m {
-                Some(m) => {
+                Some(Incoming::Nothing) => {}
+                Some(Incoming::Cut(why)) => return Exit::Lost(why),
+                Some(Incoming::Dropped(channel)) => {
+                    if inner.interest.needed(&channel) {
+                        // Redis moved the channel's slot to another shard.
+                        BusStats::incr(&inner.stats.slot_moves);
+                        return Exit::Lost("a subscribed slot moved");
+                    }
+                }
+                Some(Incoming::Msg(m)) => {
                     let stamp = match on_message(inner, delivery, m.get_channel_name(), m.get_payload_bytes()).await {
                         Handled::Done(stamp) => stamp,
                         Handled::Resync(why) => return Exit::Lost(why),
@@ -391,11 +532,8 @@ async fn connected_loop(
                 read_baselines(inner, rooms).await;
             }
             _ = ping.tick() => {
-                match tokio::time::timeout(inner.cfg.op_timeout, sink.ping::<redis::Value>()).await {
-                    // in subscribed mode the answer is ["pong", ""], not +PONG
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) => return Exit::Lost("ping failed"),
-                    Err(_) => return Exit::Lost("ping timed out"),
+                if let Err(why) = sink.ping(inner).await {
+                    return Exit::Lost(why);
                 }
             }
         }
@@ -645,12 +783,12 @@ async fn on_room_message(
         Plan::Drop => tracing::trace!(%room, offset, "duplicate dropped"),
         Plan::Advance | Plan::First => {
             deliver_room(delivery, m);
-            set_track(inner, &room, Track::Known { offset, epoch });
+            set_track(inner, &room, known(offset, epoch, payload));
         }
         Plan::Repair { from } => {
             repair(inner, delivery, &room, from, offset - 1, &epoch).await;
             deliver_room(delivery, m);
-            set_track(inner, &room, Track::Known { offset, epoch });
+            set_track(inner, &room, known(offset, epoch, payload));
         }
         Plan::NewEpoch => {
             // The loss first: no member of the old epoch may see an offset of the new.
@@ -659,7 +797,7 @@ async fn on_room_message(
                 repair(inner, delivery, &room, 1, offset - 1, &epoch).await;
             }
             deliver_room(delivery, m);
-            set_track(inner, &room, Track::Known { offset, epoch });
+            set_track(inner, &room, known(offset, epoch, payload));
         }
     }
     Ok(true)
@@ -780,16 +918,42 @@ async fn read_metas(
     if rooms.is_empty() {
         return Ok(Vec::new());
     }
-    let mut p = redis::pipe();
-    for r in rooms {
-        p.cmd("HMGET").arg(inner.keys.meta(r)).arg("s").arg("e");
-    }
-    let rows: Vec<(Option<u64>, Option<String>)> = inner
-        .run("read offsets", async {
-            let mut c = inner.conn().await?;
-            p.query_async(&mut c).await.map_err(OpError::from)
-        })
-        .await?;
+    let rows: Vec<(Option<u64>, Option<String>)> = if inner.is_cluster() {
+        // A pipeline may not span slots on a cluster: one command per room, all sent at
+        // once (the connection pipelines those of one shard).
+        inner
+            .run("read offsets", async {
+                let c = inner.conn().await?;
+                let reads = rooms.iter().map(|r| {
+                    let mut c = c.clone();
+                    let key = inner.keys.meta(r);
+                    async move {
+                        redis::cmd("HMGET")
+                            .arg(key)
+                            .arg("s")
+                            .arg("e")
+                            .query_async::<(Option<u64>, Option<String>)>(&mut c)
+                            .await
+                    }
+                });
+                let rows = futures_util::future::join_all(reads).await;
+                rows.into_iter()
+                    .collect::<redis::RedisResult<Vec<_>>>()
+                    .map_err(OpError::from)
+            })
+            .await?
+    } else {
+        let mut p = redis::pipe();
+        for r in rooms {
+            p.cmd("HMGET").arg(inner.keys.meta(r)).arg("s").arg("e");
+        }
+        inner
+            .run("read offsets", async {
+                let mut c = inner.conn().await?;
+                p.query_async(&mut c).await.map_err(OpError::from)
+            })
+            .await?
+    };
     if rows.len() != rooms.len() {
         return Err(BusError::Internal("read offsets: short reply".into()));
     }
@@ -836,7 +1000,7 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
             let Some(track) = lock(&inner.watched).get(room).cloned() else {
                 continue;
             };
-            let (last, known_epoch) = match track {
+            let (last, known_epoch, sig) = match track {
                 Track::Pending => {
                     let t = match meta {
                         Some((offset, epoch)) => Track::Soft {
@@ -851,8 +1015,8 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                     set_track(inner, room, t);
                     continue;
                 }
-                Track::Soft { offset, epoch } => (offset, epoch),
-                Track::Known { offset, epoch } => (offset, Some(epoch)),
+                Track::Soft { offset, epoch } => (offset, epoch, None),
+                Track::Known { offset, epoch, sig } => (offset, Some(epoch), sig),
             };
             match meta {
                 None => {
@@ -874,16 +1038,137 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                 Some((offset, epoch)) => {
                     if known_epoch.as_deref().is_some_and(|e| e != epoch) {
                         lost(inner, delivery, room, "epoch changed");
-                        set_track(inner, room, Track::Known { offset, epoch });
+                        set_track(
+                            inner,
+                            room,
+                            Track::Known {
+                                offset,
+                                epoch,
+                                sig: None,
+                            },
+                        );
+                    } else if (offset < last && known_epoch.is_some())
+                        || (offset >= last && diverged(inner, room, last, sig.as_deref()).await?)
+                    {
+                        // The room's stored offset is below one this node has delivered
+                        // (or read) in the same epoch, or another message sits where the
+                        // last one it delivered was: a failover lost acknowledged
+                        // publishes (asynchronous replication), and the next publish would
+                        // reuse (or did reuse) an offset members hold: a new epoch, once,
+                        // cluster-wide.
+                        let track =
+                            new_epoch_after_loss(inner, room, &epoch, last, sig.as_deref()).await?;
+                        lost(
+                            inner,
+                            delivery,
+                            room,
+                            "publishes lost in a failover: a new epoch started",
+                        );
+                        set_track(inner, room, track);
                     } else if offset > last {
                         repair(inner, delivery, room, last + 1, offset, &epoch).await;
-                        set_track(inner, room, Track::Known { offset, epoch });
+                        set_track(
+                            inner,
+                            room,
+                            Track::Known {
+                                offset,
+                                epoch,
+                                sig: None,
+                            },
+                        );
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The track of a room whose message at `offset` was just delivered live.
+fn known(offset: u64, epoch: String, payload: &[u8]) -> Track {
+    Track::Known {
+        offset,
+        epoch,
+        sig: Some(sha1_smol::Sha1::from(payload).digest().to_string()),
+    }
+}
+
+/// Whether the room's stream holds another message at `offset` than the one this node
+/// delivered there (`sig`). A trimmed entry, or no signature, proves nothing: false.
+async fn diverged(
+    inner: &Inner,
+    room: &RoomName,
+    offset: u64,
+    sig: Option<&str>,
+) -> Result<bool, BusError> {
+    let Some(sig) = sig else {
+        return Ok(false);
+    };
+    if offset == 0 {
+        return Ok(false);
+    }
+    let id = format!("{offset}-0");
+    let key = inner.keys.history(room);
+    let entries: Vec<StreamEntry> = inner
+        .run("check the last delivered message", async {
+            let mut c = inner.conn().await?;
+            redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&id)
+                .arg(&id)
+                .query_async(&mut c)
+                .await
+                .map_err(OpError::from)
+        })
+        .await?;
+    Ok(entries.first().is_some_and(|(_, fields)| {
+        fields
+            .iter()
+            .find(|(k, _)| k == "d")
+            .is_some_and(|(_, d)| sha1_smol::Sha1::from(d).digest().to_string() != sig)
+    }))
+}
+
+/// Starts a new epoch for a room whose stored offset fell below `delivered` in `epoch`
+/// (compare and set: only if it is still so); the room's track from here.
+async fn new_epoch_after_loss(
+    inner: &Inner,
+    room: &RoomName,
+    epoch: &str,
+    delivered: u64,
+    sig: Option<&str>,
+) -> Result<Track, BusError> {
+    let fresh = new_epoch();
+    let mut inv = inner.scripts.epoch_cas.prepare_invoke();
+    inv.key(inner.keys.meta(room))
+        .key(inner.keys.history(room))
+        .arg(epoch)
+        .arg(delivered)
+        .arg(&fresh)
+        .arg(Inner::ms(inner.cfg.history_ttl))
+        .arg(sig.unwrap_or(""));
+    let won: i64 = inner
+        .run("new epoch after a loss", async {
+            let mut c = inner.conn().await?;
+            inv.invoke_async(&mut c).await.map_err(OpError::from)
+        })
+        .await?;
+    BusStats::incr(&inner.stats.epoch_resets);
+    tracing::warn!(%room, delivered, won = won == 1, "room's stored offset fell below what was delivered: new epoch");
+    Ok(if won == 1 {
+        Track::Known {
+            offset: 0,
+            epoch: fresh,
+            sig: None,
+        }
+    } else {
+        // Another node started it first (and may have published since): judged by the
+        // first message, checked against the stream.
+        Track::Soft {
+            offset: 0,
+            epoch: None,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -937,6 +1222,7 @@ mod tests {
         Track::Known {
             offset,
             epoch: "e".into(),
+            sig: None,
         }
     }
 

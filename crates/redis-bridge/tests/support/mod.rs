@@ -187,3 +187,5 @@ pub fn req(room: &str, data: serde_json::Value) -> roomcast_redis_bridge::Publis
         skip: None,
     }
 }
+
+pub mod cluster;

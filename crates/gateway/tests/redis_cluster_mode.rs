@@ -1,0 +1,277 @@
+//! Nodes on a real Redis Cluster (`--redis-cluster-urls`, docs/protocol.md section 6b):
+//! 3 primaries and 3 replicas started by the test on loopback. Two nodes deliver across
+//! the cluster in order, recover with `since`, share presence, carry direct messages and
+//! idempotent publishes, deliver an emitter's SPUBLISH; a node receives nothing of a room
+//! it holds no member of, and churn leaves no subscription behind.
+
+#[path = "../../redis-bridge/tests/support/cluster.rs"]
+mod cluster;
+mod support;
+
+use cluster::RedisCluster;
+use roomcast_protocol::{Encoding, ServerMessage};
+use serde_json::json;
+use support::*;
+
+/// Node `id` on the cluster, with JWT auth and no publish rate limit.
+async fn node(c: &RedisCluster, id: &str, extra: &[&str]) -> TestNode {
+    let seeds = c.seeds_flag();
+    let mut args = vec![
+        "--jwt-secret",
+        SECRET,
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--redis-cluster-urls",
+        &seeds,
+        "--node-id",
+        id,
+    ];
+    args.extend_from_slice(extra);
+    TestNode::start(&args).await
+}
+
+async fn connect(node: &TestNode, user: &str) -> Client {
+    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
+    Client::welcomed(&url, Encoding::Json).await.0
+}
+
+/// A metric's value on a node (0 when it is absent).
+async fn metric(node: &TestNode, name: &str) -> f64 {
+    let (_, body) = http(node.addr, "GET", "/metrics", &[], "").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Publishes `data` to `room` with request id `id`; the acked offset.
+async fn publish(c: &mut Client, room: &str, id: &str, data: serde_json::Value) -> u64 {
+    let r = c
+        .request(
+            json!({"type": "publish", "room": room, "event": "e", "data": data}),
+            id,
+        )
+        .await;
+    match r {
+        ServerMessage::Ack {
+            offset: Some(o), ..
+        } => o,
+        other => panic!("publish {id}: {other:?}"),
+    }
+}
+
+async fn next_message(c: &mut Client) -> roomcast_protocol::Publication {
+    let m = c
+        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
+        .await;
+    publication(&m).clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_recover_share_presence_and_direct_messages() {
+    let rc = RedisCluster::start();
+    let a = node(&rc, "a", &[]).await;
+    let b = node(&rc, "b", &[]).await;
+    let mut alice = connect(&a, "alice").await;
+    let mut bob = connect(&b, "bob").await;
+    let room = "chat:main";
+    alice.join(room).await;
+    let ServerMessage::Joined { epoch, .. } = bob.join(room).await else {
+        unreachable!()
+    };
+
+    // Across nodes, in offset order.
+    for i in 1..=30u64 {
+        assert_eq!(
+            publish(&mut alice, room, &format!("p{i}"), json!(i)).await,
+            i
+        );
+    }
+    for i in 1..=30u64 {
+        let p = next_message(&mut bob).await;
+        assert_eq!((p.offset, p.data.clone()), (Some(i), json!(i)));
+        assert_eq!(p.from.as_str(), "alice");
+    }
+
+    // Idempotent: a repeated id gets the first offset and is not delivered again.
+    assert_eq!(publish(&mut alice, room, "p5", json!("again")).await, 5);
+    assert_eq!(publish(&mut alice, room, "p31", json!(31)).await, 31);
+    let p = next_message(&mut bob).await;
+    assert_eq!(p.offset, Some(31), "the repeat was not delivered");
+
+    // Presence, cluster-wide.
+    let r = bob
+        .request(json!({"type": "presence", "room": room}), "pr")
+        .await;
+    let ServerMessage::Presence { count, .. } = r else {
+        panic!("presence: {r:?}")
+    };
+    assert_eq!((count.users, count.connections), (2, 2));
+
+    // A direct message from A's user to B's.
+    let r = alice
+        .request(
+            json!({"type": "send", "to": "bob", "event": "dm", "data": {"hi": 1}}),
+            "dm1",
+        )
+        .await;
+    assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
+    let d = bob
+        .recv_match(|m| matches!(m, ServerMessage::Direct(_)))
+        .await;
+    let ServerMessage::Direct(d) = d else {
+        unreachable!()
+    };
+    assert_eq!(
+        (d.from.as_str(), d.data.clone()),
+        ("alice", json!({"hi": 1}))
+    );
+
+    // Recovery: bob goes, misses 10, comes back on the other node with `since`.
+    drop(bob);
+    for i in 32..=41u64 {
+        assert_eq!(
+            publish(&mut alice, room, &format!("p{i}"), json!(i)).await,
+            i
+        );
+    }
+    let mut bob = connect(&a, "bob").await;
+    let r = bob
+        .request(
+            json!({"type": "join", "room": room, "since": {"offset": 31, "epoch": epoch}}),
+            "rejoin",
+        )
+        .await;
+    let ServerMessage::Joined {
+        recovered,
+        messages,
+        ..
+    } = r
+    else {
+        panic!("rejoin: {r:?}")
+    };
+    assert!(recovered);
+    let offsets: Vec<_> = messages.iter().filter_map(|m| m.offset).collect();
+    assert_eq!(offsets, (32..=41).collect::<Vec<u64>>());
+
+    // Readiness and one shard gauge per primary.
+    let (status, _) = http(a.addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(status, 200);
+    let (_, body) = http(a.addr, "GET", "/metrics", &[], "").await;
+    let up: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("roomcast_bus_shard_up{"))
+        .collect();
+    assert_eq!(up.len(), 3, "three shards: {up:?}");
+    assert!(up.iter().all(|l| l.ends_with(" 1")), "{up:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emitter_spublish_reaches_members() {
+    use roomcast_protocol::{BusMessage, Envelope, EventName, RoomName, UserId};
+    let rc = RedisCluster::start();
+    let a = node(&rc, "a", &[]).await;
+    let b = node(&rc, "b", &[]).await;
+    let mut wa = connect(&a, "wa").await;
+    let mut wb = connect(&b, "wb").await;
+    wa.join("feed").await;
+    wb.join("feed").await;
+    let env = Envelope::new(
+        "billing-backend",
+        BusMessage::Message {
+            room: RoomName::new("feed").expect("room"),
+            event: EventName::new("invoice").expect("event"),
+            data: json!({"paid": true}),
+            from: UserId::new("billing").expect("user"),
+            offset: None,
+            ts: 0,
+            epoch: None,
+            skip: None,
+        },
+    );
+    let bytes = env.to_msgpack().expect("encode");
+    // The cluster room channel: SPUBLISH on the shard of the room's slot.
+    let out = cluster::cli_with_input(
+        rc.nodes[0].port,
+        &["SPUBLISH", "roomcast:room:{feed}"],
+        &bytes,
+    )
+    .expect("redis-cli runs");
+    assert_eq!(out.trim(), "2", "both nodes hold the channel: {out:?}");
+    for c in [&mut wa, &mut wb] {
+        let p = next_message(c).await;
+        assert_eq!(p.offset, None);
+        assert_eq!(p.data, json!({"paid": true}));
+        assert_eq!(p.from.as_str(), "billing");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_receives_nothing_of_rooms_it_does_not_hold_and_churn_leaves_nothing() {
+    let rc = RedisCluster::start();
+    let a = node(&rc, "a", &[]).await;
+    let b = node(&rc, "b", &["--bus-linger-ms", "300"]).await;
+    let mut pa = connect(&a, "pa").await;
+    let mut ra = connect(&a, "ra").await;
+    let mut rb = connect(&b, "rb").await;
+    ra.join("solo").await;
+    for i in 1..=20u64 {
+        publish(&mut pa, "solo", &format!("s{i}"), json!(i)).await;
+    }
+    for i in 1..=20u64 {
+        assert_eq!(next_message(&mut ra).await.offset, Some(i));
+    }
+    // B delivers across nodes for a room it holds...
+    rb.join("shared").await;
+    publish(&mut pa, "shared", "x1", json!("x")).await;
+    assert_eq!(next_message(&mut rb).await.offset, Some(1));
+    // ...and received nothing of `solo`, held on A alone.
+    assert_eq!(
+        metric(&b, "roomcast_bus_unwanted_room_messages_total").await,
+        0.0
+    );
+    assert_eq!(metric(&b, "roomcast_bus_subscribed_rooms").await, 1.0);
+    assert_eq!(
+        metric(&a, "roomcast_bus_subscribed_rooms").await,
+        1.0,
+        "solo"
+    );
+
+    // Churn on B: join and leave in a loop; after the linger nothing is subscribed.
+    for i in 0..20 {
+        rb.join("churn").await;
+        let r = rb
+            .request(json!({"type": "leave", "room": "churn"}), &format!("l{i}"))
+            .await;
+        assert!(matches!(r, ServerMessage::Left { .. }), "{r:?}");
+    }
+    let r = rb
+        .request(json!({"type": "leave", "room": "shared"}), "ls")
+        .await;
+    assert!(matches!(r, ServerMessage::Left { .. }), "{r:?}");
+    eventually("B gives up every room channel", || async {
+        (metric(&b, "roomcast_bus_subscribed_rooms").await == 0.0).then_some(())
+    })
+    .await;
+    drop(rb);
+    eventually("B gives up the user channel", || async {
+        (metric(&b, "roomcast_bus_subscribed_users").await == 0.0).then_some(())
+    })
+    .await;
+    // Redis agrees: no sharded channel of the churned room is held by anyone.
+    let port = rc.primary_of("roomcast:room:{churn}");
+    let out = cluster::cli(port, &["PUBSUB", "SHARDNUMSUB", "roomcast:room:{churn}"])
+        .expect("redis-cli runs");
+    assert_eq!(
+        out.lines().nth(1).map(str::trim),
+        Some("0"),
+        "no subscriber left: {out:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

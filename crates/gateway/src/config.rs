@@ -89,11 +89,12 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
     /// Seconds between periodic fetches of the JWK set.
-    #[arg(long, env = "ROOMCAST_JWT_JWKS_REFRESH", default_value_t = 300)]
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_POLL", default_value_t = 300)]
+    pub jwt_jwks_poll: u64,
+    /// Least seconds between two fetches caused by tokens naming an unknown `kid`
+    /// (PROTOCOL section 2).
+    #[arg(long, env = "ROOMCAST_JWT_JWKS_REFRESH", default_value_t = 30)]
     pub jwt_jwks_refresh: u64,
-    /// Least seconds between two fetches caused by tokens naming an unknown `kid`.
-    #[arg(long, env = "ROOMCAST_JWT_JWKS_REFRESH_MIN", default_value_t = 30)]
-    pub jwt_jwks_refresh_min: u64,
     /// Seconds the cached keys stay usable past a missed periodic refresh (endpoint down).
     #[arg(long, env = "ROOMCAST_JWT_JWKS_STALE_MAX", default_value_t = 86_400)]
     pub jwt_jwks_stale_max: u64,

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// The header carrying `sha256=<hex HMAC-SHA256>` of `<timestamp>.<body>`.
+/// The header carrying `sha256=<hex HMAC-SHA256>` of the body (which carries `ts`).
 pub const SIGNATURE_HEADER: &str = "x-roomcast-signature";
 /// The header carrying the Unix time (seconds) the request was signed at.
 pub const TIMESTAMP_HEADER: &str = "x-roomcast-timestamp";
@@ -492,22 +492,19 @@ impl Hooks {
             .clone()
             .try_acquire_owned()
             .map_err(|_| HookError::Busy)?;
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string();
+        let body = with_timestamp(body, &ts);
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(uri)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(TIMESTAMP_HEADER, ts.as_str());
         if let Some(secret) = &self.secret {
-            let ts = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-                .to_string();
-            req = req
-                .header(
-                    SIGNATURE_HEADER,
-                    format!("sha256={}", sign(secret, &ts, &body)),
-                )
-                .header(TIMESTAMP_HEADER, ts);
+            req = req.header(SIGNATURE_HEADER, format!("sha256={}", sign(secret, &body)));
         }
         let req = req
             .body(Full::new(Bytes::from(body)))
@@ -606,14 +603,29 @@ fn connect_decision(a: ConnectAnswer) -> Result<ConnectDecision, HookError> {
     }))
 }
 
-/// `hex(HMAC-SHA256(secret, "<timestamp>.<body>"))`.
-pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
+/// The request object with `"ts": <unix seconds>` as its first member, so that the
+/// signature (over the body alone, PROTOCOL section 2) also covers the time: a backend
+/// refuses a replayed request by its `ts`. `body` is a serialized JSON object.
+fn with_timestamp(body: Vec<u8>, ts: &str) -> Vec<u8> {
+    let Some(rest) = body.strip_prefix(b"{") else {
+        return body;
+    };
+    let mut out = Vec::with_capacity(body.len() + ts.len() + 8);
+    out.extend_from_slice(b"{\"ts\":");
+    out.extend_from_slice(ts.as_bytes());
+    if rest.first() != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// `hex(HMAC-SHA256(secret, body))`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
     // new_from_slice fails for no key length with HMAC; an empty key is refused earlier.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
         return String::new();
     };
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
     mac.update(body);
     mac.finalize()
         .into_bytes()
@@ -651,13 +663,18 @@ mod tests {
     }
 
     #[test]
-    fn the_signature_covers_timestamp_and_body() {
-        // The MAC is over "<timestamp>.<body>": moving bytes across the '.' changes it.
-        let s = sign(b"Jefe", "what do ya want ", b"for nothing?");
-        assert_ne!(s, sign(b"Jefe", "what do ya want", b" for nothing?"));
-        assert_eq!(s.len(), 64);
+    fn the_signature_is_the_hmac_of_the_body_which_carries_the_time() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let b = with_timestamp(br#"{"user":"u"}"#.to_vec(), "1700000000");
+        assert_eq!(b, br#"{"ts":1700000000,"user":"u"}"#.to_vec());
+        assert_eq!(with_timestamp(b"{}".to_vec(), "5"), br#"{"ts":5}"#.to_vec());
+        let s = sign(b"Jefe", &b);
         let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").expect("key");
-        mac.update(b"what do ya want .for nothing?");
+        mac.update(&b);
         let want: String = mac
             .finalize()
             .into_bytes()

@@ -1,9 +1,9 @@
 //! JWKS: verification keys fetched from an identity provider's key-set endpoint
 //! (`--jwt-jwks-url`, as Auth0, Keycloak or Cognito serve it), cached by `kid`.
 //!
-//! - The set is fetched at start and every `--jwt-jwks-refresh` seconds.
+//! - The set is fetched at start and every `--jwt-jwks-poll` seconds.
 //! - A token whose `kid` the cache does not hold makes one refresh, at most once per
-//!   `--jwt-jwks-refresh-min` seconds whatever the tokens say (a flood of random `kid`s
+//!   `--jwt-jwks-refresh` seconds whatever the tokens say (a flood of random `kid`s
 //!   costs the endpoint one request per interval). Fetches are single-flight: callers
 //!   that miss while a fetch runs wait for it instead of starting their own.
 //! - When the endpoint is down the cached keys are kept and used until
@@ -79,7 +79,7 @@ impl JwksConfig {
             return Err("--jwt-jwks-url: key sets hold public keys; --jwt-algorithms must name RSA, ECDSA or EdDSA algorithms, not HMAC".into());
         }
         if refresh.is_zero() {
-            return Err("--jwt-jwks-refresh must be at least 1 second".into());
+            return Err("--jwt-jwks-poll must be at least 1 second".into());
         }
         Ok(JwksConfig {
             url: uri,
@@ -246,7 +246,7 @@ impl Jwks {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Fetches at once and then every `--jwt-jwks-refresh`, until `stop`.
+    /// Fetches at once and then every `--jwt-jwks-poll`, until `stop`.
     pub fn spawn_refresher(self: &Arc<Self>, stop: CancellationToken) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -322,7 +322,7 @@ impl Jwks {
         }
     }
 
-    /// A refresh for an unknown `kid`: at most one per `--jwt-jwks-refresh-min`.
+    /// A refresh for an unknown `kid`: at most one per `--jwt-jwks-refresh`.
     async fn refresh_for_kid(&self) {
         if !self.state().may_refresh_for_kid(Instant::now(), &self.cfg) {
             return;
@@ -422,8 +422,8 @@ pub(crate) fn authenticator(
     let algorithms = algorithms.unwrap_or_else(|| vec![Algorithm::RS256]);
     let jwks = Jwks::new(JwksConfig::new(
         url,
+        Duration::from_secs(cfg.jwt_jwks_poll),
         Duration::from_secs(cfg.jwt_jwks_refresh),
-        Duration::from_secs(cfg.jwt_jwks_refresh_min),
         Duration::from_secs(cfg.jwt_jwks_stale_max),
         algorithms.clone(),
     )?)?;

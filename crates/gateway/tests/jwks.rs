@@ -124,7 +124,7 @@ impl JwksServer {
 /// unknown-kid refreshes are limited to one an hour, so that the counts are exact.
 async fn node(server: &JwksServer, extra: &[&str]) -> TestNode {
     let url = server.url();
-    let mut args = vec!["--jwt-jwks-url", &url, "--jwt-jwks-refresh-min", "3600"];
+    let mut args = vec!["--jwt-jwks-url", &url, "--jwt-jwks-refresh", "3600"];
     args.extend_from_slice(extra);
     TestNode::start(&args).await
 }

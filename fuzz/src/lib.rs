@@ -80,8 +80,8 @@ pub fn bus_envelope(data: &[u8]) -> Option<Envelope> {
     match Envelope::from_msgpack(data) {
         Ok(env) => {
             assert_eq!(env.v, ENVELOPE_VERSION);
-            let _ = env.msg.to_publication();
-            let _ = env.msg.to_direct();
+            let _ = env.msg.clone().into_publication();
+            let _ = env.msg.clone().into_direct();
             let bytes = env.to_msgpack().expect("a decoded envelope encodes");
             let back = Envelope::from_msgpack(&bytes).expect("an encoded envelope decodes");
             assert_eq!(back, env, "envelope round trip");

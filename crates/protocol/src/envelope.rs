@@ -93,8 +93,10 @@ fn default_disconnect_code() -> u16 {
 }
 
 impl BusMessage {
-    /// The room message as clients see it, or `None` for other kinds.
-    pub fn to_publication(&self) -> Option<Publication> {
+    /// The room message as clients see it, with its epoch and echo-suppressed
+    /// connection, or `None` for other kinds. Consumes the message: the payload moves,
+    /// it is not copied (this runs for every message a node receives).
+    pub fn into_publication(self) -> Option<(Publication, Option<String>, Option<String>)> {
         match self {
             BusMessage::Message {
                 room,
@@ -103,21 +105,27 @@ impl BusMessage {
                 from,
                 offset,
                 ts,
-                ..
-            } => Some(Publication {
-                room: room.clone(),
-                event: event.clone(),
-                data: data.clone(),
-                from: from.clone(),
-                offset: *offset,
-                ts: *ts,
-            }),
+                epoch,
+                skip,
+            } => Some((
+                Publication {
+                    room,
+                    event,
+                    data,
+                    from,
+                    offset,
+                    ts,
+                },
+                epoch,
+                skip,
+            )),
             _ => None,
         }
     }
 
-    /// The direct message as clients see it, or `None` for other kinds.
-    pub fn to_direct(&self) -> Option<DirectMessage> {
+    /// The direct message as clients see it, or `None` for other kinds (consumes the
+    /// message; the payload moves).
+    pub fn into_direct(self) -> Option<DirectMessage> {
         match self {
             BusMessage::Direct {
                 from,
@@ -126,10 +134,10 @@ impl BusMessage {
                 ts,
                 ..
             } => Some(DirectMessage {
-                from: from.clone(),
-                event: event.clone(),
-                data: data.clone(),
-                ts: *ts,
+                from,
+                event,
+                data,
+                ts,
             }),
             _ => None,
         }

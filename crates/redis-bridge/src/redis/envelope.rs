@@ -93,15 +93,12 @@ pub(crate) struct RoomMessage {
 
 /// Decodes a room message envelope; `None` when it is not one.
 pub(crate) fn room_message(msg: BusMessage) -> Option<RoomMessage> {
-    let publication = msg.to_publication()?;
-    match msg {
-        BusMessage::Message { epoch, skip, .. } => Some(RoomMessage {
-            publication,
-            epoch,
-            skip,
-        }),
-        _ => None,
-    }
+    let (publication, epoch, skip) = msg.into_publication()?;
+    Some(RoomMessage {
+        publication,
+        epoch,
+        skip,
+    })
 }
 
 #[cfg(test)]

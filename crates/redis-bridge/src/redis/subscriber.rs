@@ -676,7 +676,7 @@ async fn on_message(
                 return Handled::Done(None);
             }
             let to = to.clone();
-            if let Some(message) = msg.to_direct() {
+            if let Some(message) = msg.into_direct() {
                 delivery.deliver(BusEvent::Direct {
                     to,
                     message: Arc::new(message),

@@ -659,7 +659,11 @@ where
                 history,
                 since,
                 id,
-            } => Some(self.join(active, room, history, since, id).await),
+                member_events,
+            } => Some(
+                self.join(active, room, history, since, id, member_events)
+                    .await,
+            ),
             ClientMessage::Leave { room, id } => {
                 if !active.rooms.remove(&room) {
                     Some(ServerMessage::error(
@@ -722,6 +726,7 @@ where
         history: Option<u32>,
         since: Option<roomcast_protocol::StreamPosition>,
         id: Option<ReqId>,
+        member_events: bool,
     ) -> ServerMessage {
         let node = self.node.clone();
         if !active.who.may_access(&room, node.auth.default_policy) {
@@ -744,7 +749,8 @@ where
             // Live delivery starts first (into the queue, which this task does not read
             // until the join is answered); history is read after; what both hold is
             // dropped by offset when the queue is read (DESIGN-NOTES §2).
-            node.hub.join(&room, &self.member(&active.who));
+            node.hub
+                .join_with(&room, &self.member(&active.who), member_events);
             if let Err(e) = node
                 .bus
                 .presence_join(&room, &active.who.user, &self.conn_id)

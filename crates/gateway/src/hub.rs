@@ -281,7 +281,6 @@ struct Census {
 const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Presence counts one pass of the counter reads at once.
 const COUNT_CONCURRENCY: usize = 32;
-
 /// Encodes a value once per wire format on first use.
 struct Encoded<'a, F: Fn(Wire) -> Option<Outbound>> {
     make: &'a F,
@@ -393,7 +392,7 @@ impl Hub {
     /// that need a count (over or near the max, or never counted on this node), and sends
     /// `member_count` to the members of those over the max. It sleeps while nothing
     /// changes and ends with `stop`.
-    pub fn start_member_counts(self: &Arc<Self>, max: u64, stop: CancellationToken) {
+    pub fn start_member_events(self: &Arc<Self>, max: u64, stop: CancellationToken) {
         self.member_events_max.store(max, Ordering::Relaxed);
         let hub = self.clone();
         tokio::spawn(async move { hub.count_loop(stop).await });
@@ -457,10 +456,16 @@ impl Hub {
         if let Some(r) = rooms.get_mut(room) {
             if !r.census.queued {
                 r.census.queued = true;
-                lock(&self.count_queue).push(room.clone());
-                self.count_wake.notify_one();
+                self.queue_count(room);
             }
         }
+    }
+
+    /// Puts `room` in the counter's queue (the caller holds the rooms lock and has
+    /// marked it queued).
+    fn queue_count(&self, room: &RoomName) {
+        lock(&self.count_queue).push(room.clone());
+        self.count_wake.notify_one();
     }
 
     /// A presence count of `room` arrived: sends `member_count` to its listeners when the
@@ -494,7 +499,7 @@ impl Hub {
     /// `--member-events-max` users, else a count for the counter.
     fn member_event(&self, room: RoomName, user: UserId, joined: bool) {
         let max = self.member_events_max.load(Ordering::Relaxed);
-        let (listeners, ask) = {
+        let (listeners, seed) = {
             let mut rooms = lock(&self.rooms);
             let Some(r) = rooms.get_mut(&room) else {
                 return;
@@ -508,15 +513,16 @@ impl Hub {
             let over = c.users > max;
             // Near or over the max the counter keeps the number exact; a room never
             // counted here is counted once (below, only if someone here hears of it).
-            let ask = !c.queued && (over || c.users > max / 2 || !c.counted);
+            if !c.queued && (over || c.users > max / 2) {
+                c.queued = true;
+                self.queue_count(&room);
+            }
+            let seed = !c.queued && !c.counted;
             // Over the max nobody hears of it: the list of listeners is not even built
             // (a storm of joins would rebuild it for every event).
-            ((!over).then(|| r.listeners()), ask)
+            ((!over).then(|| r.listeners()), seed)
         };
         let Some(listeners) = listeners else {
-            if ask {
-                self.ask_count(&room);
-            }
             return;
         };
         let msg = if joined {
@@ -531,7 +537,7 @@ impl Hub {
             }
         };
         // A room of one user (its own event) needs no count: nobody here hears of it.
-        if self.fanout_other(&listeners, &msg, Some(&user)) > 0 && ask {
+        if self.fanout_other(&listeners, &msg, Some(&user)) > 0 && seed {
             self.ask_count(&room);
         }
     }

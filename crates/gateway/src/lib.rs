@@ -87,7 +87,7 @@ pub async fn run(
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
     hub.attach_bus(bus.clone());
-    hub.start_member_counts(cfg.member_events_max, shutdown.clone());
+    hub.start_member_events(cfg.member_events_max, shutdown.clone());
     match bus.start(hub.clone()).await {
         Ok(()) => {}
         // Redis is down or slow at startup: serve local clients with /readyz 503; the

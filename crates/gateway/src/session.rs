@@ -751,21 +751,27 @@ where
             // dropped by offset when the queue is read (DESIGN-NOTES §2).
             node.hub
                 .join_with(&room, &self.member(&active.who), member_events);
-            if let Err(e) = node
-                .bus
-                .presence_join(&room, &active.who.user, &self.conn_id)
-                .await
-            {
-                node.hub.leave(&room, &self.conn_id);
-                return commands::bus_error(&e, id);
-            }
         }
+        let (user, conn) = (&active.who.user, &self.conn_id);
+        let presence = async {
+            if rejoin {
+                Ok(())
+            } else {
+                node.bus.presence_join(&room, user, conn).await
+            }
+        };
         // Rooms mode: the room's channel must be subscribed before history is read, or a
         // message published in between would be in neither (the no-gap rule).
-        let read = match node.bus.room_ready(&room).await {
-            Ok(()) => node.bus.history(&room, HistoryQuery { since, limit }).await,
-            Err(e) => Err(e),
+        let read = async {
+            node.bus.room_ready(&room).await?;
+            node.bus.history(&room, HistoryQuery { since, limit }).await
         };
+        // Presence and history do not wait for each other: one round trip, not two.
+        let (added, read) = tokio::join!(presence, read);
+        if let Err(e) = added {
+            node.hub.leave(&room, &self.conn_id);
+            return commands::bus_error(&e, id);
+        }
         match read {
             Ok(h) => {
                 active.rooms.raise(&room, h.offset);

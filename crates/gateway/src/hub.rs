@@ -242,7 +242,21 @@ struct Room {
 }
 
 impl Room {
+    fn snapshot(&mut self) -> Arc<[Member]> {
+        let Room {
+            members, snapshot, ..
+        } = self;
+        snapshot
+            .get_or_insert_with(|| members.values().cloned().collect())
+            .clone()
+    }
+
+    /// The members that receive member events: the snapshot itself when none opted out
+    /// (no second list per room in the common case).
     fn listeners(&mut self) -> Arc<[Member]> {
+        if self.quiet.is_empty() {
+            return self.snapshot();
+        }
         let Room {
             members,
             quiet,
@@ -660,12 +674,7 @@ impl Hub {
 
     fn members(&self, room: &RoomName) -> Option<Arc<[Member]>> {
         let mut rooms = lock(&self.rooms);
-        let r = rooms.get_mut(room)?;
-        Some(
-            r.snapshot
-                .get_or_insert_with(|| r.members.values().cloned().collect())
-                .clone(),
-        )
+        Some(rooms.get_mut(room)?.snapshot())
     }
 
     /// Local connections of a user.

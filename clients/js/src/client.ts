@@ -688,6 +688,9 @@ export class RoomcastClient<D extends EventMap = EventMap> extends Emitter<Clien
       case 'member_left':
         this.rooms.get(msg.room)?._handleMember(msg.type, msg.user);
         return;
+      case 'member_count':
+        this.rooms.get(msg.room)?._handleCount(msg.users, msg.connections);
+        return;
       case 'direct': {
         this.emit('direct', msg as DirectMessageOf<D>);
         const set = this.directHandlers.get(msg.event);

@@ -16,6 +16,7 @@ export type {
   GapEvent,
   JoinOptions,
   JoinedEvent,
+  MemberCountEvent,
   PublishAck,
   PublishOptions,
   RecoveryFailedEvent,

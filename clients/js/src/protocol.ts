@@ -11,7 +11,15 @@ export interface Since {
 // ---- client to server -------------------------------------------------------
 
 export interface AuthCmd { type: 'auth'; token: string }
-export interface JoinCmd { type: 'join'; room: string; history?: number; since?: Since; id?: string }
+export interface JoinCmd {
+  type: 'join';
+  room: string;
+  history?: number;
+  since?: Since;
+  id?: string;
+  /** false: receive none of the room's member events (member_joined, member_left, member_count). */
+  member_events?: boolean;
+}
 export interface LeaveCmd { type: 'leave'; room: string; id?: string }
 export interface PublishCmd {
   type: 'publish';
@@ -83,6 +91,8 @@ export interface PresenceMsg {
 export interface PongMsg { type: 'pong'; id?: string }
 export interface AuthOkMsg { type: 'auth_ok'; exp: number; id?: string }
 export interface MemberEventMsg { type: 'member_joined' | 'member_left'; room: string; user: string }
+/** A room over the server's `--member-events-max` users: its size instead of per-user events, at most once a second while it changes. */
+export interface MemberCountMsg { type: 'member_count'; room: string; users: number; connections: number }
 
 export type ErrorCode =
   | 'invalid_message'
@@ -109,6 +119,7 @@ export type ServerMessage =
   | PongMsg
   | AuthOkMsg
   | MemberEventMsg
+  | MemberCountMsg
   | ErrorMsg;
 
 /** WebSocket close codes used by roomcast (docs/protocol.md section 4). */

@@ -18,6 +18,19 @@ export interface JoinOptions {
   since?: Since;
   /** Keep `room.members` up to date (a presence request after every join, then member events). */
   presence?: boolean;
+  /**
+   * Receive the room's member events (`member_joined`, `member_left`, `member_count`); default
+   * true. `false` saves a frame per join and leave of anyone in the room: for large rooms whose
+   * member list the application does not show.
+   */
+  memberEvents?: boolean;
+}
+
+/** How many are in a room that reports its size instead of each join and leave. */
+export interface MemberCountEvent {
+  room: string;
+  users: number;
+  connections: number;
 }
 
 export interface PublishOptions {
@@ -77,6 +90,12 @@ export type RoomEvents<E extends EventMap> = {
   gap: [GapEvent];
   member_joined: [{ room: string; user: string }];
   member_left: [{ room: string; user: string }];
+  /**
+   * The room has more users than the server's `--member-events-max` (default 1000): it sends
+   * no `member_joined` / `member_left` but its size, cluster-wide, at most once a second while
+   * it changes.
+   */
+  member_count: [MemberCountEvent];
   members: [Member[]];
   state: [RoomState];
   error: [Error];
@@ -108,6 +127,7 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
   private buffer: RoomMessage[] = [];
   private handlers = new Map<string, Set<(data: any, msg: any) => void>>();
   private _members = new Map<string, Member>();
+  private _memberCount?: MemberCountEvent;
   /** Fallback transport: the next offset-bearing message is the first of a fresh stream. */
   private freshStream = false;
   private lastJoined?: JoinedEvent<E>;
@@ -152,6 +172,11 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
 
   get epoch(): string | number | undefined {
     return this._epoch;
+  }
+
+  /** The last `member_count` the room sent (only rooms over the server's `--member-events-max`). */
+  get memberCount(): MemberCountEvent | undefined {
+    return this._memberCount;
   }
 
   /** Members known from presence and member events (kept only with `presence: true`). */
@@ -208,6 +233,7 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
   _joinCommand(id: string): JoinCmd {
     const cmd: JoinCmd = { type: 'join', room: this.name, id };
     if (this.options.history !== undefined) cmd.history = this.options.history;
+    if (this.options.memberEvents === false) cmd.member_events = false;
     const pos = this.position;
     if (pos) cmd.since = pos;
     this.sinceSent = !!pos;
@@ -398,6 +424,12 @@ export class Room<E extends EventMap = EventMap> extends Emitter<RoomEvents<E>> 
       this.emit('member_left', { room: this.name, user });
     }
     if (this.options.presence) this.emit('members', this.members);
+  }
+
+  /** @internal */
+  _handleCount(users: number, connections: number): void {
+    this._memberCount = { room: this.name, users, connections };
+    this.emit('member_count', this._memberCount);
   }
 
   /** @internal */

@@ -184,6 +184,11 @@ pub struct Config {
     /// Most rooms one connection may join.
     #[arg(long, env = "ROOMCAST_MAX_ROOMS", default_value_t = 100)]
     pub max_rooms: usize,
+    /// Users above which a room sends no `member_joined` / `member_left` and sends instead
+    /// `member_count` at most once a second while the count changes (a join storm into a
+    /// room of N would otherwise cost N² frames).
+    #[arg(long, env = "ROOMCAST_MEMBER_EVENTS_MAX", default_value_t = 1000)]
+    pub member_events_max: u64,
     /// Initial read buffer per WebSocket connection, bytes (grows for larger frames).
     #[arg(long, env = "ROOMCAST_WS_READ_BUFFER", default_value_t = 512)]
     pub ws_read_buffer: usize,

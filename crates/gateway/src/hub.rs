@@ -6,16 +6,18 @@
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use futures_util::StreamExt;
 use roomcast_protocol::{
-    close, Encoding, MessageFrame, Publication, RoomName, ServerMessage, UserId,
+    close, Count, Encoding, MessageFrame, Publication, RoomName, ServerMessage, UserId,
 };
 use roomcast_redis_bridge::{Bus, BusEvent, Delivery};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 
 /// How a connection wants its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,8 +234,67 @@ struct Room {
     members: HashMap<Arc<str>, Member>,
     /// Rebuilt lazily after a change, so a join is O(1) and fan-out reads an immutable list.
     snapshot: Option<Arc<[Member]>>,
+    /// Connections that joined with `member_events: false` (mostly none: no allocation).
+    quiet: HashSet<Arc<str>>,
+    /// The members that receive member events, rebuilt lazily like `snapshot`.
+    listeners: Option<Arc<[Member]>>,
+    census: Census,
 }
 
+impl Room {
+    fn snapshot(&mut self) -> Arc<[Member]> {
+        let Room {
+            members, snapshot, ..
+        } = self;
+        snapshot
+            .get_or_insert_with(|| members.values().cloned().collect())
+            .clone()
+    }
+
+    /// The members that receive member events: the snapshot itself when none opted out
+    /// (no second list per room in the common case).
+    fn listeners(&mut self) -> Arc<[Member]> {
+        if self.quiet.is_empty() {
+            return self.snapshot();
+        }
+        let Room {
+            members,
+            quiet,
+            listeners,
+            ..
+        } = self;
+        listeners
+            .get_or_insert_with(|| {
+                members
+                    .values()
+                    .filter(|m| !quiet.contains(&m.id))
+                    .cloned()
+                    .collect()
+            })
+            .clone()
+    }
+}
+
+/// What a node knows of how many users a room has cluster-wide, to choose between
+/// per-user member events and a throttled `member_count` (`--member-events-max`).
+#[derive(Default)]
+struct Census {
+    /// Users as last counted in presence, plus and minus the member events since (before
+    /// the first count: the events since the room appeared on this node).
+    users: u64,
+    /// Whether presence was counted since the room appeared here (or the bus came back).
+    counted: bool,
+    /// Whether the room waits in the counter's queue.
+    queued: bool,
+    /// The last `member_count` sent, while the room is over the max.
+    sent: Option<Count>,
+}
+
+/// The least time between two passes of a node's member counter: a room's
+/// `member_count` goes out at most once per this.
+const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Presence counts one pass of the counter reads at once.
+const COUNT_CONCURRENCY: usize = 32;
 /// Encodes a value once per wire format on first use.
 struct Encoded<'a, F: Fn(Wire) -> Option<Outbound>> {
     make: &'a F,
@@ -290,6 +351,12 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     bus: OnceLock<Arc<dyn Bus>>,
     bus_up: std::sync::atomic::AtomicBool,
+    /// `--member-events-max`.
+    member_events_max: AtomicU64,
+    /// Rooms whose presence count the counter reads at its next pass (each at most once:
+    /// `Census::queued`), and its wake-up.
+    count_queue: Mutex<Vec<RoomName>>,
+    count_wake: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -328,7 +395,165 @@ impl Hub {
             metrics,
             bus: OnceLock::new(),
             bus_up: std::sync::atomic::AtomicBool::new(true),
+            member_events_max: AtomicU64::new(1000),
+            count_queue: Mutex::new(Vec::new()),
+            count_wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Sets `--member-events-max` and starts the node's member counter: one task that, at
+    /// most once a second, counts the presence of the rooms whose membership changed and
+    /// that need a count (over or near the max, or never counted on this node), and sends
+    /// `member_count` to the members of those over the max. It sleeps while nothing
+    /// changes and ends with `stop`.
+    pub fn start_member_events(self: &Arc<Self>, max: u64, stop: CancellationToken) {
+        self.member_events_max.store(max, Ordering::Relaxed);
+        let hub = self.clone();
+        tokio::spawn(async move { hub.count_loop(stop).await });
+    }
+
+    async fn count_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut last: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.count_wake.notified() => {}
+            }
+            if let Some(at) = last {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep_until(at + COUNT_EVERY) => {}
+                }
+            }
+            last = Some(tokio::time::Instant::now());
+            let Some(bus) = self.bus.get().cloned() else {
+                continue;
+            };
+            let rooms = std::mem::take(&mut *lock(&self.count_queue));
+            {
+                // Events from now on queue the room again: a change during the read is
+                // counted at the next pass, so the last count of a burst is right.
+                let mut all = lock(&self.rooms);
+                for room in &rooms {
+                    if let Some(r) = all.get_mut(room) {
+                        r.census.queued = false;
+                    }
+                }
+            }
+            let counted: Vec<_> = futures_util::stream::iter(rooms)
+                .map(|room| {
+                    let bus = bus.clone();
+                    async move {
+                        let r = bus.presence(&room, 1).await;
+                        (room, r)
+                    }
+                })
+                .buffer_unordered(COUNT_CONCURRENCY)
+                .collect()
+                .await;
+            for (room, r) in counted {
+                match r {
+                    Ok(p) => self.counted(&room, p.count),
+                    Err(e) => {
+                        tracing::debug!(%room, error = %e, "member count failed; retrying");
+                        self.ask_count(&room);
+                    }
+                }
+            }
+        }
+        tracing::debug!("member counter stopped");
+    }
+
+    /// Queues `room` for the counter (once).
+    fn ask_count(&self, room: &RoomName) {
+        let mut rooms = lock(&self.rooms);
+        if let Some(r) = rooms.get_mut(room) {
+            if !r.census.queued {
+                r.census.queued = true;
+                self.queue_count(room);
+            }
+        }
+    }
+
+    /// Puts `room` in the counter's queue (the caller holds the rooms lock and has
+    /// marked it queued).
+    fn queue_count(&self, room: &RoomName) {
+        lock(&self.count_queue).push(room.clone());
+        self.count_wake.notify_one();
+    }
+
+    /// A presence count of `room` arrived: sends `member_count` to its listeners when the
+    /// room is over the max and the count changed (and once more when it falls back to
+    /// the max, so that the last count they saw is right).
+    fn counted(&self, room: &RoomName, count: Count) {
+        let max = self.member_events_max.load(Ordering::Relaxed);
+        let listeners = {
+            let mut rooms = lock(&self.rooms);
+            let Some(r) = rooms.get_mut(room) else { return };
+            let c = &mut r.census;
+            c.users = count.users;
+            c.counted = true;
+            let over = count.users > max;
+            if c.sent == Some(count) || (!over && c.sent.is_none()) {
+                return;
+            }
+            c.sent = over.then_some(count);
+            r.listeners()
+        };
+        let msg = ServerMessage::MemberCount {
+            room: room.clone(),
+            users: count.users,
+            connections: count.connections,
+        };
+        self.fanout_other(&listeners, &msg, None);
+    }
+
+    /// A user's first connection joined `room` (or its last one left), somewhere in the
+    /// cluster: `member_joined` / `member_left` to the listeners while the room is at most
+    /// `--member-events-max` users, else a count for the counter.
+    fn member_event(&self, room: RoomName, user: UserId, joined: bool) {
+        let max = self.member_events_max.load(Ordering::Relaxed);
+        let (listeners, seed) = {
+            let mut rooms = lock(&self.rooms);
+            let Some(r) = rooms.get_mut(&room) else {
+                return;
+            };
+            let c = &mut r.census;
+            c.users = if joined {
+                c.users.saturating_add(1)
+            } else {
+                c.users.saturating_sub(1)
+            };
+            let over = c.users > max;
+            // Near or over the max the counter keeps the number exact; a room never
+            // counted here is counted once (below, only if someone here hears of it).
+            if !c.queued && (over || c.users > max / 2) {
+                c.queued = true;
+                self.queue_count(&room);
+            }
+            let seed = !c.queued && !c.counted;
+            // Over the max nobody hears of it: the list of listeners is not even built
+            // (a storm of joins would rebuild it for every event).
+            ((!over).then(|| r.listeners()), seed)
+        };
+        let Some(listeners) = listeners else {
+            return;
+        };
+        let msg = if joined {
+            ServerMessage::MemberJoined {
+                room: room.clone(),
+                user: user.clone(),
+            }
+        } else {
+            ServerMessage::MemberLeft {
+                room: room.clone(),
+                user: user.clone(),
+            }
+        };
+        // A room of one user (its own event) needs no count: nobody here hears of it.
+        if self.fanout_other(&listeners, &msg, Some(&user)) > 0 && seed {
+            self.ask_count(&room);
+        }
     }
 
     /// Connects the hub to the bus it tells about local interest in rooms.
@@ -396,13 +621,26 @@ impl Hub {
         }
     }
 
-    /// Adds a member to a room; from now on it receives the room's messages.
+    /// Adds a member to a room; from now on it receives the room's messages and member
+    /// events.
     pub fn join(&self, room: &RoomName, m: &Member) {
+        self.join_with(room, m, true)
+    }
+
+    /// Adds a member to a room; from now on it receives the room's messages, and its
+    /// member events when `member_events` is true.
+    pub fn join_with(&self, room: &RoomName, m: &Member, member_events: bool) {
         let mut rooms = lock(&self.rooms);
         let first = !rooms.contains_key(room);
         let r = rooms.entry(room.clone()).or_default();
         r.members.insert(m.id.clone(), m.clone());
         r.snapshot = None;
+        if member_events {
+            r.quiet.remove(&m.id);
+        } else {
+            r.quiet.insert(m.id.clone());
+        }
+        r.listeners = None;
         self.metrics.rooms.set(rooms.len() as i64);
         // Under the lock (watch/unwatch are cheap and never call back into the hub): a
         // concurrent last leave must not unwatch a room this join has just filled.
@@ -419,6 +657,10 @@ impl Hub {
         let Some(r) = rooms.get_mut(room) else { return };
         r.members.remove(id);
         r.snapshot = None;
+        if !r.quiet.is_empty() {
+            r.quiet.remove(id);
+        }
+        r.listeners = None;
         let last = r.members.is_empty();
         if last {
             rooms.remove(room);
@@ -432,12 +674,7 @@ impl Hub {
 
     fn members(&self, room: &RoomName) -> Option<Arc<[Member]>> {
         let mut rooms = lock(&self.rooms);
-        let r = rooms.get_mut(room)?;
-        Some(
-            r.snapshot
-                .get_or_insert_with(|| r.members.values().cloned().collect())
-                .clone(),
-        )
+        Some(rooms.get_mut(room)?.snapshot())
     }
 
     /// Calls `f` with every room that has a local member and its number of local members
@@ -506,7 +743,13 @@ impl Hub {
         }
     }
 
-    fn fanout_other(&self, targets: &[Member], msg: &ServerMessage, skip_user: Option<&UserId>) {
+    /// Sends `msg` to `targets` (but the connections of `skip_user`); how many got it.
+    fn fanout_other(
+        &self,
+        targets: &[Member],
+        msg: &ServerMessage,
+        skip_user: Option<&UserId>,
+    ) -> u64 {
         let make = |w: Wire| {
             let payload = encode_for(w, msg, None)?;
             Some(Arc::new(Frame {
@@ -533,6 +776,7 @@ impl Hub {
             .messages_out
             .with_label_values(&[msg.kind()])
             .inc_by(sent);
+        sent
     }
 }
 
@@ -542,24 +786,8 @@ impl Delivery for Hub {
             BusEvent::Message { publication, skip } => {
                 self.fanout_message(&publication, skip.as_deref())
             }
-            BusEvent::MemberJoined { room, user } => {
-                if let Some(ms) = self.members(&room) {
-                    let msg = ServerMessage::MemberJoined {
-                        room,
-                        user: user.clone(),
-                    };
-                    self.fanout_other(&ms, &msg, Some(&user));
-                }
-            }
-            BusEvent::MemberLeft { room, user } => {
-                if let Some(ms) = self.members(&room) {
-                    let msg = ServerMessage::MemberLeft {
-                        room,
-                        user: user.clone(),
-                    };
-                    self.fanout_other(&ms, &msg, Some(&user));
-                }
-            }
+            BusEvent::MemberJoined { room, user } => self.member_event(room, user, true),
+            BusEvent::MemberLeft { room, user } => self.member_event(room, user, false),
             BusEvent::Direct { to, message } => {
                 let targets = self.user_members(&to);
                 if !targets.is_empty() {
@@ -599,6 +827,11 @@ impl Delivery for Hub {
                 self.bus_up.store(up, Ordering::Relaxed);
                 self.metrics.bus_up.set(i64::from(up));
                 if up {
+                    // Member events may have been lost meanwhile: count the rooms again
+                    // before trusting what the events say of their size.
+                    for r in lock(&self.rooms).values_mut() {
+                        r.census.counted = false;
+                    }
                     tracing::info!("bus up");
                 } else {
                     tracing::warn!("bus down");

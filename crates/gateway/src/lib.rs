@@ -96,6 +96,7 @@ pub async fn run(
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
     hub.attach_bus(bus.clone());
+    hub.start_member_events(cfg.member_events_max, shutdown.clone());
     // The bus's events reach the hub through a counter of room messages (the heartbeat's
     // messages/s).
     let rates = heartbeat::RoomRates::new(hub.clone());

@@ -287,7 +287,15 @@ where
                 .iter()
                 .find(|(r, _)| *r == room)
                 .map(|(_, p)| p.clone());
-            let reply = self.join(active, room, None, from, None, true).await;
+            let args = JoinArgs {
+                room,
+                history: None,
+                since: from,
+                id: None,
+                at_connect: true,
+                member_events: true,
+            };
+            let reply = self.join(active, args).await;
             self.reply(&reply).await?;
         }
         Ok(())
@@ -724,7 +732,18 @@ where
                 history,
                 since,
                 id,
-            } => Some(self.join(active, room, history, since, id, false).await),
+                member_events,
+            } => {
+                let args = JoinArgs {
+                    room,
+                    history,
+                    since,
+                    id,
+                    at_connect: false,
+                    member_events,
+                };
+                Some(self.join(active, args).await)
+            }
             ClientMessage::Leave { room, id } => {
                 if !active.rooms.remove(&room) {
                     Some(ServerMessage::error(
@@ -783,15 +802,15 @@ where
     /// Joins `room` (again: a re-join replays from `since` and is otherwise a no-op).
     /// `at_connect`: a room of the token, hook or personal room, which neither `rooms`
     /// patterns nor the join hook decide.
-    async fn join(
-        &mut self,
-        active: &mut Active,
-        room: RoomName,
-        history: Option<u32>,
-        since: Option<roomcast_protocol::StreamPosition>,
-        id: Option<ReqId>,
-        at_connect: bool,
-    ) -> ServerMessage {
+    async fn join(&mut self, active: &mut Active, args: JoinArgs) -> ServerMessage {
+        let JoinArgs {
+            room,
+            history,
+            since,
+            id,
+            at_connect,
+            member_events,
+        } = args;
         let node = self.node.clone();
         let rejoin = active.rooms.get(&room).is_some();
         if !at_connect {
@@ -834,22 +853,29 @@ where
             // Live delivery starts first (into the queue, which this task does not read
             // until the join is answered); history is read after; what both hold is
             // dropped by offset when the queue is read (DESIGN-NOTES §2).
-            node.hub.join(&room, &self.member(&active.who));
-            if let Err(e) = node
-                .bus
-                .presence_join(&room, &active.who.user, &self.conn_id)
-                .await
-            {
-                node.hub.leave(&room, &self.conn_id);
-                return commands::bus_error(&e, id);
-            }
+            node.hub
+                .join_with(&room, &self.member(&active.who), member_events);
         }
+        let (user, conn) = (&active.who.user, &self.conn_id);
+        let presence = async {
+            if rejoin {
+                Ok(())
+            } else {
+                node.bus.presence_join(&room, user, conn).await
+            }
+        };
         // Rooms mode: the room's channel must be subscribed before history is read, or a
         // message published in between would be in neither (the no-gap rule).
-        let read = match node.bus.room_ready(&room).await {
-            Ok(()) => node.bus.history(&room, HistoryQuery { since, limit }).await,
-            Err(e) => Err(e),
+        let read = async {
+            node.bus.room_ready(&room).await?;
+            node.bus.history(&room, HistoryQuery { since, limit }).await
         };
+        // Presence and history do not wait for each other: one round trip, not two.
+        let (added, read) = tokio::join!(presence, read);
+        if let Err(e) = added {
+            node.hub.leave(&room, &self.conn_id);
+            return commands::bus_error(&e, id);
+        }
         match read {
             Ok(h) => {
                 active.rooms.raise(&room, h.offset);
@@ -1013,6 +1039,22 @@ fn kick_reason(code: u16) -> &'static str {
         close::GOING_AWAY => "node is draining; reconnect",
         _ => "closed by the server",
     }
+}
+
+/// One join, from a client's `join` or from the rooms a connection joins at connect.
+struct JoinArgs {
+    room: RoomName,
+    /// Messages of history to replay (a client's `history`).
+    history: Option<u32>,
+    /// Where the client left off (recovery).
+    since: Option<roomcast_protocol::StreamPosition>,
+    /// The request id to answer with.
+    id: Option<ReqId>,
+    /// A room of the token, hook or personal room, which neither `rooms` patterns nor the
+    /// join hook decide.
+    at_connect: bool,
+    /// Whether this connection hears the room's member events.
+    member_events: bool,
 }
 
 #[cfg(test)]

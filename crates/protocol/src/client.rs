@@ -119,6 +119,10 @@ pub enum ClientMessage {
         /// Optional request id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<ReqId>,
+        /// Receive the room's member events (`member_joined`, `member_left`,
+        /// `member_count`); `false` asks for none of them. Default true.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        member_events: bool,
     },
     /// Leave a room.
     Leave {
@@ -181,6 +185,14 @@ pub enum ClientMessage {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ClientMessage {
@@ -305,6 +317,7 @@ fn fields(kind: &str) -> &'static [(&'static str, Shape, bool)] {
             ("room", Shape::Room, true),
             ("history", Shape::Count, false),
             ("since", Shape::Since, false),
+            ("member_events", Shape::Flag, false),
         ],
         "leave" => &[("room", Shape::Room, true)],
         "publish" => &[

@@ -342,13 +342,17 @@ mod tests {
                 room.clone(),
                 proptest::option::of(0u32..100),
                 proptest::option::of((any::<u64>(), "[a-z0-9]{1,8}")),
-                arb_id()
+                arb_id(),
+                any::<bool>()
             )
-                .prop_map(|(room, history, since, id)| ClientMessage::Join {
-                    room,
-                    history,
-                    since: since.map(|(offset, epoch)| crate::StreamPosition { offset, epoch }),
-                    id
+                .prop_map(|(room, history, since, id, member_events)| {
+                    ClientMessage::Join {
+                        room,
+                        history,
+                        since: since.map(|(offset, epoch)| crate::StreamPosition { offset, epoch }),
+                        id,
+                        member_events,
+                    }
                 }),
             (room.clone(), arb_id()).prop_map(|(room, id)| ClientMessage::Leave { room, id }),
             (
@@ -408,6 +412,7 @@ mod tests {
                 ServerMessage::Joined { room: p.room.clone(), offset: 3, epoch: "e".into(), recovered: true, messages: vec![p.clone()], id: id.clone() },
                 ServerMessage::error(ErrorCode::Forbidden, "no", id.clone()),
                 ServerMessage::Pong { id },
+                ServerMessage::MemberCount { room: p.room.clone(), users: 1001, connections: 1003 },
             ];
             for enc in Encoding::ALL {
                 for m in &msgs {

@@ -178,6 +178,17 @@ pub enum ServerMessage {
         /// The user.
         user: UserId,
     },
+    /// How many are in a room whose member events are counted rather than listed (more
+    /// than `--member-events-max` users), cluster-wide; sent at most once a second while
+    /// the count changes.
+    MemberCount {
+        /// The room.
+        room: RoomName,
+        /// Distinct users.
+        users: u64,
+        /// Connections.
+        connections: u64,
+    },
     /// A request failed.
     Error {
         /// What went wrong, as a code.
@@ -205,6 +216,7 @@ impl ServerMessage {
             ServerMessage::Pong { .. } => "pong",
             ServerMessage::MemberJoined { .. } => "member_joined",
             ServerMessage::MemberLeft { .. } => "member_left",
+            ServerMessage::MemberCount { .. } => "member_count",
             ServerMessage::Error { .. } => "error",
         }
     }

@@ -73,6 +73,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// Sockudo: the app's key (in the URL) and secret (to sign channel subscriptions).
     pub pusher: PusherApp,
+    /// Roomcast: whether joins ask for member events (`member_events` of `join`).
+    pub member_events: bool,
 }
 
 /// A Pusher app's credentials, as configured on the sockudo nodes.
@@ -160,6 +162,8 @@ pub struct Conn {
     /// When the last frame `recv` returned came off the socket (µs since the epoch):
     /// latency is measured to here, not to the end of this generator's decoding.
     arrived_us: u64,
+    /// Roomcast: whether joins ask for member events.
+    member_events: bool,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -230,6 +234,7 @@ impl Conn {
             socket_id: String::new(),
             pusher: st.pusher.clone(),
             arrived_us: 0,
+            member_events: st.member_events,
         };
         match st.kind {
             Kind::Roomcast => loop {
@@ -298,6 +303,7 @@ impl Conn {
                     history: None,
                     since: None,
                     id: Some(ReqId::Int(0)),
+                    member_events: self.member_events,
                 };
                 self.send_client(&m).await?;
                 loop {

@@ -74,6 +74,9 @@ struct Cli {
     /// Spread source addresses over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, global = true, default_value_t = 16)]
     source_addrs: u8,
+    /// Roomcast: whether joins ask for member events (`"member_events": false` when off).
+    #[arg(long, global = true, value_enum, default_value_t = OnOff::On)]
+    member_events: OnOff,
     /// Concurrent handshakes while ramping up.
     #[arg(long, global = true, default_value_t = 256)]
     ramp_concurrency: usize,
@@ -104,6 +107,12 @@ struct Cli {
 enum Auth {
     None,
     Jwt,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -381,6 +390,7 @@ async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
                 key: cli.sockudo_key.clone(),
                 secret: cli.sockudo_secret.clone(),
             },
+            member_events: cli.member_events == OnOff::On,
         },
         targets,
         prefix,

@@ -32,6 +32,7 @@ mod scripts;
 mod sharded;
 pub(crate) mod stream;
 mod subscriber;
+mod tracking;
 
 use crate::bus::*;
 use crate::memory::new_epoch;
@@ -44,15 +45,14 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
 use roomcast_protocol::{BusMessage, Envelope, RoomName, UserId};
 use scripts::Scripts;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use subscriber::Track;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
+use tracking::Tracking;
 
 /// How often the command connection is pinged (readiness, and reconnecting it early).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -87,11 +87,7 @@ pub(crate) struct Inner {
     /// The readiness last reported with `BusEvent::State`.
     reported: Mutex<Option<bool>>,
     /// Rooms with local members, and how far each has been delivered (gap tracking).
-    /// Std mutex: held for map lookups only, never across an await.
-    watched: Mutex<HashMap<RoomName, Track>>,
-    /// Newly watched rooms whose baseline offset the subscriber should read.
-    baseline_tx: mpsc::UnboundedSender<RoomName>,
-    baseline_rx: Mutex<Option<mpsc::UnboundedReceiver<RoomName>>>,
+    tracking: Tracking,
     presence: LocalPresence,
     /// Room publishes on their way to the publisher task (batched into script calls).
     publish_tx: mpsc::Sender<publisher::Job>,
@@ -249,7 +245,6 @@ impl RedisBus {
         let op = cfg.op_timeout;
         let cluster = matches!(backend, Backend::Cluster { .. });
         let stop = CancellationToken::new();
-        let (baseline_tx, baseline_rx) = mpsc::unbounded_channel();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let envelope_head = envelope::envelope_head(&cfg.node_id)?;
         let inner = Arc::new(Inner {
@@ -270,11 +265,9 @@ impl RedisBus {
             sub_up: AtomicBool::new(false),
             cmd_up: AtomicBool::new(true),
             reported: Mutex::new(None),
-            watched: Mutex::new(HashMap::new()),
+            tracking: Tracking::new(),
             interest: interest::Interest::default(),
             shards: Mutex::new(Vec::new()),
-            baseline_tx,
-            baseline_rx: Mutex::new(Some(baseline_rx)),
             publish_tx,
             envelope_head,
             bad_log: subscriber::RateLog::default(),
@@ -507,7 +500,7 @@ impl Bus for RedisBus {
         if inner.delivery.set(delivery.clone()).is_err() {
             return Err(BusError::Internal("bus started twice".into()));
         }
-        let Some(baseline_rx) = lock(&inner.baseline_rx).take() else {
+        let Some(baseline_rx) = inner.tracking.take_baselines() else {
             return Err(BusError::Internal("bus started twice".into()));
         };
         let (first_tx, first_rx) = oneshot::channel();
@@ -600,18 +593,8 @@ impl Bus for RedisBus {
                 Ok(inv.invoke_async(&mut c).await?)
             })
             .await?;
-        // A member of a watched room now holds this epoch: if the subscriber does not
-        // know the room's epoch yet (its baseline read found no history, or has not run),
-        // this read is as good a baseline, and a later loss of the epoch is then
-        // signalled to that member too (it must never take another epoch's offsets).
-        if let Some(t) = lock(&inner.watched).get_mut(room) {
-            if matches!(t, Track::Pending | Track::Soft { epoch: None, .. }) {
-                *t = Track::Soft {
-                    offset,
-                    epoch: Some(epoch.clone()),
-                };
-            }
-        }
+        // A member of a watched room now holds this epoch (see `Tracking::note_read`).
+        inner.tracking.note_read(room, offset, &epoch);
         let mut messages = Vec::with_capacity(entries.len());
         for raw in entries {
             match Envelope::from_msgpack(&raw)
@@ -688,29 +671,16 @@ impl Bus for RedisBus {
     }
 
     fn watch_room(&self, room: &RoomName) {
-        let new = {
-            let mut w = lock(&self.inner.watched);
-            if w.contains_key(room) {
-                false
-            } else {
-                w.insert(room.clone(), Track::Pending);
-                true
-            }
-        };
+        self.inner.tracking.watch(room);
         if self.inner.cfg.subscribe == SubscribeMode::Rooms {
             self.inner
                 .interest
                 .want(self.inner.keys.room_channel(room), interest::Kind::Room);
         }
-        if new {
-            // The subscriber reads the room's current offset as its baseline; if it is
-            // gone (closed), there is nothing to track anyway.
-            let _ = self.inner.baseline_tx.send(room.clone());
-        }
     }
 
     fn unwatch_room(&self, room: &RoomName) {
-        lock(&self.inner.watched).remove(room);
+        self.inner.tracking.unwatch(room);
         if self.inner.cfg.subscribe == SubscribeMode::Rooms {
             self.inner
                 .interest

@@ -253,7 +253,7 @@ async fn refresh(inner: &Inner) -> Result<(), BusError> {
 }
 
 async fn sweep_watched(inner: &Inner) -> Result<(), BusError> {
-    let rooms: Vec<RoomName> = lock(&inner.watched).keys().cloned().collect();
+    let rooms = inner.tracking.rooms();
     for chunk in rooms.chunks(BATCH) {
         inner
             .run("presence sweep", async {

@@ -20,6 +20,7 @@ use super::envelope::{self, RoomMessage};
 use super::interest;
 use super::keys::Channel;
 use super::sharded::{self, Incoming, Pushes, Shards};
+use super::tracking::Track;
 use super::{lock, Backend, Inner, OpError};
 use crate::bus::{BusError, BusEvent, BusStats, Delivery, ShardState, SubscribeMode};
 use crate::memory::new_epoch;
@@ -41,27 +42,6 @@ const META_BATCH: usize = 500;
 
 /// One XRANGE entry: id and field/value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-/// How far a watched room has been delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Track {
-    /// Just watched: nothing known yet; the first message (or the room's meta, read
-    /// by the subscriber) sets the baseline.
-    Pending,
-    /// Baseline read from the room's meta. Messages up to `offset` were published
-    /// before that read and may still arrive: they are delivered as they come. The
-    /// next one after must be `offset + 1`.
-    Soft { offset: u64, epoch: Option<String> },
-    /// Every message of `epoch` up to `offset` has been delivered.
-    /// `sig`: the SHA-1 (hex) of the envelope delivered at `offset`, when it came live:
-    /// after a cut it tells whether the room's stream still holds that message there, or
-    /// another one took its offset (publishes lost in a failover, then re-used).
-    Known {
-        offset: u64,
-        epoch: String,
-        sig: Option<String>,
-    },
-}
 
 /// What to do with a room message.
 #[derive(Debug, PartialEq, Eq)]
@@ -719,11 +699,9 @@ fn deliver_room(delivery: &dyn Delivery, m: RoomMessage) {
     });
 }
 
-/// Records `offset`/`epoch` as the last delivered of `room`, if it is still watched.
+/// Records `track` as where `room` stands, if it is still watched.
 fn set_track(inner: &Inner, room: &RoomName, track: Track) {
-    if let Some(t) = lock(&inner.watched).get_mut(room) {
-        *t = track;
-    }
+    inner.tracking.set(room, track);
 }
 
 fn lost(inner: &Inner, delivery: &dyn Delivery, room: &RoomName, why: &str) {
@@ -741,7 +719,7 @@ async fn on_room_message(
     m: RoomMessage,
     payload: &[u8],
 ) -> Result<bool, &'static str> {
-    if !lock(&inner.watched).contains_key(&m.publication.room) {
+    if !inner.tracking.holds(&m.publication.room) {
         // No local member (a room is watched from its first local join, under the hub's
         // lock): pattern mode receives every room's messages, rooms mode only those of a
         // left room whose channel still lingers. Counted, to show what each mode costs.
@@ -758,7 +736,7 @@ async fn on_room_message(
         bad(inner, "an offset without an epoch", room.as_str(), "");
         return Ok(false);
     };
-    let plan = plan(lock(&inner.watched).get(&room), offset, &epoch);
+    let plan = inner.tracking.with(&room, |t| plan(t, offset, &epoch));
     if plan.needs_check() {
         match written_by_the_script(inner, &room, offset, &epoch, payload).await {
             Ok(true) => {}
@@ -967,23 +945,7 @@ async fn read_metas(
 async fn read_baselines(inner: &Inner, rooms: Vec<RoomName>) {
     for chunk in rooms.chunks(META_BATCH) {
         match read_metas(inner, chunk).await {
-            Ok(metas) => {
-                let mut w = lock(&inner.watched);
-                for (room, meta) in chunk.iter().zip(metas) {
-                    if let Some(t @ Track::Pending) = w.get_mut(room) {
-                        *t = match meta {
-                            Some((offset, epoch)) => Track::Soft {
-                                offset,
-                                epoch: Some(epoch),
-                            },
-                            None => Track::Soft {
-                                offset: 0,
-                                epoch: None,
-                            },
-                        };
-                    }
-                }
-            }
+            Ok(metas) => inner.tracking.set_baselines(chunk, metas),
             // They stay Pending: the first message sets their baseline instead.
             Err(e) => tracing::debug!(error = %e, "reading baselines failed"),
         }
@@ -993,11 +955,11 @@ async fn read_baselines(inner: &Inner, rooms: Vec<RoomName>) {
 /// After (re)subscribing: brings every watched room up to its meta offset, repairing
 /// from history what can be repaired and reporting gaps for the rest.
 async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> {
-    let rooms: Vec<RoomName> = lock(&inner.watched).keys().cloned().collect();
+    let rooms = inner.tracking.rooms();
     for chunk in rooms.chunks(META_BATCH) {
         let metas = read_metas(inner, chunk).await?;
         for (room, meta) in chunk.iter().zip(metas) {
-            let Some(track) = lock(&inner.watched).get(room).cloned() else {
+            let Some(track) = inner.tracking.get(room) else {
                 continue;
             };
             let (last, known_epoch, sig) = match track {

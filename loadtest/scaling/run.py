@@ -122,12 +122,13 @@ def loadavg():
 class Nodes:
     """One Redis and N nodes in `mode` (pattern, rooms), or, for mode `cluster`, a Redis
     Cluster of 3 primaries and 3 replicas (deploy/redis-cluster) and N nodes on
-    --redis-cluster-urls; then Redis CPU is the sum over the primaries, and each primary's
-    share is kept too (the shards' balance)."""
+    --redis-cluster-urls; then Redis CPU is the sum over the primaries, each primary's share
+    is kept too (the shards' balance), and the replicas' CPU is reported apart."""
 
     def __init__(self, n, mode, args, tmp):
         self.cluster_dir = None
         self.redis_pids = []
+        self.replica_pids = []
         if mode == "cluster":
             self.cluster_dir = os.path.join(tmp, f"redis-cluster-{n}")
             subprocess.run([os.path.join(ROOT, "deploy/redis-cluster"), "start", self.cluster_dir], check=True,
@@ -145,6 +146,8 @@ class Nodes:
                                       timeout=10).stdout.split()
                 if role and role[0] == "master":
                     self.redis_pids.append(int(pid))
+                else:
+                    self.replica_pids.append(int(pid))
             bus = ["--redis-cluster-urls", seeds]
         else:
             self.redis_port = free_port()
@@ -176,7 +179,8 @@ class Nodes:
     def snapshot(self):
         return [{"cpu": cpu_s(p.pid), "bus": metric(port, "roomcast_bus_messages_received_total"),
                  "unwanted": metric(port, "roomcast_bus_unwanted_room_messages_total")}
-                for port, p in zip(self.ports, self.procs)] + [{"redis_cpu": [cpu_s(p) for p in self.redis_pids]}]
+                for port, p in zip(self.ports, self.procs)] + [{"redis_cpu": [cpu_s(p) for p in self.redis_pids],
+                                                                   "replica_cpu": [cpu_s(p) for p in self.replica_pids]}]
 
     def stop(self):
         for p in self.procs:
@@ -231,7 +235,9 @@ def run_step(nodes, placement, per_node_rate, args, tmp, tag):
                 reps.append(json.load(f))
         except Exception:
             reps.append({"ok": False, "error": open(errf).read()[-500:]})
-    shard_cpu = [b - a for a, b in zip(s0.pop()["redis_cpu"], s1.pop()["redis_cpu"])]
+    r0, r1 = s0.pop(), s1.pop()
+    shard_cpu = [b - a for a, b in zip(r0["redis_cpu"], r1["redis_cpu"])]
+    replica_cpu = sum(b - a for a, b in zip(r0["replica_cpu"], r1["replica_cpu"]))
     redis_cpu = sum(shard_cpu)
     per_node = []
     for a, b in zip(s0, s1):
@@ -250,6 +256,9 @@ def run_step(nodes, placement, per_node_rate, args, tmp, tag):
            "redis_cpu_ms_per_s": round(redis_cpu * 1000 / wall, 1),
            "redis_cpu_ms_per_s_per_primary": [round(c * 1000 / wall, 1) for c in shard_cpu],
            "redis_cpu_us_per_msg": round(redis_cpu * 1e6 / (wall * per_node_rate * n), 2),
+           # Replicas (Redis Cluster only): replication of the primaries' writes.
+           "replica_cpu_ms_per_s": round(replica_cpu * 1000 / wall, 1),
+           "redis_cpu_us_per_msg_with_replicas": round((redis_cpu + replica_cpu) * 1e6 / (wall * per_node_rate * n), 2),
            "generator_cpu_s": round(sum(r.get("generator_cpu_s", 0) or 0 for r in reps), 2)}
     mean = lambda key: round(sum(x[key] or 0 for x in per_node) / n, 1)
     log(f"  {placement} {per_node_rate}/node x{n}: ok={ok} p99={p99 / 1000:.1f}ms lost={res['lost']} "

@@ -10,27 +10,12 @@ use roomcast_protocol::{Encoding, ServerMessage};
 use serde_json::json;
 use support::*;
 
-/// Flags every node gets: JWT auth, no rate limit in the way of bursts.
-const COMMON: &[&str] = &[
-    "--jwt-secret",
-    SECRET,
-    "--rate-limit",
-    "100000",
-    "--rate-burst",
-    "100000",
-];
-
 async fn node(redis: &RedisServer, id: &str, extra: &[&str]) -> TestNode {
     let url = redis.url();
-    let mut args: Vec<&str> = COMMON.to_vec();
+    let mut args: Vec<&str> = JWT_UNLIMITED.to_vec();
     args.extend_from_slice(&["--redis-url", &url, "--node-id", id]);
     args.extend_from_slice(extra);
     TestNode::start(&args).await
-}
-
-async fn connect(node: &TestNode, user: &str) -> Client {
-    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
-    Client::welcomed(&url, Encoding::Json).await.0
 }
 
 /// Joins `room` asking for no member events.
@@ -77,18 +62,18 @@ async fn a_join_without_member_events_receives_none_while_the_others_do() {
     let b = node(&redis, "n2", &[]).await;
     let room = "me-quiet";
     // Listeners on both nodes, one of each kind per node.
-    let mut quiet_a = connect(&a, "quiet-a").await;
+    let mut quiet_a = connect_as(&a, "quiet-a").await;
     join_quiet(&mut quiet_a, room).await;
-    let mut quiet_b = connect(&b, "quiet-b").await;
+    let mut quiet_b = connect_as(&b, "quiet-b").await;
     join_quiet(&mut quiet_b, room).await;
-    let mut loud_a = connect(&a, "loud-a").await;
+    let mut loud_a = connect_as(&a, "loud-a").await;
     loud_a.join(room).await;
-    let mut loud_b = connect(&b, "loud-b").await;
+    let mut loud_b = connect_as(&b, "loud-b").await;
     loud_b.join(room).await;
 
     // A newcomer on each node comes and goes.
     for (n, who) in [(&a, "gina"), (&b, "hugo")] {
-        let mut c = connect(n, who).await;
+        let mut c = connect_as(n, who).await;
         c.join(room).await;
         let r = c
             .request(json!({"type": "leave", "room": room}), "leave")
@@ -141,11 +126,11 @@ async fn a_room_over_the_max_sends_a_throttled_member_count_instead() {
     let a = node(&redis, "n1", &["--member-events-max", &max]).await;
     let b = node(&redis, "n2", &["--member-events-max", &max]).await;
     let room = "me-big";
-    let mut watch_a = connect(&a, "watch-a").await;
+    let mut watch_a = connect_as(&a, "watch-a").await;
     watch_a.join(room).await;
-    let mut watch_b = connect(&b, "watch-b").await;
+    let mut watch_b = connect_as(&b, "watch-b").await;
     watch_b.join(room).await;
-    let mut quiet = connect(&a, "quiet").await;
+    let mut quiet = connect_as(&a, "quiet").await;
     join_quiet(&mut quiet, room).await;
 
     // A storm: every joiner at once, half on each node.
@@ -248,14 +233,14 @@ async fn a_room_at_the_max_keeps_per_user_events() {
     let redis = RedisServer::start();
     let a = node(&redis, "n1", &["--member-events-max", "3"]).await;
     let room = "me-small";
-    let mut watch = connect(&a, "watch").await;
+    let mut watch = connect_as(&a, "watch").await;
     watch.join(room).await;
-    let mut two = connect(&a, "two").await;
+    let mut two = connect_as(&a, "two").await;
     two.join(room).await;
     // A second connection of the same user is the same member: still two users.
-    let mut two_again = connect(&a, "two").await;
+    let mut two_again = connect_as(&a, "two").await;
     two_again.join(room).await;
-    let mut three = connect(&a, "three").await;
+    let mut three = connect_as(&a, "three").await;
     three.join(room).await;
     for who in ["two", "three"] {
         watch

@@ -31,21 +31,16 @@ const MAX_PUBLISHES: usize = 5000;
 
 async fn node(c: &RedisCluster, id: &str) -> TestNode {
     let seeds = c.seeds_flag();
-    TestNode::start(&[
-        "--jwt-secret",
-        SECRET,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
+    let mut args = JWT_UNLIMITED.to_vec();
+    args.extend_from_slice(&[
         "--bus-timeout",
         "2",
         "--redis-cluster-urls",
         &seeds,
         "--node-id",
         id,
-    ])
-    .await
+    ]);
+    TestNode::start(&args).await
 }
 
 async fn connect(node_addr: std::net::SocketAddr, user: &str) -> Client {

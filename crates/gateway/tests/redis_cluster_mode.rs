@@ -9,40 +9,17 @@ mod cluster;
 mod support;
 
 use cluster::RedisCluster;
-use roomcast_protocol::{Encoding, ServerMessage};
+use roomcast_protocol::ServerMessage;
 use serde_json::json;
 use support::*;
 
 /// Node `id` on the cluster, with JWT auth and no publish rate limit.
 async fn node(c: &RedisCluster, id: &str, extra: &[&str]) -> TestNode {
     let seeds = c.seeds_flag();
-    let mut args = vec![
-        "--jwt-secret",
-        SECRET,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-        "--redis-cluster-urls",
-        &seeds,
-        "--node-id",
-        id,
-    ];
+    let mut args = JWT_UNLIMITED.to_vec();
+    args.extend_from_slice(&["--redis-cluster-urls", &seeds, "--node-id", id]);
     args.extend_from_slice(extra);
     TestNode::start(&args).await
-}
-
-async fn connect(node: &TestNode, user: &str) -> Client {
-    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
-    Client::welcomed(&url, Encoding::Json).await.0
-}
-
-/// A metric's value on a node (0 when it is absent).
-async fn metric(node: &TestNode, name: &str) -> f64 {
-    let (_, body) = http(node.addr, "GET", "/metrics", &[], "").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Publishes `data` to `room` with request id `id`; the acked offset.
@@ -73,8 +50,8 @@ async fn two_nodes_deliver_recover_share_presence_and_direct_messages() {
     let rc = RedisCluster::start();
     let a = node(&rc, "a", &[]).await;
     let b = node(&rc, "b", &[]).await;
-    let mut alice = connect(&a, "alice").await;
-    let mut bob = connect(&b, "bob").await;
+    let mut alice = connect_as(&a, "alice").await;
+    let mut bob = connect_as(&b, "bob").await;
     let room = "chat:main";
     alice.join(room).await;
     let ServerMessage::Joined { epoch, .. } = bob.join(room).await else {
@@ -136,7 +113,7 @@ async fn two_nodes_deliver_recover_share_presence_and_direct_messages() {
             i
         );
     }
-    let mut bob = connect(&a, "bob").await;
+    let mut bob = connect_as(&a, "bob").await;
     let r = bob
         .request(
             json!({"type": "join", "room": room, "since": {"offset": 31, "epoch": epoch}}),
@@ -175,8 +152,8 @@ async fn an_emitter_spublish_reaches_members() {
     let rc = RedisCluster::start();
     let a = node(&rc, "a", &[]).await;
     let b = node(&rc, "b", &[]).await;
-    let mut wa = connect(&a, "wa").await;
-    let mut wb = connect(&b, "wb").await;
+    let mut wa = connect_as(&a, "wa").await;
+    let mut wb = connect_as(&b, "wb").await;
     wa.join("feed").await;
     wb.join("feed").await;
     let env = Envelope::new(
@@ -216,9 +193,9 @@ async fn a_node_receives_nothing_of_rooms_it_does_not_hold_and_churn_leaves_noth
     let rc = RedisCluster::start();
     let a = node(&rc, "a", &[]).await;
     let b = node(&rc, "b", &["--bus-linger-ms", "300"]).await;
-    let mut pa = connect(&a, "pa").await;
-    let mut ra = connect(&a, "ra").await;
-    let mut rb = connect(&b, "rb").await;
+    let mut pa = connect_as(&a, "pa").await;
+    let mut ra = connect_as(&a, "ra").await;
+    let mut rb = connect_as(&b, "rb").await;
     ra.join("solo").await;
     for i in 1..=20u64 {
         publish(&mut pa, "solo", &format!("s{i}"), json!(i)).await;
@@ -232,12 +209,12 @@ async fn a_node_receives_nothing_of_rooms_it_does_not_hold_and_churn_leaves_noth
     assert_eq!(next_message(&mut rb).await.offset, Some(1));
     // ...and received nothing of `solo`, held on A alone.
     assert_eq!(
-        metric(&b, "roomcast_bus_unwanted_room_messages_total").await,
+        metric(b.addr, "roomcast_bus_unwanted_room_messages_total").await,
         0.0
     );
-    assert_eq!(metric(&b, "roomcast_bus_subscribed_rooms").await, 1.0);
+    assert_eq!(metric(b.addr, "roomcast_bus_subscribed_rooms").await, 1.0);
     assert_eq!(
-        metric(&a, "roomcast_bus_subscribed_rooms").await,
+        metric(a.addr, "roomcast_bus_subscribed_rooms").await,
         1.0,
         "solo"
     );
@@ -255,12 +232,12 @@ async fn a_node_receives_nothing_of_rooms_it_does_not_hold_and_churn_leaves_noth
         .await;
     assert!(matches!(r, ServerMessage::Left { .. }), "{r:?}");
     eventually("B gives up every room channel", || async {
-        (metric(&b, "roomcast_bus_subscribed_rooms").await == 0.0).then_some(())
+        (metric(b.addr, "roomcast_bus_subscribed_rooms").await == 0.0).then_some(())
     })
     .await;
     drop(rb);
     eventually("B gives up the user channel", || async {
-        (metric(&b, "roomcast_bus_subscribed_users").await == 0.0).then_some(())
+        (metric(b.addr, "roomcast_bus_subscribed_users").await == 0.0).then_some(())
     })
     .await;
     // Redis agrees: no sharded channel of the churned room is held by anyone.

@@ -10,7 +10,7 @@ mod cluster;
 mod support;
 
 use cluster::RedisCluster;
-use roomcast_protocol::{Encoding, ServerMessage};
+use roomcast_protocol::ServerMessage;
 use serde_json::json;
 use std::sync::Arc;
 use support::*;
@@ -29,33 +29,10 @@ const ROOM: &str = "race:room";
 
 async fn node(c: &RedisCluster, id: &str, extra: &[&str]) -> TestNode {
     let seeds = c.seeds_flag();
-    let mut args = vec![
-        "--jwt-secret",
-        SECRET,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-        "--redis-cluster-urls",
-        &seeds,
-        "--node-id",
-        id,
-    ];
+    let mut args = JWT_UNLIMITED.to_vec();
+    args.extend_from_slice(&["--redis-cluster-urls", &seeds, "--node-id", id]);
     args.extend_from_slice(extra);
     TestNode::start(&args).await
-}
-
-async fn connect(node: &TestNode, user: &str) -> Client {
-    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
-    Client::welcomed(&url, Encoding::Json).await.0
-}
-
-/// A metric's value on a node (0 when it is absent).
-async fn metric(node: &TestNode, name: &str) -> f64 {
-    let (_, body) = http(node.addr, "GET", "/metrics", &[], "").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Joins `ROOM` on `node` as `user` with `since` = (`since`, `epoch`) and reads until offset
@@ -67,7 +44,7 @@ async fn join_and_read(
     epoch: String,
     until: u64,
 ) -> Vec<u64> {
-    let mut c = connect(&node, &user).await;
+    let mut c = connect_as(&node, &user).await;
     let r = c
         .request(
             json!({"type": "join", "room": ROOM, "since": {"offset": since, "epoch": epoch}}),
@@ -111,13 +88,13 @@ async fn joins_racing_publishes_lose_and_repeat_nothing() {
     // No linger: a sequential joiner that is B's only member makes B subscribe again.
     let b = Arc::new(node(&rc, "b", &["--bus-linger-ms", "0"]).await);
 
-    let mut first = connect(&a, "publisher0").await;
+    let mut first = connect_as(&a, "publisher0").await;
     let ServerMessage::Joined { epoch, .. } = first.join(ROOM).await else {
         unreachable!()
     };
     let mut publishers = vec![first];
     for k in 1..PUBLISHERS {
-        publishers.push(connect(&a, &format!("publisher{k}")).await);
+        publishers.push(connect_as(&a, &format!("publisher{k}")).await);
     }
     // PUBLISHERS clients on A, each sending its share of TOTAL without pause; the highest
     // acknowledged offset is what a joiner "last saw".
@@ -145,7 +122,7 @@ async fn joins_racing_publishes_lose_and_repeat_nothing() {
     let mut results = Vec::new();
     for j in 1..=SEQUENTIAL {
         eventually("B holds no room subscription", || async {
-            (metric(&b, "roomcast_bus_subscribed_rooms").await == 0.0).then_some(())
+            (metric(b.addr, "roomcast_bus_subscribed_rooms").await == 0.0).then_some(())
         })
         .await;
         let mut rx = acked.clone();
@@ -197,10 +174,10 @@ async fn joins_racing_publishes_lose_and_repeat_nothing() {
         );
     }
     // Nothing was lost on B's side either (a loss history could not repair).
-    assert_eq!(metric(&b, "roomcast_bus_gaps_lost_total").await, 0.0);
+    assert_eq!(metric(b.addr, "roomcast_bus_gaps_lost_total").await, 0.0);
     eprintln!(
         "B repaired {} gap(s) from history",
-        metric(&b, "roomcast_bus_gap_repairs_total").await
+        metric(b.addr, "roomcast_bus_gap_repairs_total").await
     );
     a.stop().await;
     if let Ok(b) = Arc::try_unwrap(b) {

@@ -120,3 +120,31 @@ impl Backend {
         TestNode::start(&refs).await
     }
 }
+
+/// Flags of a node with JWT auth (the tests' secret) and no rate limit in the way of a
+/// test's bursts.
+pub const JWT_UNLIMITED: &[&str] = &[
+    "--jwt-secret",
+    SECRET,
+    "--rate-limit",
+    "100000",
+    "--rate-burst",
+    "100000",
+];
+
+/// Connects to `node` as `user` (a token of the tests' secret), JSON, and waits for
+/// `welcome`.
+pub async fn connect_as(node: &TestNode, user: &str) -> Client {
+    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
+    Client::welcomed(&url, roomcast_protocol::Encoding::Json)
+        .await
+        .0
+}
+
+/// The value of an unlabelled metric on the node at `addr` (0 when it is absent).
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http(addr, "GET", "/metrics", &[], "").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -252,3 +252,59 @@ async fn a_node_receives_nothing_of_rooms_it_does_not_hold_and_churn_leaves_noth
     a.stop().await;
     b.stop().await;
 }
+
+/// SSE and the backend API on the cluster: an SSE reader on node B receives what
+/// `/api/publish` on node A publishes, with its offset as the event id, and resumes after
+/// a reconnect from `Last-Event-ID` (history on the room's shard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_and_the_backend_api_work_across_the_cluster() {
+    let rc = RedisCluster::start();
+    let a = node(&rc, "a", &["--api-keys", "k-cluster"]).await;
+    let b = node(&rc, "b", &[]).await;
+    let path = format!("/sse?rooms=news&token={}", token("reader", json!({})));
+    let mut s = SseStream::open(b.addr, &path, &[]).await;
+    assert_eq!(s.status, 200, "{}", s.head);
+    let auth = [
+        ("Authorization", "Bearer k-cluster"),
+        ("Content-Type", "application/json"),
+    ];
+    let publish = |n: u64| {
+        let body = json!({"room": "news", "event": "e", "data": n}).to_string();
+        async move {
+            let (status, resp) = http(a.addr, "POST", "/api/publish", &auth, &body).await;
+            assert_eq!(status, 200, "{resp}");
+            let v: serde_json::Value = serde_json::from_str(&body_of(&resp)).expect("json");
+            v["offset"].as_u64().expect("an offset")
+        }
+    };
+    let mut last = None;
+    for n in 1..=3u64 {
+        let offset = publish(n).await;
+        let ev = loop {
+            let ev = s.next_event().await.expect("an event");
+            if ev.event.as_deref() == Some("message") {
+                break ev;
+            }
+        };
+        let msg = ev.json();
+        assert_eq!(msg["data"], json!(n), "{msg}");
+        assert_eq!(msg["offset"].as_u64(), Some(offset), "{msg}");
+        last = s.last_event_id.clone();
+    }
+    drop(s);
+    // Published while the reader is away; the reconnect resumes from its last event id.
+    let missed = publish(4).await;
+    let last = last.expect("event ids");
+    let mut s = SseStream::open(b.addr, &path, &[("Last-Event-ID", last.as_str())]).await;
+    assert_eq!(s.status, 200, "{}", s.head);
+    let ev = loop {
+        let ev = s.next_event().await.expect("an event");
+        if ev.event.as_deref() == Some("message") {
+            break ev;
+        }
+    };
+    assert_eq!(ev.json()["offset"].as_u64(), Some(missed), "{:?}", ev);
+    assert_eq!(ev.json()["data"], json!(4));
+    a.stop().await;
+    b.stop().await;
+}

@@ -52,6 +52,12 @@ async fn bystander(mode: Mode) -> f64 {
     let backend = Backend::new(mode);
     let a = backend.node("a", &["--auth", "none"]).await;
     let b = backend.node("b", &["--auth", "none"]).await;
+    // B's bus subscription is in place (in pattern mode, its PSUBSCRIBE) before A
+    // publishes: otherwise what B receives would depend on timing.
+    eventually("node b is ready", || async {
+        (http(b.addr, "GET", "/readyz", &[], "").await.0 == 200).then_some(())
+    })
+    .await;
     let (mut pa, _) = Client::welcomed(&a.ws_url(), Encoding::Json).await;
     let (mut ra, _) = Client::welcomed(&a.ws_url(), Encoding::Json).await;
     ra.join("solo").await;

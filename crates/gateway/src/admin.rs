@@ -161,22 +161,11 @@ fn authorize(keys: &[String], req: &Request<Incoming>) -> Result<(), AdminError>
             "Authorization: Bearer <admin key> is required",
         ));
     };
-    let ok = keys.iter().fold(false, |acc, k| {
-        acc | constant_eq(k.as_bytes(), given.as_bytes())
-    });
-    if ok {
+    if crate::http::key_matches(keys, &given) {
         Ok(())
     } else {
         Err(unauthorized("wrong admin key"))
     }
-}
-
-/// Equality whose time depends on the lengths only, not on where the bytes differ.
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn api(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, AdminError> {
@@ -317,13 +306,6 @@ fn busiest(nodes: &[NodeStats]) -> Value {
 mod tests {
     use super::*;
     use roomcast_redis_bridge::RoomStats;
-
-    #[test]
-    fn constant_eq_is_equality() {
-        assert!(constant_eq(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!constant_eq(b"0123456789abcdef", b"0123456789abcdeX"));
-        assert!(!constant_eq(b"0123456789abcdef", b"0123456789abcde"));
-    }
 
     #[test]
     fn busiest_adds_members_and_takes_the_highest_rate() {

@@ -165,22 +165,11 @@ fn check_key(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(key) = crate::http::bearer(req) else {
         return Err(unauthorized("Authorization: Bearer <api key> is required"));
     };
-    // Compare every key in full so timing does not tell how much of a key matched.
-    let ok = node.api_keys.iter().fold(false, |acc, k| {
-        acc | constant_eq(k.as_bytes(), key.as_bytes())
-    });
-    if ok {
+    if crate::http::key_matches(&node.api_keys, &key) {
         Ok(())
     } else {
         Err(unauthorized("unknown api key"))
     }
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn read_json(node: &Node, req: Request<Incoming>) -> Result<Value, ApiError> {

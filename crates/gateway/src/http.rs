@@ -104,6 +104,23 @@ pub fn bearer(req: &Request<Incoming>) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
+/// Whether `given` is one of `keys`. Every key is compared in full, each in time that
+/// depends on the lengths only, so that timing does not tell how much of a key matched
+/// (the backend API keys and the admin keys).
+pub fn key_matches(keys: &[String], given: &str) -> bool {
+    keys.iter().fold(false, |acc, k| {
+        acc | constant_eq(k.as_bytes(), given.as_bytes())
+    })
+}
+
+/// Equality whose time depends on the lengths only, not on where the bytes differ.
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Routes one request.
 pub async fn route(
     node: Arc<Node>,
@@ -346,4 +363,23 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
     };
     node.sessions.spawn(fut);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_eq_is_equality() {
+        assert!(constant_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_eq(b"0123456789abcdef", b"0123456789abcdeX"));
+        assert!(!constant_eq(b"0123456789abcdef", b"0123456789abcde"));
+        let keys = vec![
+            "0123456789abcdef".to_string(),
+            "fedcba9876543210".to_string(),
+        ];
+        assert!(key_matches(&keys, "fedcba9876543210"));
+        assert!(!key_matches(&keys, "fedcba987654321"));
+        assert!(!key_matches(&[], ""));
+    }
 }

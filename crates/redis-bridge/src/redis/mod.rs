@@ -65,12 +65,13 @@ const POOL_SIZE: usize = 16;
 /// The Redis bus. Dropping it without [`Bus::close`] stops its tasks but leaves its
 /// presence entries to expire, as a crashed node's would.
 pub struct RedisBus {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
     _stop_on_drop: DropGuard,
 }
 
-/// State shared by the bus and its tasks.
-pub(crate) struct Inner {
+/// What the bus handle and its tasks (publisher, subscriber, health, presence refresher)
+/// share: settings, connections, readiness, room tracking and subscriptions.
+pub(crate) struct Shared {
     cfg: BusConfig,
     keys: Keys,
     scripts: Scripts,
@@ -247,7 +248,7 @@ impl RedisBus {
         let stop = CancellationToken::new();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let envelope_head = envelope::envelope_head(&cfg.node_id)?;
-        let inner = Arc::new(Inner {
+        let shared = Arc::new(Shared {
             keys: if cluster {
                 Keys::cluster(&cfg.prefix)
             } else {
@@ -272,11 +273,11 @@ impl RedisBus {
             envelope_head,
             bad_log: subscriber::RateLog::default(),
         });
-        inner.tasks.spawn(publisher::run(inner.clone(), publish_rx));
+        shared.tasks.spawn(publisher::run(shared.clone(), publish_rx));
         // Say now, not at the first publish, when the URL or the password is wrong; a
         // Redis that is down is waited for (the health task marks the bus up when it is).
         let ping = async {
-            match inner.ping().await {
+            match shared.ping().await {
                 Ok(()) => Ok(()),
                 Err(OpError::Redis(e)) => Err(e),
                 Err(OpError::Pool(e) | OpError::Bad(e)) => {
@@ -294,7 +295,7 @@ impl RedisBus {
             Err(_) => warn_down(&"ping timed out"),
         }
         Ok(RedisBus {
-            inner,
+            shared,
             _stop_on_drop: stop.drop_guard(),
         })
     }
@@ -306,7 +307,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Inner {
+impl Shared {
     /// Rooms mode: waits until `channel`'s subscription is confirmed (at most the
     /// operation timeout).
     async fn channel_ready(&self, channel: String, kind: interest::Kind) -> Result<(), BusError> {
@@ -496,25 +497,25 @@ impl Inner {
 #[async_trait]
 impl Bus for RedisBus {
     async fn start(&self, delivery: Arc<dyn Delivery>) -> Result<(), BusError> {
-        let inner = &self.inner;
-        if inner.delivery.set(delivery.clone()).is_err() {
+        let shared = &self.shared;
+        if shared.delivery.set(delivery.clone()).is_err() {
             return Err(BusError::Internal("bus started twice".into()));
         }
-        let Some(baseline_rx) = inner.tracking.take_baselines() else {
+        let Some(baseline_rx) = shared.tracking.take_baselines() else {
             return Err(BusError::Internal("bus started twice".into()));
         };
         let (first_tx, first_rx) = oneshot::channel();
-        inner.tasks.spawn(subscriber::run(
-            inner.clone(),
+        shared.tasks.spawn(subscriber::run(
+            shared.clone(),
             delivery,
             baseline_rx,
             first_tx,
         ));
-        inner.tasks.spawn(inner.clone().health());
-        inner.tasks.spawn(presence::keep_alive(inner.clone()));
+        shared.tasks.spawn(shared.clone().health());
+        shared.tasks.spawn(presence::keep_alive(shared.clone()));
         // Publishing before the subscription is in place would lose this node's own
         // messages: wait for it (the task keeps trying if this times out).
-        match tokio::time::timeout(inner.cfg.op_timeout, first_rx).await {
+        match tokio::time::timeout(shared.cfg.op_timeout, first_rx).await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => Err(BusError::Unavailable(
                 "cannot subscribe to Redis yet; still trying".into(),
@@ -528,17 +529,17 @@ impl Bus for RedisBus {
     async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BusError> {
         let r = self.publish_inner(req).await;
         if r.is_err() {
-            BusStats::incr(&self.inner.stats.publish_errors);
+            BusStats::incr(&self.shared.stats.publish_errors);
         }
         r
     }
 
     async fn send(&self, req: SendRequest) -> Result<SendResult, BusError> {
-        let inner = &self.inner;
+        let shared = &self.shared;
         let r = async {
             let m = req.message;
             let payload = envelope::encode(
-                &inner.cfg.node_id,
+                &shared.cfg.node_id,
                 BusMessage::Direct {
                     to: req.to.clone(),
                     from: m.from,
@@ -547,15 +548,15 @@ impl Bus for RedisBus {
                     ts: m.ts,
                 },
             )?;
-            let mut inv = inner.scripts.send.prepare_invoke();
-            inv.key(inner.keys.user_channel(&req.to));
+            let mut inv = shared.scripts.send.prepare_invoke();
+            inv.key(shared.keys.user_channel(&req.to));
             if let Some(k) = &req.idempotency_key {
-                inv.key(inner.keys.send_dedupe(&req.to, k));
+                inv.key(shared.keys.send_dedupe(&req.to, k));
             }
-            inv.arg(payload).arg(Inner::ms(inner.cfg.dedupe_window));
-            let dup: i64 = inner
+            inv.arg(payload).arg(Shared::ms(shared.cfg.dedupe_window));
+            let dup: i64 = shared
                 .run("send", async {
-                    let mut c = inner.pub_conn().await?;
+                    let mut c = shared.pub_conn().await?;
                     inv.invoke_async(&mut c).await.map_err(OpError::from)
                 })
                 .await?;
@@ -565,18 +566,18 @@ impl Bus for RedisBus {
         }
         .await;
         if r.is_err() {
-            BusStats::incr(&inner.stats.publish_errors);
+            BusStats::incr(&shared.stats.publish_errors);
         }
         r
     }
 
     async fn history(&self, room: &RoomName, query: HistoryQuery) -> Result<History, BusError> {
-        let inner = &self.inner;
-        let mut inv = inner.scripts.history.prepare_invoke();
-        inv.key(inner.keys.meta(room)).key(inner.keys.history(room));
+        let shared = &self.shared;
+        let mut inv = shared.scripts.history.prepare_invoke();
+        inv.key(shared.keys.meta(room)).key(shared.keys.history(room));
         inv.arg(new_epoch())
-            .arg(Inner::ms(inner.cfg.history_ttl))
-            .arg(inner.cfg.history_size)
+            .arg(Shared::ms(shared.cfg.history_ttl))
+            .arg(shared.cfg.history_size)
             .arg(
                 query
                     .since
@@ -586,15 +587,15 @@ impl Bus for RedisBus {
             )
             .arg(query.since.as_ref().map(|s| s.epoch.as_str()).unwrap_or(""))
             .arg(query.limit)
-            .arg(inner.cfg.max_recover);
-        let (epoch, offset, recovered, entries): (String, u64, u8, Vec<Vec<u8>>) = inner
+            .arg(shared.cfg.max_recover);
+        let (epoch, offset, recovered, entries): (String, u64, u8, Vec<Vec<u8>>) = shared
             .run("history", async {
-                let mut c = inner.conn().await?;
+                let mut c = shared.conn().await?;
                 Ok(inv.invoke_async(&mut c).await?)
             })
             .await?;
         // A member of a watched room now holds this epoch (see `Tracking::note_read`).
-        inner.tracking.note_read(room, offset, &epoch);
+        shared.tracking.note_read(room, offset, &epoch);
         let mut messages = Vec::with_capacity(entries.len());
         for raw in entries {
             match Envelope::from_msgpack(&raw)
@@ -603,8 +604,8 @@ impl Bus for RedisBus {
             {
                 Some(m) => messages.push(m.publication),
                 None => {
-                    BusStats::incr(&inner.stats.bad_envelopes);
-                    inner
+                    BusStats::incr(&shared.stats.bad_envelopes);
+                    shared
                         .bad_log
                         .warn("undecodable history entry skipped", room.as_str(), "");
                 }
@@ -624,7 +625,7 @@ impl Bus for RedisBus {
         user: &UserId,
         conn: &str,
     ) -> Result<(), BusError> {
-        presence::join(&self.inner, room, user, conn).await
+        presence::join(&self.shared, room, user, conn).await
     }
 
     async fn presence_leave(
@@ -633,15 +634,15 @@ impl Bus for RedisBus {
         user: &UserId,
         conn: &str,
     ) -> Result<(), BusError> {
-        presence::leave(&self.inner, room, user, conn).await
+        presence::leave(&self.shared, room, user, conn).await
     }
 
     async fn presence(&self, room: &RoomName, limit: usize) -> Result<PresenceSnapshot, BusError> {
-        presence::read(&self.inner, room, limit).await
+        presence::read(&self.shared, room, limit).await
     }
 
     async fn disconnect_user(&self, user: &UserId, code: u16) -> Result<(), BusError> {
-        let inner = &self.inner;
+        let shared = &self.shared;
         // Every node would drop it (docs/protocol.md section 6): say so here instead.
         if !roomcast_protocol::close::valid_for_disconnect(code) {
             return Err(BusError::Internal(format!(
@@ -649,16 +650,16 @@ impl Bus for RedisBus {
             )));
         }
         let payload = envelope::encode(
-            &inner.cfg.node_id,
+            &shared.cfg.node_id,
             BusMessage::Disconnect {
                 user: user.clone(),
                 code,
             },
         )?;
-        let channel = inner.keys.control_channel();
-        inner
+        let channel = shared.keys.control_channel();
+        shared
             .run("disconnect", async move {
-                let mut c = inner.pub_conn().await?;
+                let mut c = shared.pub_conn().await?;
                 redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(payload)
@@ -671,94 +672,94 @@ impl Bus for RedisBus {
     }
 
     fn watch_room(&self, room: &RoomName) {
-        self.inner.tracking.watch(room);
-        if self.inner.cfg.subscribe == SubscribeMode::Rooms {
-            self.inner
+        self.shared.tracking.watch(room);
+        if self.shared.cfg.subscribe == SubscribeMode::Rooms {
+            self.shared
                 .interest
-                .want(self.inner.keys.room_channel(room), interest::Kind::Room);
+                .want(self.shared.keys.room_channel(room), interest::Kind::Room);
         }
     }
 
     fn unwatch_room(&self, room: &RoomName) {
-        self.inner.tracking.unwatch(room);
-        if self.inner.cfg.subscribe == SubscribeMode::Rooms {
-            self.inner
+        self.shared.tracking.unwatch(room);
+        if self.shared.cfg.subscribe == SubscribeMode::Rooms {
+            self.shared
                 .interest
-                .unwant(&self.inner.keys.room_channel(room));
+                .unwant(&self.shared.keys.room_channel(room));
         }
     }
 
     async fn room_ready(&self, room: &RoomName) -> Result<(), BusError> {
-        if self.inner.cfg.subscribe != SubscribeMode::Rooms {
+        if self.shared.cfg.subscribe != SubscribeMode::Rooms {
             return Ok(());
         }
-        let channel = self.inner.keys.room_channel(room);
-        self.inner
+        let channel = self.shared.keys.room_channel(room);
+        self.shared
             .channel_ready(channel, interest::Kind::Room)
             .await
     }
 
     async fn user_ready(&self, user: &UserId) -> Result<(), BusError> {
-        if self.inner.cfg.subscribe != SubscribeMode::Rooms {
+        if self.shared.cfg.subscribe != SubscribeMode::Rooms {
             return Ok(());
         }
-        let channel = self.inner.keys.user_channel(user);
-        self.inner
+        let channel = self.shared.keys.user_channel(user);
+        self.shared
             .channel_ready(channel, interest::Kind::User)
             .await
     }
 
     fn watch_user(&self, user: &UserId) {
-        if self.inner.cfg.subscribe == SubscribeMode::Rooms {
-            self.inner
+        if self.shared.cfg.subscribe == SubscribeMode::Rooms {
+            self.shared
                 .interest
-                .want(self.inner.keys.user_channel(user), interest::Kind::User);
+                .want(self.shared.keys.user_channel(user), interest::Kind::User);
         }
     }
 
     fn unwatch_user(&self, user: &UserId) {
-        if self.inner.cfg.subscribe == SubscribeMode::Rooms {
-            self.inner
+        if self.shared.cfg.subscribe == SubscribeMode::Rooms {
+            self.shared
                 .interest
-                .unwant(&self.inner.keys.user_channel(user));
+                .unwant(&self.shared.keys.user_channel(user));
         }
     }
 
     async fn report_node(&self, stats: &NodeStats, ttl: Duration) -> Result<(), BusError> {
-        nodes::report(&self.inner, stats, ttl).await
+        nodes::report(&self.shared, stats, ttl).await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeStats>, BusError> {
-        nodes::list(&self.inner).await
+        nodes::list(&self.shared).await
     }
 
     async fn remove_node(&self) -> Result<(), BusError> {
-        nodes::remove(&self.inner).await
+        nodes::remove(&self.shared).await
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.ready()
+        self.shared.ready()
     }
 
     fn shards(&self) -> Vec<ShardState> {
-        lock(&self.inner.shards).clone()
+        lock(&self.shared.shards).clone()
     }
 
     fn stats(&self) -> &BusStats {
-        &self.inner.stats
+        &self.shared.stats
     }
 
     async fn close(&self) {
-        let inner = &self.inner;
-        if inner.closed.load(Ordering::Acquire) {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
             return;
         }
         // Remove this node's presence first (it publishes member_left), then stop.
-        presence::remove_all(inner).await;
-        inner.closed.store(true, Ordering::Release);
-        inner.stop.cancel();
-        inner.tasks.close();
-        if tokio::time::timeout(inner.cfg.op_timeout, inner.tasks.wait())
+        presence::remove_all(shared).await;
+        shared.closed.store(true, Ordering::Release);
+        shared.stop.cancel();
+        shared.tasks.close();
+        if tokio::time::timeout(shared.cfg.op_timeout, shared.tasks.wait())
             .await
             .is_err()
         {
@@ -770,29 +771,29 @@ impl Bus for RedisBus {
 
 impl RedisBus {
     async fn publish_inner(&self, req: PublishRequest) -> Result<PublishResult, BusError> {
-        let inner = &self.inner;
+        let shared = &self.shared;
         let room = &req.publication.room;
         let parts = envelope::split_message(&req.publication, req.skip.as_deref())?;
         let (reply, answer) = oneshot::channel();
         let job = publisher::Job {
-            meta: inner.keys.meta(room),
-            history: inner.keys.history(room),
-            channel: inner.keys.room_channel(room),
+            meta: shared.keys.meta(room),
+            history: shared.keys.history(room),
+            channel: shared.keys.room_channel(room),
             dedupe: req
                 .idempotency_key
                 .as_deref()
-                .map(|k| inner.keys.publish_dedupe(room, k)),
-            slot: inner.keys.room_slot(room),
+                .map(|k| shared.keys.publish_dedupe(room, k)),
+            slot: shared.keys.room_slot(room),
             envelope: parts,
             volatile: req.volatile,
             reply,
         };
-        if inner.closed.load(Ordering::Acquire) {
+        if shared.closed.load(Ordering::Acquire) {
             return Err(BusError::Unavailable("the bus is closed".into()));
         }
         // Bounded: a full queue waits (up to the timeout) rather than piling up.
-        let queued = tokio::time::timeout(inner.cfg.op_timeout, async {
-            inner.publish_tx.send(job).await.is_ok()
+        let queued = tokio::time::timeout(shared.cfg.op_timeout, async {
+            shared.publish_tx.send(job).await.is_ok()
         })
         .await;
         match queued {

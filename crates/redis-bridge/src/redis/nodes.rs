@@ -7,7 +7,7 @@
 //! node. A draining node removes its field. Redis 7.0 has no per-field expiry, hence
 //! the expiry in the value. The hash is one key: on a Redis Cluster it lives on one shard.
 
-use super::{Inner, OpError};
+use super::{Shared, OpError};
 use crate::bus::{BusError, NodeStats};
 use std::time::Duration;
 
@@ -46,21 +46,21 @@ const MAX_NODES: usize = 10_000;
 
 /// Writes this node's heartbeat, to be listed for `ttl`.
 pub(crate) async fn report(
-    inner: &Inner,
+    shared: &Shared,
     stats: &NodeStats,
     ttl: Duration,
 ) -> Result<(), BusError> {
     let stats = NodeStats {
-        node_id: inner.cfg.node_id.clone(),
+        node_id: shared.cfg.node_id.clone(),
         ..stats.clone()
     };
     let json = serde_json::to_string(&stats)
         .map_err(|e| BusError::Internal(format!("node stats: {e}")))?;
-    let key = inner.keys.nodes();
-    let (id, ttl) = (inner.cfg.node_id.clone(), Inner::ms(ttl));
-    inner
+    let key = shared.keys.nodes();
+    let (id, ttl) = (shared.cfg.node_id.clone(), Shared::ms(ttl));
+    shared
         .run("report node", async move {
-            let mut c = inner.conn().await?;
+            let mut c = shared.conn().await?;
             redis::Script::new(REPORT)
                 .key(key)
                 .arg(id)
@@ -76,11 +76,11 @@ pub(crate) async fn report(
 
 /// Every live heartbeat, sorted by node id. An entry that does not decode (written by
 /// something else) is skipped, not an error.
-pub(crate) async fn list(inner: &Inner) -> Result<Vec<NodeStats>, BusError> {
-    let key = inner.keys.nodes();
-    let raw: Vec<Vec<u8>> = inner
+pub(crate) async fn list(shared: &Shared) -> Result<Vec<NodeStats>, BusError> {
+    let key = shared.keys.nodes();
+    let raw: Vec<Vec<u8>> = shared
         .run("list nodes", async move {
-            let mut c = inner.conn().await?;
+            let mut c = shared.conn().await?;
             redis::Script::new(LIST)
                 .key(key)
                 .invoke_async(&mut c)
@@ -104,11 +104,11 @@ pub(crate) async fn list(inner: &Inner) -> Result<Vec<NodeStats>, BusError> {
 }
 
 /// Removes this node's heartbeat.
-pub(crate) async fn remove(inner: &Inner) -> Result<(), BusError> {
-    let (key, id) = (inner.keys.nodes(), inner.cfg.node_id.clone());
-    inner
+pub(crate) async fn remove(shared: &Shared) -> Result<(), BusError> {
+    let (key, id) = (shared.keys.nodes(), shared.cfg.node_id.clone());
+    shared
         .run("remove node", async move {
-            let mut c = inner.conn().await?;
+            let mut c = shared.conn().await?;
             redis::cmd("HDEL")
                 .arg(key)
                 .arg(id)

@@ -10,7 +10,7 @@
 
 use super::conn::Conn;
 use super::keys::Keys;
-use super::{envelope, lock, Inner, OpError};
+use super::{envelope, lock, Shared, OpError};
 use crate::bus::{BusError, PresenceSnapshot};
 use futures_util::future::join_all;
 use roomcast_protocol::{BusMessage, Count, Member, RoomName, UserId};
@@ -35,61 +35,61 @@ pub(crate) struct LocalPresence {
     entries: Mutex<HashMap<(RoomName, String), UserId>>,
 }
 
-fn key_ttl_ms(inner: &Inner) -> u64 {
-    Inner::ms(inner.cfg.presence_ttl)
+fn key_ttl_ms(shared: &Shared) -> u64 {
+    Shared::ms(shared.cfg.presence_ttl)
         .saturating_mul(3)
         .max(1000)
 }
 
 /// Runs the join script for one entry (used to join and to refresh).
 async fn run_join(
-    inner: &Inner,
+    shared: &Shared,
     conn: &mut Conn,
     room: &RoomName,
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), OpError> {
     let joined = envelope::encode(
-        &inner.cfg.node_id,
+        &shared.cfg.node_id,
         BusMessage::MemberJoined {
             room: room.clone(),
             user: user.clone(),
         },
     )
     .map_err(|e| OpError::Bad(e.to_string()))?;
-    let mut inv = inner.scripts.presence_join.prepare_invoke();
-    inv.key(inner.keys.presence(room))
-        .key(inner.keys.presence_users(room))
-        .key(inner.keys.room_channel(room))
-        .arg(Keys::presence_entry(user, conn_id, &inner.cfg.node_id))
+    let mut inv = shared.scripts.presence_join.prepare_invoke();
+    inv.key(shared.keys.presence(room))
+        .key(shared.keys.presence_users(room))
+        .key(shared.keys.room_channel(room))
+        .arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
         .arg(user.as_str())
-        .arg(Inner::ms(inner.cfg.presence_ttl))
+        .arg(Shared::ms(shared.cfg.presence_ttl))
         .arg(joined)
-        .arg(key_ttl_ms(inner));
+        .arg(key_ttl_ms(shared));
     inv.invoke_async::<i64>(conn).await?;
     Ok(())
 }
 
 async fn run_leave(
-    inner: &Inner,
+    shared: &Shared,
     conn: &mut Conn,
     room: &RoomName,
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), OpError> {
     let left = envelope::encode(
-        &inner.cfg.node_id,
+        &shared.cfg.node_id,
         BusMessage::MemberLeft {
             room: room.clone(),
             user: user.clone(),
         },
     )
     .map_err(|e| OpError::Bad(e.to_string()))?;
-    let mut inv = inner.scripts.presence_leave.prepare_invoke();
-    inv.key(inner.keys.presence(room))
-        .key(inner.keys.presence_users(room))
-        .key(inner.keys.room_channel(room))
-        .arg(Keys::presence_entry(user, conn_id, &inner.cfg.node_id))
+    let mut inv = shared.scripts.presence_leave.prepare_invoke();
+    inv.key(shared.keys.presence(room))
+        .key(shared.keys.presence_users(room))
+        .key(shared.keys.room_channel(room))
+        .arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
         .arg(user.as_str())
         .arg(left);
     inv.invoke_async::<i64>(conn).await?;
@@ -99,59 +99,59 @@ async fn run_leave(
 /// Adds a connection to a room's presence. On failure the entry is forgotten locally
 /// too (if Redis did apply it, it expires unrefreshed).
 pub(crate) async fn join(
-    inner: &Inner,
+    shared: &Shared,
     room: &RoomName,
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), BusError> {
     let key = (room.clone(), conn_id.to_string());
-    lock(&inner.presence.entries).insert(key.clone(), user.clone());
-    let r = inner
+    lock(&shared.presence.entries).insert(key.clone(), user.clone());
+    let r = shared
         .run("presence join", async {
-            let mut c = inner.conn().await?;
-            run_join(inner, &mut c, room, user, conn_id).await
+            let mut c = shared.conn().await?;
+            run_join(shared, &mut c, room, user, conn_id).await
         })
         .await;
     if r.is_err() {
-        lock(&inner.presence.entries).remove(&key);
+        lock(&shared.presence.entries).remove(&key);
     }
     r
 }
 
 /// Removes a connection from a room's presence.
 pub(crate) async fn leave(
-    inner: &Inner,
+    shared: &Shared,
     room: &RoomName,
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), BusError> {
-    lock(&inner.presence.entries).remove(&(room.clone(), conn_id.to_string()));
-    inner
+    lock(&shared.presence.entries).remove(&(room.clone(), conn_id.to_string()));
+    shared
         .run("presence leave", async {
-            let mut c = inner.conn().await?;
-            run_leave(inner, &mut c, room, user, conn_id).await
+            let mut c = shared.conn().await?;
+            run_leave(shared, &mut c, room, user, conn_id).await
         })
         .await
 }
 
 /// Who is in a room (after sweeping its expired entries).
 pub(crate) async fn read(
-    inner: &Inner,
+    shared: &Shared,
     room: &RoomName,
     limit: usize,
 ) -> Result<PresenceSnapshot, BusError> {
-    let mut inv = inner.scripts.presence_read.prepare_invoke();
-    inv.key(inner.keys.presence(room))
-        .key(inner.keys.presence_users(room))
-        .key(inner.keys.room_channel(room))
-        .arg(&inner.cfg.node_id)
+    let mut inv = shared.scripts.presence_read.prepare_invoke();
+    inv.key(shared.keys.presence(room))
+        .key(shared.keys.presence_users(room))
+        .key(shared.keys.room_channel(room))
+        .arg(&shared.cfg.node_id)
         .arg(room.as_str())
         .arg(SWEEP_MAX)
         .arg(limit.saturating_mul(FULL_READ_FACTOR).max(FULL_READ_MIN))
         .arg(limit.max(1));
-    let (users, connections, flat): (u64, u64, Vec<(String, i64)>) = inner
+    let (users, connections, flat): (u64, u64, Vec<(String, i64)>) = shared
         .run("presence", async {
-            let mut c = inner.conn().await?;
+            let mut c = shared.conn().await?;
             Ok(inv.invoke_async(&mut c).await?)
         })
         .await?;
@@ -174,19 +174,19 @@ pub(crate) async fn read(
 }
 
 /// Removes every entry of this node (on close), publishing member_left as needed.
-pub(crate) async fn remove_all(inner: &Inner) {
+pub(crate) async fn remove_all(shared: &Shared) {
     let entries: Vec<((RoomName, String), UserId)> =
-        lock(&inner.presence.entries).drain().collect();
+        lock(&shared.presence.entries).drain().collect();
     if entries.is_empty() {
         return;
     }
-    let r = inner
+    let r = shared
         .run("presence cleanup", async {
-            let c = inner.conn().await?;
+            let c = shared.conn().await?;
             for chunk in entries.chunks(BATCH) {
                 let results = join_all(chunk.iter().map(|((room, conn_id), user)| {
                     let mut c = c.clone();
-                    async move { run_leave(inner, &mut c, room, user, conn_id).await }
+                    async move { run_leave(shared, &mut c, room, user, conn_id).await }
                 }))
                 .await;
                 for r in results {
@@ -203,42 +203,42 @@ pub(crate) async fn remove_all(inner: &Inner) {
 
 /// The refresher: every `presence_ttl / 3`, re-adds this node's entries and sweeps the
 /// watched rooms.
-pub(crate) async fn keep_alive(inner: Arc<Inner>) {
-    let every = (inner.cfg.presence_ttl / 3).max(Duration::from_millis(10));
+pub(crate) async fn keep_alive(shared: Arc<Shared>) {
+    let every = (shared.cfg.presence_ttl / 3).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = inner.stop.cancelled() => break,
+            _ = shared.stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = refresh(&inner).await {
+        if let Err(e) = refresh(&shared).await {
             tracing::debug!(error = %e, "presence refresh failed");
         }
-        if let Err(e) = sweep_watched(&inner).await {
+        if let Err(e) = sweep_watched(&shared).await {
             tracing::debug!(error = %e, "presence sweep failed");
         }
     }
     tracing::debug!("presence refresher stopped");
 }
 
-async fn refresh(inner: &Inner) -> Result<(), BusError> {
-    let entries: Vec<((RoomName, String), UserId)> = lock(&inner.presence.entries)
+async fn refresh(shared: &Shared) -> Result<(), BusError> {
+    let entries: Vec<((RoomName, String), UserId)> = lock(&shared.presence.entries)
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     for chunk in entries.chunks(BATCH) {
-        inner
+        shared
             .run("presence refresh", async {
-                let c = inner.conn().await?;
+                let c = shared.conn().await?;
                 let results = join_all(chunk.iter().map(|((room, conn_id), user)| {
                     let mut c = c.clone();
                     async move {
                         // Skip entries removed meanwhile (a leave racing the refresh).
-                        let still = lock(&inner.presence.entries)
+                        let still = lock(&shared.presence.entries)
                             .contains_key(&(room.clone(), conn_id.clone()));
                         if still {
-                            run_join(inner, &mut c, room, user, conn_id).await
+                            run_join(shared, &mut c, room, user, conn_id).await
                         } else {
                             Ok(())
                         }
@@ -252,20 +252,20 @@ async fn refresh(inner: &Inner) -> Result<(), BusError> {
     Ok(())
 }
 
-async fn sweep_watched(inner: &Inner) -> Result<(), BusError> {
-    let rooms = inner.tracking.rooms();
+async fn sweep_watched(shared: &Shared) -> Result<(), BusError> {
+    let rooms = shared.tracking.rooms();
     for chunk in rooms.chunks(BATCH) {
-        inner
+        shared
             .run("presence sweep", async {
-                let c = inner.conn().await?;
+                let c = shared.conn().await?;
                 let results = join_all(chunk.iter().map(|room| {
                     let mut c = c.clone();
                     async move {
-                        let mut inv = inner.scripts.presence_sweep.prepare_invoke();
-                        inv.key(inner.keys.presence(room))
-                            .key(inner.keys.presence_users(room))
-                            .key(inner.keys.room_channel(room))
-                            .arg(&inner.cfg.node_id)
+                        let mut inv = shared.scripts.presence_sweep.prepare_invoke();
+                        inv.key(shared.keys.presence(room))
+                            .key(shared.keys.presence_users(room))
+                            .key(shared.keys.room_channel(room))
+                            .arg(&shared.cfg.node_id)
                             .arg(room.as_str())
                             .arg(SWEEP_MAX);
                         inv.invoke_async::<i64>(&mut c).await.map_err(OpError::from)

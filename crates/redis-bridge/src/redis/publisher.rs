@@ -17,7 +17,7 @@
 //! half-applied batch; per slot, MOVED and ASK are followed before anything runs.)
 
 use super::envelope::SplitEnvelope;
-use super::{Inner, OpError};
+use super::{Shared, OpError};
 use crate::bus::{BusError, BusStats};
 use crate::memory::new_epoch;
 use std::sync::Arc;
@@ -43,26 +43,26 @@ pub(crate) struct Job {
 }
 
 /// The publisher task: runs until the bus stops or every sender is gone.
-pub(crate) async fn run(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>) {
+pub(crate) async fn run(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     loop {
         let n = tokio::select! {
-            _ = inner.stop.cancelled() => break,
+            _ = shared.stop.cancelled() => break,
             n = jobs.recv_many(&mut batch, MAX_BATCH) => n,
         };
         if n == 0 {
             break;
         }
-        BusStats::incr(&inner.stats.publish_batches);
-        inner
+        BusStats::incr(&shared.stats.publish_batches);
+        shared
             .stats
             .publishes_batched
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        let replies = if inner.is_cluster() {
-            call_per_slot(&inner, &batch).await
+        let replies = if shared.is_cluster() {
+            call_per_slot(&shared, &batch).await
         } else {
             let jobs: Vec<&Job> = batch.iter().collect();
-            spread(call(&inner, &jobs).await, n)
+            spread(call(&shared, &jobs).await, n)
         };
         for (job, r) in batch.drain(..).zip(replies) {
             // The publisher may have given up (its request timed out): nothing to do.
@@ -74,7 +74,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>) {
 
 /// One call of the publish script per slot (Redis Cluster); the replies in the batch's
 /// order. A slot whose call failed fails its own messages only.
-async fn call_per_slot(inner: &Inner, batch: &[Job]) -> Vec<Reply> {
+async fn call_per_slot(shared: &Shared, batch: &[Job]) -> Vec<Reply> {
     let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
     for (i, job) in batch.iter().enumerate() {
         match slots.iter_mut().find(|(s, _)| *s == job.slot) {
@@ -84,7 +84,7 @@ async fn call_per_slot(inner: &Inner, batch: &[Job]) -> Vec<Reply> {
     }
     let calls = slots.iter().map(|(_, idx)| {
         let jobs: Vec<&Job> = idx.iter().map(|&i| &batch[i]).collect();
-        async move { call(inner, &jobs).await }
+        async move { call(shared, &jobs).await }
     });
     let results = futures_util::future::join_all(calls).await;
     let mut out: Vec<Reply> = (0..batch.len())
@@ -111,12 +111,12 @@ fn spread(r: Result<Vec<(u8, String)>, BusError>, n: usize) -> Vec<Reply> {
 }
 
 /// One call of the publish script for these messages.
-async fn call(inner: &Inner, batch: &[&Job]) -> Result<Vec<(u8, String)>, BusError> {
-    let mut inv = inner.scripts.publish.prepare_invoke();
-    inv.arg(inner.cfg.history_size)
-        .arg(Inner::ms(inner.cfg.history_ttl))
-        .arg(Inner::ms(inner.cfg.dedupe_window))
-        .arg(&inner.envelope_head)
+async fn call(shared: &Shared, batch: &[&Job]) -> Result<Vec<(u8, String)>, BusError> {
+    let mut inv = shared.scripts.publish.prepare_invoke();
+    inv.arg(shared.cfg.history_size)
+        .arg(Shared::ms(shared.cfg.history_ttl))
+        .arg(Shared::ms(shared.cfg.dedupe_window))
+        .arg(&shared.envelope_head)
         .arg(new_epoch());
     for job in batch {
         inv.key(&job.meta)
@@ -128,9 +128,9 @@ async fn call(inner: &Inner, batch: &[&Job]) -> Result<Vec<(u8, String)>, BusErr
             .arg(if job.volatile { "1" } else { "0" })
             .arg(if job.dedupe.is_some() { "1" } else { "0" });
     }
-    inner
+    shared
         .run("publish", async {
-            let mut c = inner.pub_conn().await?;
+            let mut c = shared.pub_conn().await?;
             inv.invoke_async(&mut c).await.map_err(OpError::from)
         })
         .await

@@ -18,7 +18,7 @@
 //! found there too (`subscriber::resync`) and becomes a new epoch.
 
 use super::keys::Keys;
-use super::Inner;
+use super::Shared;
 use crate::bus::{BusConfig, BusStats};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -117,19 +117,19 @@ impl Pushes {
 
 /// Connects a new subscription session: a fresh slot map, its primaries, and the classic
 /// subscription to the control channel. The room and user channels are the caller's.
-pub(crate) async fn connect(inner: &Inner, seeds: &[String]) -> RedisResult<(Shards, Pushes)> {
+pub(crate) async fn connect(shared: &Shared, seeds: &[String]) -> RedisResult<(Shards, Pushes)> {
     let (tx, rx) = mpsc::channel(PUSH_QUEUE);
     let overflow = Arc::new(AtomicBool::new(false));
     let push = PushTx {
         tx,
         overflow: overflow.clone(),
     };
-    let mut conn = client(seeds, &inner.cfg, Some(push))?
+    let mut conn = client(seeds, &shared.cfg, Some(push))?
         .get_async_connection()
         .await?;
-    BusStats::incr(&inner.stats.topology_refreshes);
+    BusStats::incr(&shared.stats.topology_refreshes);
     let primaries = primaries(&mut conn).await?;
-    conn.subscribe(inner.keys.control_channel()).await?;
+    conn.subscribe(shared.keys.control_channel()).await?;
     Ok((Shards { conn, primaries }, Pushes { rx, overflow }))
 }
 
@@ -173,7 +173,7 @@ impl Shards {
     /// returns when every one is confirmed. Counts the commands.
     pub(crate) async fn apply(
         &mut self,
-        inner: &Inner,
+        shared: &Shared,
         channels: &[String],
         subscribe: bool,
     ) -> RedisResult<()> {
@@ -197,9 +197,9 @@ impl Shards {
         });
         let results = futures_util::future::join_all(calls).await;
         let counter = if subscribe {
-            &inner.stats.subscribe_commands
+            &shared.stats.subscribe_commands
         } else {
-            &inner.stats.unsubscribe_commands
+            &shared.stats.unsubscribe_commands
         };
         counter.fetch_add(results.len() as u64, Ordering::Relaxed);
         results.into_iter().collect()

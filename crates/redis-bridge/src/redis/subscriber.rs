@@ -21,7 +21,7 @@ use super::interest;
 use super::keys::Channel;
 use super::sharded::{self, Incoming, Pushes, Shards};
 use super::tracking::Track;
-use super::{lock, Backend, Inner, OpError};
+use super::{lock, Backend, Shared, OpError};
 use crate::bus::{BusError, BusEvent, BusStats, Delivery, ShardState, SubscribeMode};
 use crate::memory::new_epoch;
 use futures_util::StreamExt;
@@ -163,9 +163,9 @@ impl RateLog {
 }
 
 /// Counts and logs (at a rate limit) an envelope dropped as bad input.
-fn bad(inner: &Inner, what: &str, source: &str, detail: &str) {
-    BusStats::incr(&inner.stats.bad_envelopes);
-    inner.bad_log.warn(what, source, detail);
+fn bad(shared: &Shared, what: &str, source: &str, detail: &str) {
+    BusStats::incr(&shared.stats.bad_envelopes);
+    shared.bad_log.warn(what, source, detail);
 }
 
 /// Why the connected loop ended.
@@ -177,7 +177,7 @@ enum Exit {
 /// The subscriber task. `first_up` says whether the first attempt to subscribe worked
 /// (`false`: Redis is not there yet; the task keeps trying).
 pub(crate) async fn run(
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
     delivery: Arc<dyn Delivery>,
     mut baselines: mpsc::UnboundedReceiver<RoomName>,
     first_up: oneshot::Sender<bool>,
@@ -187,33 +187,33 @@ pub(crate) async fn run(
     let mut attempt: u32 = 0;
     loop {
         let connected = tokio::select! {
-            _ = inner.stop.cancelled() => break,
-            r = tokio::time::timeout(inner.cfg.op_timeout, subscribe(&inner)) => r,
+            _ = shared.stop.cancelled() => break,
+            r = tokio::time::timeout(shared.cfg.op_timeout, subscribe(&shared)) => r,
         };
         match connected {
             Ok(Ok((sink, stream))) => {
                 if ever_up {
-                    BusStats::incr(&inner.stats.reconnects);
+                    BusStats::incr(&shared.stats.reconnects);
                 }
                 ever_up = true;
                 // Repair what was missed before saying we are up (and before reading
                 // anything new: new messages wait in the connection meanwhile).
                 let resynced = tokio::select! {
-                    _ = inner.stop.cancelled() => break,
+                    _ = shared.stop.cancelled() => break,
                     r = async {
-                        inner.warm_publisher().await?;
-                        resync(&inner, &*delivery).await
+                        shared.warm_publisher().await?;
+                        resync(&shared, &*delivery).await
                     } => r,
                 };
                 match resynced {
                     Ok(()) => {
                         attempt = 0;
-                        inner.set_sub_up(true);
+                        shared.set_sub_up(true);
                         if let Some(tx) = first_up.take() {
                             let _ = tx.send(true);
                         }
                         tracing::info!("subscribed to the redis bus");
-                        match connected_loop(&inner, &*delivery, sink, stream, &mut baselines).await
+                        match connected_loop(&shared, &*delivery, sink, stream, &mut baselines).await
                         {
                             Exit::Stopped => break,
                             Exit::Lost(why) => {
@@ -223,15 +223,15 @@ pub(crate) async fn run(
                     }
                     Err(e) => tracing::warn!(error = %e, "re-synchronising after subscribe failed"),
                 }
-                inner.set_sub_up(false);
+                shared.set_sub_up(false);
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, attempt, "subscribing to redis failed");
-                inner.set_sub_up(false);
+                shared.set_sub_up(false);
             }
             Err(_) => {
                 tracing::warn!(attempt, "subscribing to redis timed out");
-                inner.set_sub_up(false);
+                shared.set_sub_up(false);
             }
         }
         if let Some(tx) = first_up.take() {
@@ -240,11 +240,11 @@ pub(crate) async fn run(
         let delay = backoff(attempt);
         attempt = attempt.saturating_add(1);
         tokio::select! {
-            _ = inner.stop.cancelled() => break,
+            _ = shared.stop.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    inner.set_sub_up(false);
+    shared.set_sub_up(false);
     tracing::debug!("redis subscriber stopped");
 }
 
@@ -269,33 +269,33 @@ enum Source {
 }
 
 impl Sink {
-    async fn subscribe(&mut self, inner: &Inner, channels: &[String]) -> redis::RedisResult<()> {
+    async fn subscribe(&mut self, shared: &Shared, channels: &[String]) -> redis::RedisResult<()> {
         match self {
             Sink::Single(s) => {
                 s.subscribe(channels).await?;
-                BusStats::incr(&inner.stats.subscribe_commands);
+                BusStats::incr(&shared.stats.subscribe_commands);
                 Ok(())
             }
-            Sink::Cluster(c) => c.apply(inner, channels, true).await,
+            Sink::Cluster(c) => c.apply(shared, channels, true).await,
         }
     }
 
-    async fn unsubscribe(&mut self, inner: &Inner, channels: &[String]) -> redis::RedisResult<()> {
+    async fn unsubscribe(&mut self, shared: &Shared, channels: &[String]) -> redis::RedisResult<()> {
         match self {
             Sink::Single(s) => {
                 s.unsubscribe(channels).await?;
-                BusStats::incr(&inner.stats.unsubscribe_commands);
+                BusStats::incr(&shared.stats.unsubscribe_commands);
                 Ok(())
             }
-            Sink::Cluster(c) => c.apply(inner, channels, false).await,
+            Sink::Cluster(c) => c.apply(shared, channels, false).await,
         }
     }
 
     /// Whether the connection (every shard of it) answers.
-    async fn ping(&mut self, inner: &Inner) -> Result<(), &'static str> {
+    async fn ping(&mut self, shared: &Shared) -> Result<(), &'static str> {
         match self {
             Sink::Single(s) => {
-                match tokio::time::timeout(inner.cfg.op_timeout, s.ping::<redis::Value>()).await {
+                match tokio::time::timeout(shared.cfg.op_timeout, s.ping::<redis::Value>()).await {
                     // in subscribed mode the answer is ["pong", ""], not +PONG
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(_)) => Err("ping failed"),
@@ -303,11 +303,11 @@ impl Sink {
                 }
             }
             Sink::Cluster(c) => {
-                let states = tokio::time::timeout(inner.cfg.op_timeout, c.ping())
+                let states = tokio::time::timeout(shared.cfg.op_timeout, c.ping())
                     .await
                     .unwrap_or_else(|_| vec![false; c.primaries.len()]);
                 let all = states.iter().all(|up| *up);
-                *lock(&inner.shards) = c
+                *lock(&shared.shards) = c
                     .primaries
                     .iter()
                     .zip(states)
@@ -336,22 +336,22 @@ impl Source {
 }
 
 /// Marks every shard of the last session down (the subscription is being rebuilt).
-fn shards_down(inner: &Inner) {
-    for s in lock(&inner.shards).iter_mut() {
+fn shards_down(shared: &Shared) {
+    for s in lock(&shared.shards).iter_mut() {
         s.up = false;
     }
 }
 
-async fn subscribe(inner: &Inner) -> redis::RedisResult<(Sink, Source)> {
-    let (mut sink, stream) = match &inner.backend {
+async fn subscribe(shared: &Shared) -> redis::RedisResult<(Sink, Source)> {
+    let (mut sink, stream) = match &shared.backend {
         Backend::Single { client, .. } => {
             let (sink, stream) = client.get_async_pubsub().await?.split();
             (Sink::Single(sink), Source::Single(stream))
         }
         Backend::Cluster { seeds, .. } => {
-            shards_down(inner);
-            let (shards, pushes) = sharded::connect(inner, seeds).await?;
-            *lock(&inner.shards) = shards
+            shards_down(shared);
+            let (shards, pushes) = sharded::connect(shared, seeds).await?;
+            *lock(&shared.shards) = shards
                 .primaries
                 .iter()
                 .map(|(h, p)| ShardState {
@@ -368,27 +368,27 @@ async fn subscribe(inner: &Inner) -> redis::RedisResult<(Sink, Source)> {
             Sink::Cluster(_) => None,
         }
     }
-    match inner.cfg.subscribe {
+    match shared.cfg.subscribe {
         SubscribeMode::Pattern => {
             if let Some(s) = single(&mut sink) {
-                s.psubscribe(&[inner.keys.room_pattern(), inner.keys.user_pattern()])
+                s.psubscribe(&[shared.keys.room_pattern(), shared.keys.user_pattern()])
                     .await?;
             }
         }
         SubscribeMode::Rooms => {
             // A new connection holds nothing: every channel wanted now, in batches,
             // before the re-synchronisation reads the rooms' history.
-            inner.interest.reset();
-            let wanted = inner.interest.wanted();
+            shared.interest.reset();
+            let wanted = shared.interest.wanted();
             for batch in wanted.chunks(interest::BATCH) {
-                sink.subscribe(inner, batch).await?;
-                inner.interest.subscribed(batch);
+                sink.subscribe(shared, batch).await?;
+                shared.interest.subscribed(batch);
             }
-            inner.count_subscriptions();
+            shared.count_subscriptions();
         }
     }
     if let Some(s) = single(&mut sink) {
-        s.subscribe(inner.keys.control_channel()).await?;
+        s.subscribe(shared.keys.control_channel()).await?;
     }
     Ok((sink, stream))
 }
@@ -397,27 +397,27 @@ async fn subscribe(inner: &Inner) -> redis::RedisResult<(Sink, Source)> {
 /// channels what the node's members want, many channels per command; the time the next
 /// lingering channel is due.
 async fn apply_interest(
-    inner: &Inner,
+    shared: &Shared,
     sink: &mut Sink,
 ) -> Result<Option<tokio::time::Instant>, &'static str> {
     loop {
-        let w = inner
+        let w = shared
             .interest
-            .work(tokio::time::Instant::now(), inner.cfg.linger);
+            .work(tokio::time::Instant::now(), shared.cfg.linger);
         if !w.subscribe.is_empty() {
-            match tokio::time::timeout(inner.cfg.op_timeout, sink.subscribe(inner, &w.subscribe))
+            match tokio::time::timeout(shared.cfg.op_timeout, sink.subscribe(shared, &w.subscribe))
                 .await
             {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err("subscribe failed"),
                 Err(_) => return Err("subscribe timed out"),
             }
-            inner.interest.subscribed(&w.subscribe);
+            shared.interest.subscribed(&w.subscribe);
         }
         if !w.unsubscribe.is_empty() {
             match tokio::time::timeout(
-                inner.cfg.op_timeout,
-                sink.unsubscribe(inner, &w.unsubscribe),
+                shared.cfg.op_timeout,
+                sink.unsubscribe(shared, &w.unsubscribe),
             )
             .await
             {
@@ -425,9 +425,9 @@ async fn apply_interest(
                 Ok(Err(_)) => return Err("unsubscribe failed"),
                 Err(_) => return Err("unsubscribe timed out"),
             }
-            inner.interest.unsubscribed(&w.unsubscribe);
+            shared.interest.unsubscribed(&w.unsubscribe);
         }
-        inner.count_subscriptions();
+        shared.count_subscriptions();
         if w.subscribe.len() < interest::BATCH && w.unsubscribe.len() < interest::BATCH {
             return Ok(w.next_due);
         }
@@ -435,7 +435,7 @@ async fn apply_interest(
 }
 
 async fn connected_loop(
-    inner: &Inner,
+    shared: &Shared,
     delivery: &dyn Delivery,
     mut sink: Sink,
     mut stream: Source,
@@ -444,8 +444,8 @@ async fn connected_loop(
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let mut lag = Lag::new(inner.cfg.max_lag);
-    let rooms_mode = inner.cfg.subscribe == SubscribeMode::Rooms;
+    let mut lag = Lag::new(shared.cfg.max_lag);
+    let rooms_mode = shared.cfg.subscribe == SubscribeMode::Rooms;
     // Rooms mode: when the next lingering channel is due to be unsubscribed.
     // One timer for the whole connection, re-armed only when the due time changes (not a
     // new one per message received).
@@ -453,7 +453,7 @@ async fn connected_loop(
     let linger = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(linger);
     if rooms_mode {
-        match apply_interest(inner, &mut sink).await {
+        match apply_interest(shared, &mut sink).await {
             Ok(d) => due = d,
             Err(why) => return Exit::Lost(why),
         }
@@ -466,16 +466,16 @@ async fn connected_loop(
         }
         tokio::select! {
             biased;
-            _ = inner.stop.cancelled() => return Exit::Stopped,
+            _ = shared.stop.cancelled() => return Exit::Stopped,
             // Subscriptions first: a join waits for its channel before reading history.
-            _ = inner.interest.changed(), if rooms_mode => {
-                match apply_interest(inner, &mut sink).await {
+            _ = shared.interest.changed(), if rooms_mode => {
+                match apply_interest(shared, &mut sink).await {
                     Ok(d) => due = d,
                     Err(why) => return Exit::Lost(why),
                 }
             }
             _ = &mut linger, if due.is_some() => {
-                match apply_interest(inner, &mut sink).await {
+                match apply_interest(shared, &mut sink).await {
                     Ok(d) => due = d,
                     Err(why) => return Exit::Lost(why),
                 }
@@ -484,21 +484,21 @@ async fn connected_loop(
                 Some(Incoming::Nothing) => {}
                 Some(Incoming::Cut(why)) => return Exit::Lost(why),
                 Some(Incoming::Dropped(channel)) => {
-                    if inner.interest.needed(&channel) {
+                    if shared.interest.needed(&channel) {
                         // Redis moved the channel's slot to another shard.
-                        BusStats::incr(&inner.stats.slot_moves);
+                        BusStats::incr(&shared.stats.slot_moves);
                         return Exit::Lost("a subscribed slot moved");
                     }
                 }
                 Some(Incoming::Msg(m)) => {
-                    let stamp = match on_message(inner, delivery, m.get_channel_name(), m.get_payload_bytes()).await {
+                    let stamp = match on_message(shared, delivery, m.get_channel_name(), m.get_payload_bytes()).await {
                         Handled::Done(stamp) => stamp,
                         Handled::Resync(why) => return Exit::Lost(why),
                     };
                     if stamp.is_some_and(|(node, ts)| lag.behind(&node, ts, now_ms())) {
                         // The client library reads the socket into a queue without bound:
                         // let go of it (and of Redis's buffer) and repair from history.
-                        BusStats::incr(&inner.stats.lag_resyncs);
+                        BusStats::incr(&shared.stats.lag_resyncs);
                         return Exit::Lost("subscription fell behind");
                     }
                 }
@@ -509,10 +509,10 @@ async fn connected_loop(
                 while let Ok(r) = baselines.try_recv() {
                     rooms.push(r);
                 }
-                read_baselines(inner, rooms).await;
+                read_baselines(shared, rooms).await;
             }
             _ = ping.tick() => {
-                if let Err(why) = sink.ping(inner).await {
+                if let Err(why) = sink.ping(shared).await {
                     return Exit::Lost(why);
                 }
             }
@@ -596,7 +596,7 @@ enum Handled {
 /// wrong channel, forged or out of range is counted, logged at a rate limit and dropped;
 /// it never closes a client.
 async fn on_message(
-    inner: &Inner,
+    shared: &Shared,
     delivery: &dyn Delivery,
     channel: &str,
     payload: &[u8],
@@ -605,7 +605,7 @@ async fn on_message(
         Ok(env) => env,
         Err(e) => {
             bad(
-                inner,
+                shared,
                 "undecodable or invalid envelope",
                 channel,
                 &e.message,
@@ -613,22 +613,22 @@ async fn on_message(
             return Handled::Done(None);
         }
     };
-    BusStats::incr(&inner.stats.messages_received);
+    BusStats::incr(&shared.stats.messages_received);
     let source = channel;
-    let channel = inner.keys.parse_channel(channel);
+    let channel = shared.keys.parse_channel(channel);
     let node = env.node;
     match (channel, env.msg) {
         (Channel::Room(name), msg @ BusMessage::Message { .. }) => {
             let Some(m) = envelope::room_message(msg) else {
-                bad(inner, "not a room message", source, "");
+                bad(shared, "not a room message", source, "");
                 return Handled::Done(None);
             };
             if m.publication.room.as_str() != name {
-                bad(inner, "room message on another room's channel", source, "");
+                bad(shared, "room message on another room's channel", source, "");
                 return Handled::Done(None);
             }
             let stamp = m.publication.offset.map(|_| (node, m.publication.ts));
-            match on_room_message(inner, delivery, m, payload).await {
+            match on_room_message(shared, delivery, m, payload).await {
                 Ok(true) => Handled::Done(stamp),
                 Ok(false) => Handled::Done(None),
                 Err(why) => Handled::Resync(why),
@@ -648,7 +648,7 @@ async fn on_message(
             };
             if to.as_str() != name {
                 bad(
-                    inner,
+                    shared,
                     "direct message on another user's channel",
                     source,
                     "",
@@ -670,9 +670,9 @@ async fn on_message(
             if close::valid_for_disconnect(code) {
                 delivery.deliver(BusEvent::Disconnect { user, code });
             } else {
-                BusStats::incr(&inner.stats.bad_controls);
+                BusStats::incr(&shared.stats.bad_controls);
                 bad(
-                    inner,
+                    shared,
                     "disconnect with a close code a disconnect may not carry",
                     source,
                     &code.to_string(),
@@ -682,7 +682,7 @@ async fn on_message(
         }
         _ => {
             bad(
-                inner,
+                shared,
                 "message of a kind its channel does not carry",
                 source,
                 "",
@@ -700,12 +700,12 @@ fn deliver_room(delivery: &dyn Delivery, m: RoomMessage) {
 }
 
 /// Records `track` as where `room` stands, if it is still watched.
-fn set_track(inner: &Inner, room: &RoomName, track: Track) {
-    inner.tracking.set(room, track);
+fn set_track(shared: &Shared, room: &RoomName, track: Track) {
+    shared.tracking.set(room, track);
 }
 
-fn lost(inner: &Inner, delivery: &dyn Delivery, room: &RoomName, why: &str) {
-    BusStats::incr(&inner.stats.gaps_lost);
+fn lost(shared: &Shared, delivery: &dyn Delivery, room: &RoomName, why: &str) {
+    BusStats::incr(&shared.stats.gaps_lost);
     tracing::warn!(%room, why, "messages lost on the bus cannot be recovered");
     delivery.deliver(BusEvent::Gap { room: room.clone() });
 }
@@ -714,16 +714,16 @@ fn lost(inner: &Inner, delivery: &dyn Delivery, room: &RoomName, why: &str) {
 /// history first. `Ok(false)`: dropped as forged (counted); `Err`: it could not be
 /// checked (Redis failed), the subscription must re-synchronise.
 async fn on_room_message(
-    inner: &Inner,
+    shared: &Shared,
     delivery: &dyn Delivery,
     m: RoomMessage,
     payload: &[u8],
 ) -> Result<bool, &'static str> {
-    if !inner.tracking.holds(&m.publication.room) {
+    if !shared.tracking.holds(&m.publication.room) {
         // No local member (a room is watched from its first local join, under the hub's
         // lock): pattern mode receives every room's messages, rooms mode only those of a
         // left room whose channel still lingers. Counted, to show what each mode costs.
-        BusStats::incr(&inner.stats.unwanted_room_messages);
+        BusStats::incr(&shared.stats.unwanted_room_messages);
     }
     let Some(offset) = m.publication.offset else {
         // volatile or emitter message: no order to keep, and it moves nothing
@@ -733,17 +733,17 @@ async fn on_room_message(
     let room = m.publication.room.clone();
     // The envelope decoder refuses an offset without an epoch.
     let Some(epoch) = m.epoch.clone() else {
-        bad(inner, "an offset without an epoch", room.as_str(), "");
+        bad(shared, "an offset without an epoch", room.as_str(), "");
         return Ok(false);
     };
-    let plan = inner.tracking.with(&room, |t| plan(t, offset, &epoch));
+    let plan = shared.tracking.with(&room, |t| plan(t, offset, &epoch));
     if plan.needs_check() {
-        match written_by_the_script(inner, &room, offset, &epoch, payload).await {
+        match written_by_the_script(shared, &room, offset, &epoch, payload).await {
             Ok(true) => {}
             Ok(false) => {
-                BusStats::incr(&inner.stats.forged_offsets);
+                BusStats::incr(&shared.stats.forged_offsets);
                 bad(
-                    inner,
+                    shared,
                     "room message whose offset or epoch the room's history does not hold",
                     room.as_str(),
                     &format!("offset {offset} epoch {epoch}"),
@@ -761,21 +761,21 @@ async fn on_room_message(
         Plan::Drop => tracing::trace!(%room, offset, "duplicate dropped"),
         Plan::Advance | Plan::First => {
             deliver_room(delivery, m);
-            set_track(inner, &room, known(offset, epoch, payload));
+            set_track(shared, &room, known(offset, epoch, payload));
         }
         Plan::Repair { from } => {
-            repair(inner, delivery, &room, from, offset - 1, &epoch).await;
+            repair(shared, delivery, &room, from, offset - 1, &epoch).await;
             deliver_room(delivery, m);
-            set_track(inner, &room, known(offset, epoch, payload));
+            set_track(shared, &room, known(offset, epoch, payload));
         }
         Plan::NewEpoch => {
             // The loss first: no member of the old epoch may see an offset of the new.
-            lost(inner, delivery, &room, "history lost: a new epoch started");
+            lost(shared, delivery, &room, "history lost: a new epoch started");
             if offset > 1 {
-                repair(inner, delivery, &room, 1, offset - 1, &epoch).await;
+                repair(shared, delivery, &room, 1, offset - 1, &epoch).await;
             }
             deliver_room(delivery, m);
-            set_track(inner, &room, known(offset, epoch, payload));
+            set_track(shared, &room, known(offset, epoch, payload));
         }
     }
     Ok(true)
@@ -787,7 +787,7 @@ async fn on_room_message(
 /// offset in the same epoch. An offset ahead of the room's, an epoch the room does not
 /// have, or other bytes at that offset are not the script's.
 async fn written_by_the_script(
-    inner: &Inner,
+    shared: &Shared,
     room: &RoomName,
     offset: u64,
     epoch: &str,
@@ -796,14 +796,14 @@ async fn written_by_the_script(
     let id = format!("{offset}-0");
     let mut p = redis::pipe();
     p.cmd("XRANGE")
-        .arg(inner.keys.history(room))
+        .arg(shared.keys.history(room))
         .arg(&id)
         .arg(&id);
-    p.cmd("HMGET").arg(inner.keys.meta(room)).arg("e").arg("s");
+    p.cmd("HMGET").arg(shared.keys.meta(room)).arg("e").arg("s");
     let (entries, (meta_epoch, meta_offset)): (Vec<StreamEntry>, (Option<String>, Option<u64>)) =
-        inner
+        shared
             .run("check a room message", async {
-                let mut c = inner.conn().await?;
+                let mut c = shared.conn().await?;
                 p.query_async(&mut c).await.map_err(OpError::from)
             })
             .await?;
@@ -817,42 +817,42 @@ async fn written_by_the_script(
 
 /// Reads `from..=to` of `epoch` from the room's stream and delivers it, or reports a gap.
 async fn repair(
-    inner: &Inner,
+    shared: &Shared,
     delivery: &dyn Delivery,
     room: &RoomName,
     from: u64,
     to: u64,
     epoch: &str,
 ) {
-    match read_range(inner, room, from, to, epoch).await {
+    match read_range(shared, room, from, to, epoch).await {
         Ok(messages) => {
-            BusStats::incr(&inner.stats.gap_repairs);
+            BusStats::incr(&shared.stats.gap_repairs);
             tracing::info!(%room, from, to, "gap on the bus repaired from history");
             for m in messages {
                 deliver_room(delivery, m);
             }
         }
-        Err(why) => lost(inner, delivery, room, &why),
+        Err(why) => lost(shared, delivery, room, &why),
     }
 }
 
 /// The messages `from..=to` of `epoch`, complete, or why not.
 async fn read_range(
-    inner: &Inner,
+    shared: &Shared,
     room: &RoomName,
     from: u64,
     to: u64,
     epoch: &str,
 ) -> Result<Vec<RoomMessage>, String> {
     let count = to + 1 - from;
-    let most = (inner.cfg.history_size as u64).max(inner.cfg.max_recover as u64);
+    let most = (shared.cfg.history_size as u64).max(shared.cfg.max_recover as u64);
     if count > most {
         return Err(format!("{count} messages missing, more than history holds"));
     }
-    let key = inner.keys.history(room);
-    let entries: Vec<StreamEntry> = inner
+    let key = shared.keys.history(room);
+    let entries: Vec<StreamEntry> = shared
         .run("gap repair", async {
-            let mut c = inner.conn().await?;
+            let mut c = shared.conn().await?;
             let v = redis::cmd("XRANGE")
                 .arg(&key)
                 .arg(format!("{from}-0"))
@@ -890,21 +890,21 @@ async fn read_range(
 
 /// Each room's `(offset, epoch)` from its meta hash; `None` when it has no history.
 async fn read_metas(
-    inner: &Inner,
+    shared: &Shared,
     rooms: &[RoomName],
 ) -> Result<Vec<Option<(u64, String)>>, BusError> {
     if rooms.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Option<u64>, Option<String>)> = if inner.is_cluster() {
+    let rows: Vec<(Option<u64>, Option<String>)> = if shared.is_cluster() {
         // A pipeline may not span slots on a cluster: one command per room, all sent at
         // once (the connection pipelines those of one shard).
-        inner
+        shared
             .run("read offsets", async {
-                let c = inner.conn().await?;
+                let c = shared.conn().await?;
                 let reads = rooms.iter().map(|r| {
                     let mut c = c.clone();
-                    let key = inner.keys.meta(r);
+                    let key = shared.keys.meta(r);
                     async move {
                         redis::cmd("HMGET")
                             .arg(key)
@@ -923,11 +923,11 @@ async fn read_metas(
     } else {
         let mut p = redis::pipe();
         for r in rooms {
-            p.cmd("HMGET").arg(inner.keys.meta(r)).arg("s").arg("e");
+            p.cmd("HMGET").arg(shared.keys.meta(r)).arg("s").arg("e");
         }
-        inner
+        shared
             .run("read offsets", async {
-                let mut c = inner.conn().await?;
+                let mut c = shared.conn().await?;
                 p.query_async(&mut c).await.map_err(OpError::from)
             })
             .await?
@@ -942,10 +942,10 @@ async fn read_metas(
 }
 
 /// Sets the baseline of rooms that are still `Pending`.
-async fn read_baselines(inner: &Inner, rooms: Vec<RoomName>) {
+async fn read_baselines(shared: &Shared, rooms: Vec<RoomName>) {
     for chunk in rooms.chunks(META_BATCH) {
-        match read_metas(inner, chunk).await {
-            Ok(metas) => inner.tracking.set_baselines(chunk, metas),
+        match read_metas(shared, chunk).await {
+            Ok(metas) => shared.tracking.set_baselines(chunk, metas),
             // They stay Pending: the first message sets their baseline instead.
             Err(e) => tracing::debug!(error = %e, "reading baselines failed"),
         }
@@ -954,12 +954,12 @@ async fn read_baselines(inner: &Inner, rooms: Vec<RoomName>) {
 
 /// After (re)subscribing: brings every watched room up to its meta offset, repairing
 /// from history what can be repaired and reporting gaps for the rest.
-async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> {
-    let rooms = inner.tracking.rooms();
+async fn resync(shared: &Shared, delivery: &dyn Delivery) -> Result<(), BusError> {
+    let rooms = shared.tracking.rooms();
     for chunk in rooms.chunks(META_BATCH) {
-        let metas = read_metas(inner, chunk).await?;
+        let metas = read_metas(shared, chunk).await?;
         for (room, meta) in chunk.iter().zip(metas) {
-            let Some(track) = inner.tracking.get(room) else {
+            let Some(track) = shared.tracking.get(room) else {
                 continue;
             };
             let (last, known_epoch, sig) = match track {
@@ -974,7 +974,7 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                             epoch: None,
                         },
                     };
-                    set_track(inner, room, t);
+                    set_track(shared, room, t);
                     continue;
                 }
                 Track::Soft { offset, epoch } => (offset, epoch, None),
@@ -986,10 +986,10 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                     // members that know its epoch (every member read it when joining)
                     // must learn it, or they would take the next epoch's offsets for it.
                     if last > 0 || known_epoch.is_some() {
-                        lost(inner, delivery, room, "history lost");
+                        lost(shared, delivery, room, "history lost");
                     }
                     set_track(
-                        inner,
+                        shared,
                         room,
                         Track::Soft {
                             offset: 0,
@@ -999,9 +999,9 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                 }
                 Some((offset, epoch)) => {
                     if known_epoch.as_deref().is_some_and(|e| e != epoch) {
-                        lost(inner, delivery, room, "epoch changed");
+                        lost(shared, delivery, room, "epoch changed");
                         set_track(
-                            inner,
+                            shared,
                             room,
                             Track::Known {
                                 offset,
@@ -1010,7 +1010,7 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                             },
                         );
                     } else if (offset < last && known_epoch.is_some())
-                        || (offset >= last && diverged(inner, room, last, sig.as_deref()).await?)
+                        || (offset >= last && diverged(shared, room, last, sig.as_deref()).await?)
                     {
                         // The room's stored offset is below one this node has delivered
                         // (or read) in the same epoch, or another message sits where the
@@ -1019,18 +1019,18 @@ async fn resync(inner: &Inner, delivery: &dyn Delivery) -> Result<(), BusError> 
                         // reuse (or did reuse) an offset members hold: a new epoch, once,
                         // cluster-wide.
                         let track =
-                            new_epoch_after_loss(inner, room, &epoch, last, sig.as_deref()).await?;
+                            new_epoch_after_loss(shared, room, &epoch, last, sig.as_deref()).await?;
                         lost(
-                            inner,
+                            shared,
                             delivery,
                             room,
                             "publishes lost in a failover: a new epoch started",
                         );
-                        set_track(inner, room, track);
+                        set_track(shared, room, track);
                     } else if offset > last {
-                        repair(inner, delivery, room, last + 1, offset, &epoch).await;
+                        repair(shared, delivery, room, last + 1, offset, &epoch).await;
                         set_track(
-                            inner,
+                            shared,
                             room,
                             Track::Known {
                                 offset,
@@ -1058,7 +1058,7 @@ fn known(offset: u64, epoch: String, payload: &[u8]) -> Track {
 /// Whether the room's stream holds another message at `offset` than the one this node
 /// delivered there (`sig`). A trimmed entry, or no signature, proves nothing: false.
 async fn diverged(
-    inner: &Inner,
+    shared: &Shared,
     room: &RoomName,
     offset: u64,
     sig: Option<&str>,
@@ -1070,10 +1070,10 @@ async fn diverged(
         return Ok(false);
     }
     let id = format!("{offset}-0");
-    let key = inner.keys.history(room);
-    let entries: Vec<StreamEntry> = inner
+    let key = shared.keys.history(room);
+    let entries: Vec<StreamEntry> = shared
         .run("check the last delivered message", async {
-            let mut c = inner.conn().await?;
+            let mut c = shared.conn().await?;
             redis::cmd("XRANGE")
                 .arg(&key)
                 .arg(&id)
@@ -1094,28 +1094,28 @@ async fn diverged(
 /// Starts a new epoch for a room whose stored offset fell below `delivered` in `epoch`
 /// (compare and set: only if it is still so); the room's track from here.
 async fn new_epoch_after_loss(
-    inner: &Inner,
+    shared: &Shared,
     room: &RoomName,
     epoch: &str,
     delivered: u64,
     sig: Option<&str>,
 ) -> Result<Track, BusError> {
     let fresh = new_epoch();
-    let mut inv = inner.scripts.epoch_cas.prepare_invoke();
-    inv.key(inner.keys.meta(room))
-        .key(inner.keys.history(room))
+    let mut inv = shared.scripts.epoch_cas.prepare_invoke();
+    inv.key(shared.keys.meta(room))
+        .key(shared.keys.history(room))
         .arg(epoch)
         .arg(delivered)
         .arg(&fresh)
-        .arg(Inner::ms(inner.cfg.history_ttl))
+        .arg(Shared::ms(shared.cfg.history_ttl))
         .arg(sig.unwrap_or(""));
-    let won: i64 = inner
+    let won: i64 = shared
         .run("new epoch after a loss", async {
-            let mut c = inner.conn().await?;
+            let mut c = shared.conn().await?;
             inv.invoke_async(&mut c).await.map_err(OpError::from)
         })
         .await?;
-    BusStats::incr(&inner.stats.epoch_resets);
+    BusStats::incr(&shared.stats.epoch_resets);
     tracing::warn!(%room, delivered, won = won == 1, "room's stored offset fell below what was delivered: new epoch");
     Ok(if won == 1 {
         Track::Known {

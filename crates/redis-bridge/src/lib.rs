@@ -7,6 +7,7 @@
 //! Nothing here knows about WebSockets.
 
 mod bus;
+mod common;
 mod memory;
 mod redis;
 

@@ -2,15 +2,16 @@
 //! epochs, history caps, idempotency window, user-level presence events), in process.
 
 use crate::bus::*;
+use crate::common::{check_disconnect_code, lock, random_epoch};
 use async_trait::async_trait;
 use roomcast_protocol::{Count, Member, Publication, RoomName, UserId};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
-/// The dedupe map is not swept below this many keys.
-const DEDUPE_SWEEP_MIN: usize = 1024;
+/// The dedupe and rooms maps are not swept below this many keys.
+const SWEEP_MIN: usize = 1024;
 
 /// The in-process bus. Every room has its own lock, held while its offset is assigned,
 /// its history appended and the message handed to the node, so that delivery order is
@@ -19,13 +20,16 @@ pub struct MemoryBus {
     cfg: BusConfig,
     delivery: OnceLock<Arc<dyn Delivery>>,
     rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomLog>>>>,
+    /// When the rooms map is swept of rooms whose history expired.
+    rooms_sweep: SweepAt,
     dedupe: Mutex<HashMap<String, (Instant, PublishResult)>>,
-    /// The dedupe map's size at which its expired keys are swept next (twice what was
-    /// left after the last sweep): bounded, at a constant cost per key amortised.
-    dedupe_sweep_at: std::sync::atomic::AtomicUsize,
+    /// When the dedupe map is swept of keys past the window.
+    dedupe_sweep: SweepAt,
     presence: Mutex<HashMap<RoomName, BTreeMap<UserId, HashSet<String>>>>,
     stats: BusStats,
-    stop: CancellationToken,
+    /// Set by [`Bus::close`]: from then on the bus says it is not ready. Nothing else
+    /// stops: the bus runs no task.
+    closed: AtomicBool,
     /// This node's heartbeat and when it expires: a standalone cluster is this node alone.
     node: Mutex<Option<(Instant, NodeStats)>>,
 }
@@ -37,10 +41,31 @@ struct RoomLog {
     messages: VecDeque<Arc<Publication>>,
 }
 
+/// When a map that grows between sweeps is swept next: once it holds twice what its
+/// last sweep left (and at least [`SWEEP_MIN`]), so it stays bounded by twice its live
+/// keys, at a constant cost per key amortised, whatever adds the keys.
+struct SweepAt(AtomicUsize);
+
+impl SweepAt {
+    fn new() -> Self {
+        SweepAt(AtomicUsize::new(SWEEP_MIN))
+    }
+
+    /// Whether a map of `len` keys is due.
+    fn due(&self, len: usize) -> bool {
+        len >= self.0.load(Ordering::Relaxed)
+    }
+
+    /// A sweep left `left` keys.
+    fn swept(&self, left: usize) {
+        self.0.store((left * 2).max(SWEEP_MIN), Ordering::Relaxed);
+    }
+}
+
 impl RoomLog {
     fn new(now: Instant) -> Self {
         RoomLog {
-            epoch: new_epoch(),
+            epoch: random_epoch(),
             offset: 0,
             last_publish: now,
             messages: VecDeque::new(),
@@ -55,11 +80,6 @@ impl RoomLog {
     }
 }
 
-/// A fresh random epoch.
-pub(crate) fn new_epoch() -> String {
-    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
-}
-
 impl MemoryBus {
     /// A bus with the given settings (only the history, dedupe and presence ones apply).
     pub fn new(cfg: BusConfig) -> Self {
@@ -67,11 +87,12 @@ impl MemoryBus {
             cfg,
             delivery: OnceLock::new(),
             rooms: Mutex::new(HashMap::new()),
+            rooms_sweep: SweepAt::new(),
             dedupe: Mutex::new(HashMap::new()),
-            dedupe_sweep_at: std::sync::atomic::AtomicUsize::new(DEDUPE_SWEEP_MIN),
+            dedupe_sweep: SweepAt::new(),
             presence: Mutex::new(HashMap::new()),
             stats: BusStats::default(),
-            stop: CancellationToken::new(),
+            closed: AtomicBool::new(false),
             node: Mutex::new(None),
         }
     }
@@ -83,12 +104,26 @@ impl MemoryBus {
         }
     }
 
+    /// The log of `room`, made now if it has none. A new room may first sweep the map of
+    /// rooms whose history expired (as their Redis keys would) and that no call holds.
     fn room(&self, room: &RoomName) -> Arc<Mutex<RoomLog>> {
         let mut rooms = lock(&self.rooms);
-        rooms
-            .entry(room.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(RoomLog::new(Instant::now()))))
-            .clone()
+        if let Some(log) = rooms.get(room) {
+            return log.clone();
+        }
+        let now = Instant::now();
+        if self.rooms_sweep.due(rooms.len()) {
+            let ttl = self.cfg.history_ttl;
+            // Lock order: the map, then a room (as nowhere else is a room's lock held
+            // while the map's is taken). A log only the map holds is locked by no one.
+            rooms.retain(|_, log| {
+                Arc::strong_count(log) > 1 || now.duration_since(lock(log).last_publish) <= ttl
+            });
+            self.rooms_sweep.swept(rooms.len());
+        }
+        let log = Arc::new(Mutex::new(RoomLog::new(now)));
+        rooms.insert(room.clone(), log.clone());
+        log
     }
 
     /// Remembers `key` or returns what it got the first time.
@@ -108,35 +143,17 @@ impl MemoryBus {
     }
 
     fn dedupe_store(&self, key: &Option<String>, res: &PublishResult) {
-        use std::sync::atomic::Ordering::Relaxed;
         let Some(key) = key else { return };
         let now = Instant::now();
         let mut d = lock(&self.dedupe);
         d.insert(key.clone(), (now, res.clone()));
         // Publishes and sends alike: expired keys go whenever the map has doubled.
-        if d.len() >= self.dedupe_sweep_at.load(Relaxed) {
+        if self.dedupe_sweep.due(d.len()) {
             let window = self.cfg.dedupe_window;
             d.retain(|_, (at, _)| now.duration_since(*at) < window);
-            self.dedupe_sweep_at
-                .store((d.len() * 2).max(DEDUPE_SWEEP_MIN), Relaxed);
+            self.dedupe_sweep.swept(d.len());
         }
     }
-
-    fn sweep(&self) {
-        let now = Instant::now();
-        lock(&self.dedupe).retain(|_, (at, _)| now.duration_since(*at) < self.cfg.dedupe_window);
-        let ttl = self.cfg.history_ttl;
-        lock(&self.rooms).retain(|_, log| {
-            let log = lock(log);
-            now.duration_since(log.last_publish) <= ttl
-        });
-    }
-}
-
-/// Locks a std mutex, recovering from poisoning (the data stays consistent: no critical
-/// section here can panic half-way).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[async_trait]
@@ -145,9 +162,7 @@ impl Bus for MemoryBus {
         if self.delivery.set(delivery).is_err() {
             return Err(BusError::Internal("bus started twice".into()));
         }
-        // `start` is called on a bus inside an Arc by the gateway; the sweeper holds a weak
-        // view through the stop token and a clone of what it needs is not available here,
-        // so sweeping happens lazily on publish instead (see `publish`).
+        // No task: the dedupe and rooms maps are swept as they grow (see `SweepAt`).
         Ok(())
     }
 
@@ -190,9 +205,6 @@ impl Bus for MemoryBus {
             result
         };
         self.dedupe_store(&req.idempotency_key, &result);
-        if result.offset.is_some_and(|o| o % 4096 == 0) {
-            self.sweep();
-        }
         Ok(result)
     }
 
@@ -351,11 +363,7 @@ impl Bus for MemoryBus {
     }
 
     async fn disconnect_user(&self, user: &UserId, code: u16) -> Result<(), BusError> {
-        if !roomcast_protocol::close::valid_for_disconnect(code) {
-            return Err(BusError::Internal(format!(
-                "close code {code} cannot end a disconnected user's connections"
-            )));
-        }
+        check_disconnect_code(code)?;
         self.deliver(BusEvent::Disconnect {
             user: user.clone(),
             code,
@@ -368,7 +376,7 @@ impl Bus for MemoryBus {
     fn unwatch_room(&self, _room: &RoomName) {}
 
     fn is_ready(&self) -> bool {
-        !self.stop.is_cancelled()
+        !self.closed.load(Ordering::Acquire)
     }
 
     async fn report_node(&self, stats: &NodeStats, ttl: Duration) -> Result<(), BusError> {
@@ -401,12 +409,12 @@ impl Bus for MemoryBus {
     }
 
     async fn close(&self) {
-        self.stop.cancel();
+        self.closed.store(true, Ordering::Release);
     }
 }
 
 #[cfg(test)]
-mod dedupe_tests {
+mod sweep_tests {
     use super::*;
 
     #[tokio::test]
@@ -430,6 +438,37 @@ mod dedupe_tests {
             };
             bus.send(req).await.expect("send");
         }
-        assert!(lock(&bus.dedupe).len() <= 2 * DEDUPE_SWEEP_MIN);
+        assert!(lock(&bus.dedupe).len() <= 2 * SWEEP_MIN);
+    }
+
+    #[tokio::test]
+    async fn rooms_whose_history_expired_are_swept_as_rooms_are_added() {
+        // Every room's history expires at once: however many rooms are published to (one
+        // message each, so no offset ever reaches a round number), the map stays bounded.
+        let bus = MemoryBus::new(BusConfig {
+            history_ttl: Duration::ZERO,
+            ..BusConfig::default()
+        });
+        let user = UserId::new("bob").expect("user");
+        for i in 0..10_000 {
+            let room = RoomName::new(&format!("r{i}")).expect("room");
+            let publication = Publication {
+                room,
+                event: roomcast_protocol::EventName::new("e").expect("event"),
+                data: serde_json::Value::Null,
+                from: user.clone(),
+                offset: None,
+                ts: 0,
+            };
+            bus.publish(PublishRequest {
+                publication,
+                skip: None,
+                idempotency_key: None,
+                volatile: false,
+            })
+            .await
+            .expect("publish");
+        }
+        assert!(lock(&bus.rooms).len() <= 2 * SWEEP_MIN);
     }
 }

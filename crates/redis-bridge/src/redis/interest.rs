@@ -6,7 +6,7 @@
 //! waiting in `ready` once their channel is confirmed. A channel nobody wants any more
 //! is unsubscribed only after the linger, so that churn costs no command.
 
-use super::lock;
+use crate::common::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! node. A draining node removes its field. Redis 7.0 has no per-field expiry, hence
 //! the expiry in the value. The hash is one key: on a Redis Cluster it lives on one shard.
 
-use super::{Shared, OpError};
+use super::{OpError, Shared};
 use crate::bus::{BusError, NodeStats};
 use std::time::Duration;
 

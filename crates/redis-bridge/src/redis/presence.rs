@@ -10,8 +10,9 @@
 
 use super::conn::Conn;
 use super::keys::Keys;
-use super::{envelope, lock, Shared, OpError};
+use super::{envelope, OpError, Shared};
 use crate::bus::{BusError, PresenceSnapshot};
+use crate::common::lock;
 use futures_util::future::join_all;
 use roomcast_protocol::{BusMessage, Count, Member, RoomName, UserId};
 use std::collections::HashMap;
@@ -41,57 +42,80 @@ fn key_ttl_ms(shared: &Shared) -> u64 {
         .max(1000)
 }
 
-/// Runs the join script for one entry (used to join and to refresh).
-async fn run_join(
+/// A call of a presence script on `room`, with the keys every one takes: the room's
+/// entries, its users and its channel (for member events).
+fn invocation<'a>(
     shared: &Shared,
-    conn: &mut Conn,
+    script: &'a redis::Script,
     room: &RoomName,
-    user: &UserId,
-    conn_id: &str,
-) -> Result<(), OpError> {
-    let joined = envelope::encode(
-        &shared.cfg.node_id,
-        BusMessage::MemberJoined {
-            room: room.clone(),
-            user: user.clone(),
-        },
-    )
-    .map_err(|e| OpError::Bad(e.to_string()))?;
-    let mut inv = shared.scripts.presence_join.prepare_invoke();
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
     inv.key(shared.keys.presence(room))
         .key(shared.keys.presence_users(room))
-        .key(shared.keys.room_channel(room))
-        .arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
-        .arg(user.as_str())
-        .arg(Shared::ms(shared.cfg.presence_ttl))
-        .arg(joined)
-        .arg(key_ttl_ms(shared));
-    inv.invoke_async::<i64>(conn).await?;
-    Ok(())
+        .key(shared.keys.room_channel(room));
+    inv
 }
 
-async fn run_leave(
+/// A call of a script that sweeps `room`'s expired entries first (read, sweep): which
+/// node sweeps, the room (for member events) and how many entries at most.
+fn sweeping<'a>(
+    shared: &Shared,
+    script: &'a redis::Script,
+    room: &RoomName,
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = invocation(shared, script, room);
+    inv.arg(&shared.cfg.node_id)
+        .arg(room.as_str())
+        .arg(SWEEP_MAX);
+    inv
+}
+
+/// A change of one presence entry.
+#[derive(Clone, Copy)]
+enum Change {
+    /// Add (or refresh) the entry; `member_joined` on the user's first connection.
+    Join,
+    /// Remove the entry; `member_left` on the user's last connection.
+    Leave,
+}
+
+/// Runs the join or leave script for one entry (join also refreshes).
+async fn run_script(
     shared: &Shared,
     conn: &mut Conn,
+    change: Change,
     room: &RoomName,
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), OpError> {
-    let left = envelope::encode(
-        &shared.cfg.node_id,
-        BusMessage::MemberLeft {
-            room: room.clone(),
-            user: user.clone(),
-        },
-    )
-    .map_err(|e| OpError::Bad(e.to_string()))?;
-    let mut inv = shared.scripts.presence_leave.prepare_invoke();
-    inv.key(shared.keys.presence(room))
-        .key(shared.keys.presence_users(room))
-        .key(shared.keys.room_channel(room))
-        .arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
-        .arg(user.as_str())
-        .arg(left);
+    let (script, event) = match change {
+        Change::Join => (
+            &shared.scripts.presence_join,
+            BusMessage::MemberJoined {
+                room: room.clone(),
+                user: user.clone(),
+            },
+        ),
+        Change::Leave => (
+            &shared.scripts.presence_leave,
+            BusMessage::MemberLeft {
+                room: room.clone(),
+                user: user.clone(),
+            },
+        ),
+    };
+    let payload =
+        envelope::encode(&shared.cfg.node_id, event).map_err(|e| OpError::Bad(e.to_string()))?;
+    let mut inv = invocation(shared, script, room);
+    inv.arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
+        .arg(user.as_str());
+    match change {
+        Change::Join => inv
+            .arg(Shared::ms(shared.cfg.presence_ttl))
+            .arg(payload)
+            .arg(key_ttl_ms(shared)),
+        Change::Leave => inv.arg(payload),
+    };
     inv.invoke_async::<i64>(conn).await?;
     Ok(())
 }
@@ -109,7 +133,7 @@ pub(crate) async fn join(
     let r = shared
         .run("presence join", async {
             let mut c = shared.conn().await?;
-            run_join(shared, &mut c, room, user, conn_id).await
+            run_script(shared, &mut c, Change::Join, room, user, conn_id).await
         })
         .await;
     if r.is_err() {
@@ -129,7 +153,7 @@ pub(crate) async fn leave(
     shared
         .run("presence leave", async {
             let mut c = shared.conn().await?;
-            run_leave(shared, &mut c, room, user, conn_id).await
+            run_script(shared, &mut c, Change::Leave, room, user, conn_id).await
         })
         .await
 }
@@ -140,14 +164,8 @@ pub(crate) async fn read(
     room: &RoomName,
     limit: usize,
 ) -> Result<PresenceSnapshot, BusError> {
-    let mut inv = shared.scripts.presence_read.prepare_invoke();
-    inv.key(shared.keys.presence(room))
-        .key(shared.keys.presence_users(room))
-        .key(shared.keys.room_channel(room))
-        .arg(&shared.cfg.node_id)
-        .arg(room.as_str())
-        .arg(SWEEP_MAX)
-        .arg(limit.saturating_mul(FULL_READ_FACTOR).max(FULL_READ_MIN))
+    let mut inv = sweeping(shared, &shared.scripts.presence_read, room);
+    inv.arg(limit.saturating_mul(FULL_READ_FACTOR).max(FULL_READ_MIN))
         .arg(limit.max(1));
     let (users, connections, flat): (u64, u64, Vec<(String, i64)>) = shared
         .run("presence", async {
@@ -184,11 +202,14 @@ pub(crate) async fn remove_all(shared: &Shared) {
         .run("presence cleanup", async {
             let c = shared.conn().await?;
             for chunk in entries.chunks(BATCH) {
-                let results = join_all(chunk.iter().map(|((room, conn_id), user)| {
-                    let mut c = c.clone();
-                    async move { run_leave(shared, &mut c, room, user, conn_id).await }
-                }))
-                .await;
+                let results =
+                    join_all(chunk.iter().map(|((room, conn_id), user)| {
+                        let mut c = c.clone();
+                        async move {
+                            run_script(shared, &mut c, Change::Leave, room, user, conn_id).await
+                        }
+                    }))
+                    .await;
                 for r in results {
                     r?;
                 }
@@ -238,7 +259,7 @@ async fn refresh(shared: &Shared) -> Result<(), BusError> {
                         let still = lock(&shared.presence.entries)
                             .contains_key(&(room.clone(), conn_id.clone()));
                         if still {
-                            run_join(shared, &mut c, room, user, conn_id).await
+                            run_script(shared, &mut c, Change::Join, room, user, conn_id).await
                         } else {
                             Ok(())
                         }
@@ -261,13 +282,7 @@ async fn sweep_watched(shared: &Shared) -> Result<(), BusError> {
                 let results = join_all(chunk.iter().map(|room| {
                     let mut c = c.clone();
                     async move {
-                        let mut inv = shared.scripts.presence_sweep.prepare_invoke();
-                        inv.key(shared.keys.presence(room))
-                            .key(shared.keys.presence_users(room))
-                            .key(shared.keys.room_channel(room))
-                            .arg(&shared.cfg.node_id)
-                            .arg(room.as_str())
-                            .arg(SWEEP_MAX);
+                        let inv = sweeping(shared, &shared.scripts.presence_sweep, room);
                         inv.invoke_async::<i64>(&mut c).await.map_err(OpError::from)
                     }
                 }))

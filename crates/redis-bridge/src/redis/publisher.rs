@@ -16,10 +16,11 @@
 //! keys the script does not declare, which a slot that moves mid-batch turns into a
 //! half-applied batch; per slot, MOVED and ASK are followed before anything runs.)
 
-use super::envelope::SplitEnvelope;
-use super::{Shared, OpError};
-use crate::bus::{BusError, BusStats};
-use crate::memory::new_epoch;
+use super::envelope::{self, SplitEnvelope};
+use super::{OpError, Shared};
+use crate::bus::{BusError, BusStats, PublishRequest, PublishResult};
+use crate::common::random_epoch;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -117,7 +118,7 @@ async fn call(shared: &Shared, batch: &[&Job]) -> Result<Vec<(u8, String)>, BusE
         .arg(Shared::ms(shared.cfg.history_ttl))
         .arg(Shared::ms(shared.cfg.dedupe_window))
         .arg(&shared.envelope_head)
-        .arg(new_epoch());
+        .arg(random_epoch());
     for job in batch {
         inv.key(&job.meta)
             .key(&job.history)
@@ -134,4 +135,62 @@ async fn call(shared: &Shared, batch: &[&Job]) -> Result<Vec<(u8, String)>, BusE
             inv.invoke_async(&mut c).await.map_err(OpError::from)
         })
         .await
+}
+
+/// Publishes one room message through the publisher task: its offset and epoch, or
+/// whether it was a duplicate.
+pub(super) async fn publish(
+    shared: &Shared,
+    req: PublishRequest,
+) -> Result<PublishResult, BusError> {
+    let room = &req.publication.room;
+    let parts = envelope::split_message(&req.publication, req.skip.as_deref())?;
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        meta: shared.keys.meta(room),
+        history: shared.keys.history(room),
+        channel: shared.keys.room_channel(room),
+        dedupe: req
+            .idempotency_key
+            .as_deref()
+            .map(|k| shared.keys.publish_dedupe(room, k)),
+        slot: shared.keys.room_slot(room),
+        envelope: parts,
+        volatile: req.volatile,
+        reply,
+    };
+    if shared.closed.load(Ordering::Acquire) {
+        return Err(BusError::Unavailable("the bus is closed".into()));
+    }
+    // Bounded: a full queue waits (up to the timeout) rather than piling up.
+    let queued = tokio::time::timeout(shared.cfg.op_timeout, async {
+        shared.publish_tx.send(job).await.is_ok()
+    })
+    .await;
+    match queued {
+        Ok(true) => {}
+        Ok(false) => return Err(BusError::Unavailable("the bus is closed".into())),
+        Err(_) => return Err(BusError::Unavailable("publish: queue full".into())),
+    }
+    let (dup, result) = match answer.await {
+        Ok(r) => r?,
+        Err(_) => return Err(BusError::Unavailable("the bus is closed".into())),
+    };
+    let (offset, epoch) = result
+        .split_once(':')
+        .ok_or_else(|| BusError::Internal(format!("publish: unexpected reply {result:?}")))?;
+    let offset = if offset.is_empty() {
+        None
+    } else {
+        Some(
+            offset
+                .parse::<u64>()
+                .map_err(|_| BusError::Internal(format!("publish: bad offset {offset:?}")))?,
+        )
+    };
+    Ok(PublishResult {
+        offset,
+        epoch: epoch.to_string(),
+        duplicate: dup == 1,
+    })
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::mpsc;
 
-use super::lock;
+use crate::common::lock;
 
 /// How far a watched room has been delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,10 +19,11 @@ pub(crate) enum Track {
     /// Just watched: nothing known yet; the first message (or the room's meta, read
     /// by the subscriber) sets the baseline.
     Pending,
-    /// Baseline read from the room's meta. Messages up to `offset` were published
-    /// before that read and may still arrive: they are delivered as they come. The
-    /// next one after must be `offset + 1`.
-    Soft { offset: u64, epoch: Option<String> },
+    /// A baseline read (the room's meta, or a member's history read), not a delivery:
+    /// messages up to `offset` were published before that read and may still arrive;
+    /// they are delivered as they come. The next one after must be `offset + 1`.
+    /// `epoch: None`: the room had no history then.
+    Baseline { offset: u64, epoch: Option<String> },
     /// Every message of `epoch` up to `offset` has been delivered.
     /// `sig`: the SHA-1 (hex) of the envelope delivered at `offset`, when it came live:
     /// after a cut it tells whether the room's stream still holds that message there, or
@@ -32,6 +33,47 @@ pub(crate) enum Track {
         epoch: String,
         sig: Option<String>,
     },
+}
+
+impl Track {
+    /// The baseline of a room whose meta reads `meta` (offset and epoch; `None`: the
+    /// room has no history).
+    pub(crate) fn baseline(meta: Option<(u64, String)>) -> Track {
+        match meta {
+            Some((offset, epoch)) => Track::Baseline {
+                offset,
+                epoch: Some(epoch),
+            },
+            None => Track::Baseline {
+                offset: 0,
+                epoch: None,
+            },
+        }
+    }
+
+    /// Every message of `epoch` up to `offset` is delivered (or known lost), none of them
+    /// live: no signature to check after a cut.
+    pub(crate) fn known(offset: u64, epoch: String) -> Track {
+        Track::Known {
+            offset,
+            epoch,
+            sig: None,
+        }
+    }
+
+    /// The message at `offset` of `epoch` was just delivered live, its envelope `payload`.
+    pub(crate) fn delivered_live(offset: u64, epoch: String, payload: &[u8]) -> Track {
+        Track::Known {
+            offset,
+            epoch,
+            sig: Some(signature(payload)),
+        }
+    }
+}
+
+/// The signature of an envelope kept in [`Track::Known`]: its SHA-1, in hex.
+pub(crate) fn signature(payload: &[u8]) -> String {
+    sha1_smol::Sha1::from(payload).digest().to_string()
 }
 
 /// The watched rooms and their tracks, and the queue of rooms whose baseline offset the
@@ -108,16 +150,7 @@ impl Tracking {
         let mut w = lock(&self.rooms);
         for (room, meta) in rooms.iter().zip(metas) {
             if let Some(t @ Track::Pending) = w.get_mut(room) {
-                *t = match meta {
-                    Some((offset, epoch)) => Track::Soft {
-                        offset,
-                        epoch: Some(epoch),
-                    },
-                    None => Track::Soft {
-                        offset: 0,
-                        epoch: None,
-                    },
-                };
+                *t = Track::baseline(meta);
             }
         }
     }
@@ -127,11 +160,8 @@ impl Tracking {
     /// then signalled to that member too (it must never take another epoch's offsets).
     pub(crate) fn note_read(&self, room: &RoomName, offset: u64, epoch: &str) {
         if let Some(t) = lock(&self.rooms).get_mut(room) {
-            if matches!(t, Track::Pending | Track::Soft { epoch: None, .. }) {
-                *t = Track::Soft {
-                    offset,
-                    epoch: Some(epoch.to_string()),
-                };
+            if matches!(t, Track::Pending | Track::Baseline { epoch: None, .. }) {
+                *t = Track::baseline(Some((offset, epoch.to_string())));
             }
         }
     }

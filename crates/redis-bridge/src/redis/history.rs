@@ -1,0 +1,62 @@
+//! Reading a room's history (the history script: the room's meta and the end of its
+//! stream, or what a client missed since a position) and noting it as the room's
+//! baseline when the room is watched.
+
+use super::bad_input::bad;
+use super::{envelope, Shared};
+use crate::bus::{BusError, History, HistoryQuery};
+use crate::common::random_epoch;
+use roomcast_protocol::{Envelope, RoomName};
+
+/// A room's history as `query` asks (docs/protocol.md section 3).
+pub(super) async fn read(
+    shared: &Shared,
+    room: &RoomName,
+    query: HistoryQuery,
+) -> Result<History, BusError> {
+    let mut inv = shared.scripts.history.prepare_invoke();
+    inv.key(shared.keys.meta(room))
+        .key(shared.keys.history(room));
+    inv.arg(random_epoch())
+        .arg(Shared::ms(shared.cfg.history_ttl))
+        .arg(shared.cfg.history_size)
+        .arg(
+            query
+                .since
+                .as_ref()
+                .map(|s| s.offset.to_string())
+                .unwrap_or_default(),
+        )
+        .arg(query.since.as_ref().map(|s| s.epoch.as_str()).unwrap_or(""))
+        .arg(query.limit)
+        .arg(shared.cfg.max_recover);
+    let (epoch, offset, recovered, entries): (String, u64, u8, Vec<Vec<u8>>) = shared
+        .run("history", async {
+            let mut c = shared.conn().await?;
+            Ok(inv.invoke_async(&mut c).await?)
+        })
+        .await?;
+    // A member of a watched room now holds this epoch (see `Tracking::note_read`).
+    shared.tracking.note_read(room, offset, &epoch);
+    let mut messages = Vec::with_capacity(entries.len());
+    for raw in entries {
+        match Envelope::from_msgpack(&raw)
+            .ok()
+            .and_then(|e| envelope::room_message(e.msg))
+        {
+            Some(m) => messages.push(m.publication),
+            None => bad(
+                shared,
+                "undecodable history entry skipped",
+                room.as_str(),
+                "",
+            ),
+        }
+    }
+    Ok(History {
+        epoch,
+        offset,
+        messages,
+        recovered: recovered == 1,
+    })
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 impl Shared {
+    /// Hands `event` to the node (nothing before `start`).
     pub(crate) fn deliver(&self, event: BusEvent) {
         if let Some(d) = self.delivery.get() {
             d.deliver(event);

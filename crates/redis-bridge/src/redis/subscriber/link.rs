@@ -3,10 +3,10 @@
 //! [`Source`] (what arrives). Opening it subscribes whatever the mode needs; in rooms mode
 //! [`apply_interest`] keeps its channels equal to what the node's members want.
 
-use super::super::sharded::{self, Incoming, Pushes, Shards};
-use super::super::{interest, Backend, Shared};
 use crate::bus::{BusStats, ShardState, SubscribeMode};
 use crate::common::lock;
+use crate::redis::sharded::{self, Incoming, Pushes, Shards};
+use crate::redis::{interest, Backend, Shared};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 

@@ -28,18 +28,16 @@ mod receive;
 mod repair;
 mod resync;
 
+use super::sharded::Incoming;
 use super::Shared;
 use crate::bus::{BusStats, Delivery, SubscribeMode};
 use lag::{now_ms, Lag};
 use link::{apply_interest, subscribe, Sink, Source};
 use receive::{on_message, Handled};
 use roomcast_protocol::RoomName;
-use sharded::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-
-use super::sharded;
 
 /// First reconnect delay bound; doubles per failed attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(100);

@@ -2,15 +2,17 @@
 //! channel; a room message with an offset is planned against its room's track
 //! ([`Plan`]): delivered, dropped as a duplicate, or first repaired (a gap) or preceded
 //! by a loss (a new epoch). Whatever would move a room's baseline other than one step
-//! forward is first checked against the room's stream, so forged input cannot.
+//! forward is first checked against the room's stream, so that forged input can neither
+//! make the node report a loss nor set a baseline that would make real messages look
+//! like one.
 
-use super::super::bad_input::bad;
-use super::super::envelope::{self, RoomMessage};
-use super::super::keys::Channel;
-use super::super::tracking::Track;
-use super::super::{OpError, Shared};
 use super::repair::{deliver_room, lost, repair, StreamEntry};
 use crate::bus::{BusError, BusEvent, BusStats, Delivery};
+use crate::redis::bad_input::bad;
+use crate::redis::envelope::{self, RoomMessage};
+use crate::redis::keys::Channel;
+use crate::redis::tracking::Track;
+use crate::redis::{OpError, Shared};
 use roomcast_protocol::{close, BusMessage, Envelope, RoomName};
 use std::sync::Arc;
 

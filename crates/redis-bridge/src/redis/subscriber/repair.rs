@@ -2,9 +2,9 @@
 //! appends each one there before it publishes it) and delivering them in order, or, when
 //! the stream no longer holds them all, telling the room's members (`BusEvent::Gap`).
 
-use super::super::envelope::{self, RoomMessage};
-use super::super::Shared;
 use crate::bus::{BusEvent, BusStats, Delivery};
+use crate::redis::envelope::{self, RoomMessage};
+use crate::redis::Shared;
 use roomcast_protocol::{Envelope, RoomName};
 use std::sync::Arc;
 

@@ -4,11 +4,11 @@
 //! offset below one this node delivered (publishes lost in a failover) starts a new epoch
 //! cluster-wide. Also reads the baselines of newly watched rooms.
 
-use super::super::tracking::{signature, Track};
-use super::super::{OpError, Shared};
 use super::repair::{lost, repair, StreamEntry};
 use crate::bus::{BusError, BusStats, Delivery};
 use crate::common::random_epoch;
+use crate::redis::tracking::{signature, Track};
+use crate::redis::{OpError, Shared};
 use roomcast_protocol::RoomName;
 
 /// Rooms whose meta is read in one pipeline.

@@ -85,9 +85,14 @@ pub(crate) struct Shared {
     scripts: Scripts,
     backend: Backend,
     stats: BusStats,
+    /// Cancelled by `close` (or by dropping the bus): every task below stops.
     stop: CancellationToken,
+    /// The bus's tasks (publisher, subscriber, health, presence refresher): `close`
+    /// waits for them.
     tasks: TaskTracker,
+    /// The node's side, set once by `start`.
     delivery: OnceLock<Arc<dyn Delivery>>,
+    /// Set by `close`: operations fail as unavailable and readiness is false from then on.
     closed: AtomicBool,
     /// The pub/sub connection is subscribed (and repaired).
     sub_up: AtomicBool,
@@ -97,6 +102,7 @@ pub(crate) struct Shared {
     reported: Mutex<Option<bool>>,
     /// Rooms with local members, and how far each has been delivered (gap tracking).
     tracking: Tracking,
+    /// This node's presence entries (refreshed, and removed on close).
     presence: LocalPresence,
     /// Room publishes on their way to the publisher task (batched into script calls).
     publish_tx: mpsc::Sender<publisher::Job>,

@@ -9,6 +9,7 @@ mod client;
 mod codec;
 mod envelope;
 mod error;
+mod member;
 mod names;
 mod server;
 
@@ -16,6 +17,7 @@ pub use client::{ClientMessage, ReqId, StreamPosition};
 pub use codec::{DecodeError, EncodeError, Encoding};
 pub use envelope::{BusMessage, Envelope, ENVELOPE_VERSION};
 pub use error::{close, ErrorCode};
+pub use member::MemberChange;
 pub use names::{EventName, NameError, RoomName, UserId};
 pub use server::{
     Count, DirectMessage, Member, MessageFrame, Publication, ServerMessage, SERVER_USER,

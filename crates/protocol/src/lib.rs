@@ -1,6 +1,7 @@
 //! The roomcast wire protocol, version 1 (`docs/protocol.md`): the messages clients
-//! and servers exchange, the bus envelope nodes exchange through Redis, validated names,
-//! error and close codes, and the two codecs (JSON text, MessagePack binary).
+//! and servers exchange, the bus envelope nodes exchange through Redis, member events on
+//! both, validated names, error and close codes, and the two codecs (JSON text,
+//! MessagePack binary).
 //!
 //! This crate does no IO and knows nothing of sockets or Redis: it turns bytes into
 //! validated values and values into bytes.

@@ -41,8 +41,7 @@ fn arb_client() -> impl Strategy<Value = ClientMessage> {
         .prop_map(|r| RoomName::new(&r).expect("valid room"))
         .boxed();
     prop_oneof![
-        ("[ -~]{1,40}".boxed(), arb_id())
-            .prop_map(|(token, id)| ClientMessage::Auth { token, id }),
+        ("[ -~]{1,40}".boxed(), arb_id()).prop_map(|(token, id)| ClientMessage::Auth { token, id }),
         (
             room.clone(),
             proptest::option::of(0u32..100),
@@ -338,8 +337,8 @@ fn msgpack_odd_maps_keep_the_id() {
     );
     // {"type": "ping", "id": <bin 2 bytes>}
     let bytes = [
-        0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa2, b'i', b'd',
-        0xc4, 0x02, b'a', b'b',
+        0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa2, b'i', b'd', 0xc4,
+        0x02, b'a', b'b',
     ];
     let e = Encoding::MsgPack
         .decode_client(&bytes)

@@ -13,7 +13,9 @@ bin=${ROOMCAST_BIN:-$root/target/release/roomcast}
 lg=${LOADGEN_BIN:-$root/target/release/roomcast-loadgen}
 rate=${1:-1000}; secs=${2:-20}; rooms=${3:-100}; receivers=${4:-1000}
 out=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# free_port, wait_until, redis_up, http_ok: shared with the other scripts.
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 pids=()
@@ -27,7 +29,7 @@ for mode in pattern rooms; do
   rport=$(free_port)
   redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
   rpid=$!; pids+=($rpid)
-  for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  wait_until 5 redis_up "$rport"
   pa=$(free_port); pb=$(free_port)
   "$bin" --auth none --redis-url "redis://127.0.0.1:$rport" --listen "127.0.0.1:$pa" --node-id a \
     --bus-subscribe "$mode" --rate-limit 1000000 --rate-burst 1000000 --log-level warn >"$out/a.log" 2>&1 &
@@ -35,7 +37,7 @@ for mode in pattern rooms; do
   "$bin" --auth none --redis-url "redis://127.0.0.1:$rport" --listen "127.0.0.1:$pb" --node-id b \
     --bus-subscribe "$mode" --log-level warn >"$out/b.log" 2>&1 &
   bpid=$!; pids+=($bpid)
-  for p in $pa $pb; do for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$p/readyz" && break; sleep 0.1; done; done
+  for p in $pa $pb; do wait_until 10 http_ok "http://127.0.0.1:$p/readyz"; done
   # Node B's idle CPU over the same time.
   t0=$(ticks $bpid); sleep "$secs"; idle=$(( $(ticks $bpid) - t0 ))
   "$lg" --url "ws://127.0.0.1:$pa" --out "$out/fanout.json" fanout --receivers "$receivers" --rooms "$rooms" \

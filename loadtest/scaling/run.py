@@ -36,8 +36,6 @@ import argparse
 import datetime
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +44,9 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HZ = os.sysconf("SC_CLK_TCK")
-PROCS = []
+sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from harness import PROCS, free_port, start, stop, wait_for  # noqa: E402
 ROOMS_PER_GEN = 25  # coprime with 2, 4 and 6 (25 = 1 mod each): spread covers every node
 MEMBERS = 6  # at least the most nodes, so that spread puts every room on every node
 PUBLISHERS_PER_GEN = 5
@@ -56,39 +56,8 @@ def log(*a):
     print("[scaling]", *a, file=sys.stderr, flush=True)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
-def start(cmd, logfile):
-    p = subprocess.Popen(cmd, stdout=open(logfile, "w"), stderr=subprocess.STDOUT)
-    PROCS.append(p)
-    return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-    if p in PROCS:
-        PROCS.remove(p)
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
 def http(url):

@@ -93,9 +93,11 @@ fn default_disconnect_code() -> u16 {
 }
 
 impl BusMessage {
-    /// The room message as clients see it, with its epoch and echo-suppressed
-    /// connection, or `None` for other kinds. Consumes the message: the payload moves,
-    /// it is not copied (this runs for every message a node receives).
+    /// The room message as clients see it, or `None` for other kinds, as
+    /// `(publication, epoch, skip)`: the epoch of the room history its offset belongs to,
+    /// and the connection it must not be delivered to (echo suppression: the publisher's,
+    /// when it did not ask for its own messages). Consumes the message: the payload
+    /// moves, it is not copied (this runs for every message a node receives).
     pub fn into_publication(self) -> Option<(Publication, Option<String>, Option<String>)> {
         match self {
             BusMessage::Message {

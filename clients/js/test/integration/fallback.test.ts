@@ -2,33 +2,14 @@
 // GET /sse and POST /client/commands chats with a WebSocket client, and resumes with since.
 // Against test/e2e/mock-node.mjs always, and a real node when ROOMCAST_TEST_URL is set.
 import WebSocket from 'ws';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { RoomcastClient, type ClientOptions, type EventSourceCtor, type WebSocketCtor } from '../../src/index.js';
-// @ts-expect-error: a plain ES module without types
-import { startMockNode } from '../e2e/mock-node.mjs';
+import { roomName, targets, within } from './targets.js';
 import { NodeEventSource } from './node-eventsource.js';
 
-let mock: { port: number; close(): void };
-beforeAll(async () => {
-  mock = await startMockNode(0);
-});
-afterAll(() => mock.close());
-
-function within<T>(fn: (resolve: (v: T) => void) => void, ms = 5000): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('timed out')), ms);
-    fn((v) => {
-      clearTimeout(t);
-      resolve(v);
-    });
-  });
-}
-
 type Chat = { chat: { text: string } };
-const targets: [string, () => string][] = [['mock node', () => `ws://127.0.0.1:${mock.port}/ws`]];
-if (process.env.ROOMCAST_TEST_URL) targets.push(['real node', () => process.env.ROOMCAST_TEST_URL!]);
 
-describe.each(targets)('HTTP fallback against the %s', (_name, url) => {
+describe.each(targets())('HTTP fallback against the %s', (_name, url) => {
   const ws = (o: Partial<ClientOptions> = {}) =>
     new RoomcastClient({ url: url(), WebSocket: WebSocket as unknown as WebSocketCtor, network: false, ...o });
   const http = () =>
@@ -41,7 +22,7 @@ describe.each(targets)('HTTP fallback against the %s', (_name, url) => {
     });
 
   it('receives over SSE, sends over HTTP, and resumes from since after a reconnect', async () => {
-    const name = `fb-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
+    const name = roomName('fb');
     const w = ws();
     const h = http();
     try {

@@ -3,39 +3,18 @@
 // (e.g. ws://127.0.0.1:8080/ws of `roomcast --auth none`). Checks the real WebSocket path
 // (subprotocol, text frames, close) that the unit tests fake, and the recovery flow.
 import WebSocket from 'ws';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { RoomcastClient, type ClientOptions, type WebSocketCtor } from '../../src/index.js';
-// @ts-expect-error: a plain ES module without types
-import { startMockNode } from '../e2e/mock-node.mjs';
-
-let mock: { port: number; close(): void };
-beforeAll(async () => {
-  mock = await startMockNode(0);
-});
-afterAll(() => mock.close());
-
-function within<T>(fn: (resolve: (v: T) => void) => void, ms = 5000): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('timed out')), ms);
-    fn((v) => {
-      clearTimeout(t);
-      resolve(v);
-    });
-  });
-}
+import { roomName, targets, within } from './targets.js';
 
 type Chat = { chat: { text: string } };
 
-const targets: [string, () => string][] = [['mock node', () => `ws://127.0.0.1:${mock.port}/ws`]];
-if (process.env.ROOMCAST_TEST_URL) targets.push(['real node', () => process.env.ROOMCAST_TEST_URL!]);
-
-describe.each(targets)('Node + ws against the %s', (_name, url) => {
+describe.each(targets())('Node + ws against the %s', (_name, url) => {
   const make = (o: Partial<ClientOptions> = {}) =>
     new RoomcastClient({ url: url(), WebSocket: WebSocket as unknown as WebSocketCtor, network: false, ...o });
-  const roomName = () => `it-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
 
   it('connects, joins with history, publishes with ack and echo, and sees the other client', async () => {
-    const name = roomName();
+    const name = roomName('it');
     const a = make();
     const b = make();
     try {
@@ -69,7 +48,7 @@ describe.each(targets)('Node + ws against the %s', (_name, url) => {
   });
 
   it('re-joins with since and gets exactly what it missed, in order', async () => {
-    const name = roomName();
+    const name = roomName('it');
     const a = make();
     const b = make();
     try {
@@ -93,7 +72,7 @@ describe.each(targets)('Node + ws against the %s', (_name, url) => {
   });
 
   it('a resent publish with the same id is not delivered twice', async () => {
-    const name = roomName();
+    const name = roomName('it');
     const a = make({ generateId: () => 'fixed-id-' + name });
     const b = make();
     try {

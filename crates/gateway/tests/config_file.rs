@@ -72,6 +72,9 @@ fn taken() -> (std::net::TcpListener, String) {
     (l, a)
 }
 
+/// Flags, environment variables, and the address the node must try.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[tokio::test]
 async fn flag_beats_environment_beats_file() {
     // Three addresses in use: the one the node tries to listen on is named in its error.
@@ -80,7 +83,7 @@ async fn flag_beats_environment_beats_file() {
         "precedence",
         &format!("listen = \"{file_addr}\"\nauth = \"none\"\nheartbeat = 30\n"),
     );
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    let cases: [Case; 3] = [
         (&[], &[], &file_addr),
         (&[], &[("ROOMCAST_LISTEN", &env_addr)], &env_addr),
         (

@@ -95,7 +95,7 @@ pub struct Config {
     /// PEM public key file for RS256, ES256 or EdDSA.
     #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
-    /// JWK set endpoint (http://) to fetch verification keys from, by `kid`, instead of
+    /// JWK set endpoint (http:// or https://) to fetch verification keys from, by `kid`, instead of
     /// one configured key.
     #[arg(long, env = "ROOMCAST_JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
@@ -109,7 +109,8 @@ pub struct Config {
     /// Seconds the cached keys stay usable past a missed periodic refresh (endpoint down).
     #[arg(long, env = "ROOMCAST_JWT_JWKS_STALE_MAX", value_parser = types::secs, default_value = "86400")]
     pub jwt_jwks_stale_max: Duration,
-    /// Accepted algorithms, comma-separated (default: the one that fits the key).
+    /// Accepted algorithms, comma-separated (default: the first the key fits; RS256 with
+    /// --jwt-jwks-url).
     #[arg(long, env = "ROOMCAST_JWT_ALGORITHMS", value_delimiter = ',', value_parser = types::item)]
     pub jwt_algorithms: Vec<String>,
     /// Required `aud` (not checked when absent).

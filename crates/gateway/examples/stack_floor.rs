@@ -69,9 +69,9 @@ async fn serve(args: Args) -> Result<()> {
     println!("{}", listener.local_addr()?);
     let churn = Arc::new(Churn::default());
     spawn_trimmer(
+        &roomcast_gateway::lifecycle::Lifecycle::new(CancellationToken::new()),
         Duration::from_secs(args.malloc_trim_interval),
         churn.clone(),
-        CancellationToken::new(),
     );
     let cfg = WebSocketConfig::default()
         .read_buffer_size(args.ws_read_buffer.max(64))

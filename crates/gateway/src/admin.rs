@@ -24,7 +24,6 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 const HTML: &[u8] = include_bytes!("admin.html");
 const JS: &[u8] = include_bytes!("admin.js");
@@ -243,7 +242,7 @@ async fn api(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Admi
 }
 
 async fn read_body(node: &Node, req: Request<Incoming>) -> Result<Bytes, AdminError> {
-    let timeout = Duration::from_secs(node.cfg.http_body_timeout);
+    let timeout = node.cfg.http_body_timeout;
     let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), BODY_LIMIT).collect());
     match read.await {
         Err(_) => Err(AdminError(

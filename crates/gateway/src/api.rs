@@ -19,7 +19,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// An API failure: status, error code (docs/protocol.md section 5), message.
 struct ApiError(StatusCode, &'static str, String);
@@ -174,7 +173,7 @@ fn check_key(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
 
 async fn read_json(node: &Node, req: Request<Incoming>) -> Result<Value, ApiError> {
     let limit = node.cfg.max_message_size.saturating_mul(16);
-    let timeout = Duration::from_secs(node.cfg.http_body_timeout);
+    let timeout = node.cfg.http_body_timeout;
     let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect());
     let Ok(read) = read.await else {
         return Err(ApiError(
@@ -182,7 +181,7 @@ async fn read_json(node: &Node, req: Request<Incoming>) -> Result<Value, ApiErro
             "timeout",
             format!(
                 "the body did not arrive within {} s (--http-body-timeout)",
-                node.cfg.http_body_timeout
+                node.cfg.http_body_timeout.as_secs()
             ),
         ));
     };

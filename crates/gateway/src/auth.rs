@@ -215,9 +215,9 @@ impl Authenticator {
     /// single key can serve (HMAC mixed with a public-key family, RSA with EC, an EC curve
     /// that is not the algorithm's) are refused here, at start, not token by token.
     pub fn from_config(cfg: &Config) -> Result<Self, String> {
-        let algorithms = match &cfg.jwt_algorithms {
+        let algorithms = match cfg.jwt_algorithm_list() {
             Some(list) => {
-                let algs = crate::config::split_list(list)
+                let algs = list
                     .iter()
                     .map(|a| {
                         Algorithm::from_str(a)
@@ -268,9 +268,7 @@ impl Authenticator {
                 (Some(key), algs)
             }
             (None, None) if cfg.auth == AuthMode::Jwt => {
-                return Err(
-                    "--auth jwt needs --jwt-secret, --jwt-public-key or --jwt-jwks-url".into(),
-                );
+                return Err("--auth jwt needs --jwt-secret (HS256), --jwt-public-key (RS256/ES256/EdDSA) or --jwt-jwks-url; use --auth none for development".into());
             }
             (None, None) => (None, vec![Algorithm::HS256]),
         };
@@ -312,7 +310,7 @@ impl Authenticator {
     pub(crate) fn validation(cfg: &Config, algorithms: Vec<Algorithm>) -> Validation {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
-        validation.leeway = cfg.jwt_leeway;
+        validation.leeway = cfg.jwt_leeway.as_secs();
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &cfg.jwt_audience {

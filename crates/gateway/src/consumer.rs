@@ -13,7 +13,8 @@
 //!   acknowledged: it never blocks the entries after it.
 //!
 //! The Redis side (XREADGROUP, XACK, XAUTOCLAIM) lives in the bridge's `StreamReader`;
-//! this module only turns entries into publishes. The task stops with the node's shutdown.
+//! this module only turns entries into publishes. The task is the node's (crate::lifecycle)
+//! and stops when the drain starts.
 
 use crate::node::Node;
 use prometheus::{IntCounterVec, Opts};
@@ -24,7 +25,6 @@ use roomcast_redis_bridge::{
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long a read waits for new entries (also the longest a stop waits for a read).
@@ -121,21 +121,21 @@ fn publish_request(entry: &StreamEntry, max_size: usize) -> Result<PublishReques
 
 /// The running consumer of one node.
 pub struct Consumer {
-    handle: JoinHandle<()>,
     /// Entries processed so far (any outcome), for tests and logs.
     pub processed: Arc<AtomicU64>,
 }
 
 impl Consumer {
-    /// Starts consuming `node.cfg.consume_stream` from the Redis at `url` until `stop`.
-    pub fn start(node: Arc<Node>, url: &str, stop: CancellationToken) -> Result<Self, String> {
+    /// Starts consuming `node.cfg.consume_stream` from the Redis at `url`, as a task of
+    /// the node that ends when the drain starts (a batch in progress runs to its end).
+    pub fn start(node: Arc<Node>, url: &str) -> Result<Self, String> {
         let cfg = StreamReaderConfig {
             streams: node.cfg.consume_stream.clone(),
             group: node.cfg.consume_group.clone(),
             consumer: node.node_id.clone(),
             block: BLOCK,
-            claim_idle: Duration::from_millis(node.cfg.consume_claim_idle_ms),
-            op_timeout: Duration::from_secs(node.cfg.bus_timeout),
+            claim_idle: node.cfg.consume_claim_idle,
+            op_timeout: node.cfg.bus_timeout,
         };
         let reader = StreamReader::new(url, cfg).map_err(|e| format!("--consume-stream: {e}"))?;
         let entries = IntCounterVec::new(
@@ -174,22 +174,12 @@ impl Consumer {
                 skipped: 0,
             },
         };
-        let handle = tokio::spawn(run.run(stop));
-        Ok(Consumer { handle, processed })
-    }
-
-    /// Waits for the task to end (after its stop token was cancelled) for at most
-    /// `deadline`, then aborts it (what it published but did not acknowledge is claimed
-    /// by another node and deduplicated).
-    pub async fn stopped(mut self, deadline: Duration) {
-        match tokio::time::timeout(deadline, &mut self.handle).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "stream consumer task failed"),
-            Err(_) => {
-                tracing::warn!("stream consumer did not stop in time; aborted");
-                self.handle.abort();
-            }
-        }
+        let stop = run.node.tasks.draining();
+        run.node
+            .tasks
+            .clone()
+            .spawn("stream-consumer", run.run(stop));
+        Ok(Consumer { processed })
     }
 }
 

@@ -162,7 +162,7 @@ fn collect(node: &Node, rates: &RoomRates, started_ms: u64, last: &mut Last) -> 
 /// Writes the node's heartbeat every `--node-stats-interval` until `shutdown`, then
 /// removes it. A failed write is logged and tried again at the next tick.
 pub async fn run(node: Arc<Node>, rates: Arc<RoomRates>, shutdown: CancellationToken) {
-    let every = Duration::from_secs(node.cfg.node_stats_interval.max(1));
+    let every = node.cfg.node_stats_interval.max(Duration::from_secs(1));
     let ttl = every * 3;
     let started_ms = now_ms();
     let mut last = Last {

@@ -14,7 +14,6 @@ use hyper_util::rt::TokioIo;
 use roomcast_protocol::Encoding;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -134,7 +133,7 @@ pub async fn route(
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
                 text(StatusCode::OK, "ready\n")
-            } else if node.draining.load(Ordering::Relaxed) {
+            } else if node.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "bus unavailable\n")
@@ -279,7 +278,7 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
     if !node.origins.allows_header(h.get(header::ORIGIN)) {
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    if node.draining.load(Ordering::Relaxed) {
+    if node.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "node is draining\n");
     }
     let xff = h.get("x-forwarded-for").and_then(|v| v.to_str().ok());
@@ -359,9 +358,9 @@ fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Respons
         // The session runs as a task of its own: this one (and what the upgrade needed)
         // ends here, so a connection holds only the session's memory.
         let session = session::start(n.clone(), ws, setup);
-        n.sessions.spawn(session);
+        n.tasks.spawn_session(session);
     };
-    node.sessions.spawn(fut);
+    node.tasks.spawn_session(fut);
     resp
 }
 

@@ -30,7 +30,6 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// How long one fetch of the key set may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -246,10 +245,12 @@ impl Jwks {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Fetches at once and then every `--jwt-jwks-poll`, until `stop`.
-    pub fn spawn_refresher(self: &Arc<Self>, stop: CancellationToken) {
+    /// Fetches at once and then every `--jwt-jwks-poll`, as a task of the node that ends
+    /// when the drain starts.
+    pub fn spawn_refresher(self: &Arc<Self>, tasks: &crate::lifecycle::Lifecycle) {
         let this = self.clone();
-        tokio::spawn(async move {
+        let stop = tasks.draining();
+        tasks.spawn("jwks-refresher", async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -422,9 +423,9 @@ pub(crate) fn authenticator(
     let algorithms = algorithms.unwrap_or_else(|| vec![Algorithm::RS256]);
     let jwks = Jwks::new(JwksConfig::new(
         url,
-        Duration::from_secs(cfg.jwt_jwks_poll),
-        Duration::from_secs(cfg.jwt_jwks_refresh),
-        Duration::from_secs(cfg.jwt_jwks_stale_max),
+        cfg.jwt_jwks_poll,
+        cfg.jwt_jwks_refresh,
+        cfg.jwt_jwks_stale_max,
         algorithms.clone(),
     )?)?;
     Ok(crate::auth::Authenticator::with_jwks(cfg, jwks, algorithms))

@@ -1,6 +1,6 @@
 //! The roomcast node as a library: [`run`] serves clients on a listener until the
-//! shutdown token is cancelled, then drains. The `roomcast` binary is a thin wrapper;
-//! tests call the same function on port 0.
+//! shutdown token is cancelled, then drains and stops (crate::lifecycle). The `roomcast`
+//! binary is a thin wrapper; tests call the same function on port 0.
 
 pub mod admin;
 pub mod api;
@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod jwks;
+pub mod lifecycle;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
@@ -25,7 +26,8 @@ pub mod sse;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::limits::{parse_cidrs, IpLimiter, Origins};
+use crate::lifecycle::Lifecycle;
+use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::socket::Watched;
@@ -33,12 +35,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus, RedisBus, SubscribeMode};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,40 +55,62 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
+/// How long an HTTP connection has to finish its request once the drain is over.
+const HTTP_GRACE: Duration = Duration::from_secs(2);
+/// How long the stop waits for the HTTP connections to shut down.
+const HTTP_WAIT: Duration = Duration::from_secs(3);
+
 fn bus_config(cfg: &Config, node_id: &str) -> BusConfig {
     BusConfig {
         node_id: node_id.to_string(),
         prefix: cfg.prefix.clone(),
         history_size: cfg.history_size,
-        history_ttl: Duration::from_secs(cfg.history_ttl),
-        dedupe_window: Duration::from_secs(cfg.dedupe_window),
-        presence_ttl: Duration::from_secs(cfg.presence_ttl),
+        history_ttl: cfg.history_ttl,
+        dedupe_window: cfg.dedupe_window,
+        presence_ttl: cfg.presence_ttl,
         max_recover: cfg.max_recover,
-        op_timeout: Duration::from_secs(cfg.bus_timeout),
-        max_lag: Duration::from_secs(cfg.bus_max_lag),
+        op_timeout: cfg.bus_timeout,
+        max_lag: cfg.bus_max_lag,
         subscribe: match cfg.bus_subscribe() {
             config::BusSubscribe::Pattern => SubscribeMode::Pattern,
             config::BusSubscribe::Rooms => SubscribeMode::Rooms,
         },
-        linger: Duration::from_millis(cfg.bus_linger_ms),
+        linger: cfg.bus_linger,
     }
 }
 
 /// Serves clients on `listener` until `shutdown` is cancelled, then drains: readiness
 /// turns 503, new upgrades are refused, every client gets close 1001 (spread over
-/// `--drain-spread-ms`), sessions get `--drain-timeout` to finish, the bus closes.
+/// `--drain-spread-ms`), sessions get `--drain-timeout` to finish; then it stops: the
+/// listener and the HTTP connections close, the background tasks end, the bus closes.
 pub async fn run(
     listener: TcpListener,
     cfg: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let node = start(cfg, Lifecycle::new(shutdown)).await?;
+    let addr = listener.local_addr()?;
+    let mode = if node.cfg.has_redis() {
+        "cluster"
+    } else {
+        "standalone"
+    };
+    tracing::info!(%addr, node = %node.node_id, mode, "roomcast ready: listening on http://{addr}");
+    // Accepting goes on while the node drains, so that probes see /readyz 503 and new
+    // upgrades get 503 rather than a refused connection.
+    tokio::join!(serve(listener, &node), drain(&node));
+    stop(&node).await;
+    Ok(())
+}
+
+/// Builds the node and starts its background tasks: the bus, the hub's member counter,
+/// the heartbeat, the JWKS refresher, the stream consumer and the heap trimmer.
+async fn start(cfg: Config, tasks: Lifecycle) -> Result<Arc<Node>, RunError> {
     let node_id = cfg.node_id();
     let auth = Authenticator::from_config(&cfg).map_err(RunError::Config)?;
-    let trusted_proxies = parse_cidrs(&cfg.trusted_proxies).map_err(RunError::Config)?;
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(metrics.clone());
-    let hooks = crate::hooks::Hooks::from_config(&cfg, metrics.clone(), shutdown.clone())
-        .map_err(|e| RunError::Config(e.to_string()))?;
+    let hooks = crate::hooks::Hooks::from_config(&cfg.hooks(), metrics.clone(), &tasks);
     let bus_cfg = bus_config(&cfg, &node_id);
     let seeds = cfg.redis_cluster_url_list();
     let bus: Arc<dyn Bus> = match &cfg.redis_url {
@@ -96,7 +119,7 @@ pub async fn run(
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
     hub.attach_bus(bus.clone());
-    hub.start_member_events(cfg.member_events_max, shutdown.clone());
+    hub.start_member_events(cfg.member_events_max, tasks.draining());
     // The bus's events reach the hub through a counter of room messages (the heartbeat's
     // messages/s).
     let rates = heartbeat::RoomRates::new(hub.clone());
@@ -110,80 +133,55 @@ pub async fn run(
         Err(e) => return Err(e.into()),
     }
     let node = Arc::new(Node {
-        node_id: node_id.clone(),
+        node_id,
         auth,
         hub,
-        bus: bus.clone(),
+        bus,
         metrics,
-        origins: Origins::parse(&cfg.allowed_origins),
-        trusted_proxies,
+        origins: cfg.allowed_origins.clone(),
+        trusted_proxies: cfg.trusted_proxies.to_vec(),
         ip_limiter: IpLimiter::new(cfg.max_connections_per_ip),
         api_keys: cfg.api_key_list(),
         http_rate: crate::limits::UserRateLimiter::new(cfg.rate_limit, cfg.rate_burst),
-        draining: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
-        drain: CancellationToken::new(),
-        sessions: TaskTracker::new(),
+        tasks,
         churn: Arc::default(),
         hooks,
         cfg,
     });
     if let Some(jwks) = &node.auth.jwks {
         node.metrics.register(jwks.stats.collectors());
-        jwks.spawn_refresher(shutdown.clone());
+        jwks.spawn_refresher(&node.tasks);
     }
     // Publishing from Redis Streams (--consume-stream); stops when the drain starts.
-    let consumer = match &node.cfg.redis_url {
-        Some(url) if !node.cfg.consume_stream.is_empty() => Some(
-            consumer::Consumer::start(node.clone(), url, shutdown.child_token())
-                .map_err(RunError::Config)?,
-        ),
-        _ => None,
-    };
+    if let Some(url) = &node.cfg.redis_url {
+        if !node.cfg.consume_stream.is_empty() {
+            consumer::Consumer::start(node.clone(), url).map_err(RunError::Config)?;
+        }
+    }
     memory::spawn_trimmer(
-        Duration::from_secs(node.cfg.malloc_trim_interval),
+        &node.tasks,
+        node.cfg.malloc_trim_interval,
         node.churn.clone(),
-        shutdown.clone(),
     );
-    // Ends on shutdown, removing this node's heartbeat; waited for before the bus closes.
-    let heartbeat = tokio::spawn(heartbeat::run(node.clone(), rates, shutdown.clone()));
-    let addr = listener.local_addr()?;
-    let mode = if node.cfg.has_redis() {
-        "cluster"
-    } else {
-        "standalone"
-    };
-    tracing::info!(%addr, node = %node_id, mode, "roomcast ready: listening on http://{addr}");
+    // Ends when the drain starts, removing this node's heartbeat; waited for before the
+    // bus closes.
+    let stop = node.tasks.draining();
+    node.tasks
+        .spawn("heartbeat", heartbeat::run(node.clone(), rates, stop));
+    Ok(node)
+}
 
-    let conns = TaskTracker::new();
-    let stop_http = CancellationToken::new();
-    // Accepting goes on while the node drains, so that probes see /readyz 503 and new
-    // upgrades get 503 rather than a refused connection; it ends when every session is
-    // gone or the drain deadline passes.
-    let drained = CancellationToken::new();
-    let mut draining = false;
+/// Accepts connections until the drain is over; each is served as HTTP/1.1 with
+/// upgrades, and shut down gracefully once the drain is over.
+async fn serve(listener: TcpListener, node: &Arc<Node>) {
+    let header_timeout = node.cfg.handshake_timeout;
+    // Every client socket (HTTP, SSE, and the WebSocket it may become) fails its writes
+    // once it has taken nothing for --write-timeout while data waits (slow consumers).
+    let write_timeout = node.cfg.write_timeout();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                tracing::info!(node = %node_id, sessions = node.connections.load(Ordering::Relaxed), "draining");
-                node.draining.store(true, Ordering::Relaxed);
-                node.metrics.draining.set(1);
-                node.drain.cancel();
-                let (hub, spread) = (node.hub.clone(), Duration::from_millis(node.cfg.drain_spread_ms));
-                tokio::spawn(async move { hub.drain(spread).await });
-                node.sessions.close();
-                let (n, done) = (node.clone(), drained.clone());
-                tokio::spawn(async move {
-                    let deadline = Duration::from_secs(n.cfg.drain_timeout);
-                    if tokio::time::timeout(deadline, n.sessions.wait()).await.is_err() {
-                        tracing::warn!(left = n.connections.load(Ordering::Relaxed), "drain deadline passed; dropping the rest");
-                    }
-                    done.cancel();
-                });
-                continue;
-            }
-            _ = drained.cancelled() => break,
+            _ = node.tasks.drain_over() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -201,12 +199,7 @@ pub async fn run(
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(node.cfg.send_buffer);
         }
         let node = node.clone();
-        let stop = stop_http.clone();
-        let header_timeout = Duration::from_secs(node.cfg.handshake_timeout);
-        // Every client socket (HTTP, SSE, and the WebSocket it may become) fails its writes
-        // once it has taken nothing for --write-timeout while data waits (slow consumers).
-        let write_timeout = node.cfg.write_timeout();
-        conns.spawn(async move {
+        node.tasks.clone().spawn_connection(|stop| async move {
             let svc = service_fn(move |req| http::route(node.clone(), peer, req));
             let mut builder = http1::Builder::new();
             builder
@@ -225,20 +218,49 @@ pub async fn run(
                 }
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                    let _ = tokio::time::timeout(HTTP_GRACE, conn).await;
                 }
             }
         });
     }
     drop(listener);
-    stop_http.cancel();
-    conns.close();
-    let _ = tokio::time::timeout(Duration::from_secs(3), conns.wait()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(node.cfg.bus_timeout + 1), heartbeat).await;
-    if let Some(c) = consumer {
-        c.stopped(Duration::from_secs(node.cfg.drain_timeout)).await;
+    if let Err(left) = node.tasks.wait_connections(HTTP_WAIT).await {
+        tracing::debug!(left = left.0, "HTTP connections still open at stop");
     }
-    bus.close().await;
-    tracing::info!(node = %node_id, "stopped");
-    Ok(())
+}
+
+/// The drain, from the shutdown signal: readiness 503 and upgrades refused (the
+/// lifecycle says it is draining), close 1001 to every client spread over
+/// `--drain-spread-ms`, and `--drain-timeout` for the sessions to end.
+async fn drain(node: &Arc<Node>) {
+    node.tasks.drain_started().await;
+    let sessions = node.connections.load(Ordering::Relaxed);
+    tracing::info!(node = %node.node_id, sessions, "draining");
+    node.metrics.draining.set(1);
+    let (hub, spread) = (node.hub.clone(), node.cfg.drain_spread);
+    node.tasks
+        .spawn("drain-closes", async move { hub.drain(spread).await });
+    if node
+        .tasks
+        .wait_sessions(node.cfg.drain_timeout)
+        .await
+        .is_err()
+    {
+        let left = node.connections.load(Ordering::Relaxed);
+        tracing::warn!(left, "drain deadline passed; dropping the rest");
+    }
+}
+
+/// After the drain: waits for the background tasks (the heartbeat removes this node's
+/// entry through the bus, the consumer ends its batch), then closes the bus.
+async fn stop(node: &Arc<Node>) {
+    let deadline = node
+        .cfg
+        .drain_timeout
+        .max(node.cfg.bus_timeout + Duration::from_secs(1));
+    if let Err(left) = node.tasks.wait_tasks(deadline).await {
+        tracing::warn!(left = left.0, "background tasks did not end in time");
+    }
+    node.bus.close().await;
+    tracing::info!(node = %node.node_id, "stopped");
 }

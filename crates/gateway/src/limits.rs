@@ -1,6 +1,8 @@
 //! Limits that protect a node from its clients: the per-connection rate limiter, the
-//! per-IP connection count, trusted proxies for X-Forwarded-For, and allowed Origins.
+//! per-IP connection count, and the client address behind trusted proxies. The
+//! configured values they apply (CIDRs, Origins) are parsed in crate::config::types.
 
+pub use crate::config::types::{Cidr, Origins};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -151,64 +153,6 @@ impl UserRateLimiter {
     }
 }
 
-/// A network in CIDR notation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    bits: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is in this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.bits)
-                };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.bits)
-                };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            (IpAddr::V6(_), IpAddr::V4(v4)) => self.contains(IpAddr::V6(v4.to_ipv6_mapped())),
-            (IpAddr::V4(_), IpAddr::V6(v6)) => v6
-                .to_ipv4_mapped()
-                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
-        }
-    }
-}
-
-/// Parses a comma-separated CIDR list (`10.0.0.0/8,::1/128`; a bare address is /32 or /128).
-pub fn parse_cidrs(list: &str) -> Result<Vec<Cidr>, String> {
-    crate::config::split_list(list)
-        .iter()
-        .map(|item| {
-            let (a, b) = item.split_once('/').unwrap_or((item, ""));
-            let addr: IpAddr = a
-                .parse()
-                .map_err(|_| format!("--trusted-proxies: {item:?} is not an address or CIDR"))?;
-            let max = if addr.is_ipv4() { 32 } else { 128 };
-            let bits = if b.is_empty() {
-                max
-            } else {
-                b.parse::<u8>()
-                    .ok()
-                    .filter(|n| *n <= max)
-                    .ok_or_else(|| format!("--trusted-proxies: bad prefix length in {item:?}"))?
-            };
-            Ok(Cidr { addr, bits })
-        })
-        .collect()
-}
-
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
 /// address of X-Forwarded-For that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) -> IpAddr {
@@ -233,56 +177,10 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) ->
     ip
 }
 
-/// Allowed Origins: any, or an exact list (scheme, host and port compared exactly).
-#[derive(Debug, Clone)]
-pub enum Origins {
-    /// `*`.
-    Any,
-    /// Exact origins, lower-cased, without a trailing slash.
-    List(Vec<String>),
-}
-
-impl Origins {
-    /// Parses `--allowed-origins`.
-    pub fn parse(s: &str) -> Self {
-        let items = crate::config::split_list(s);
-        if items.is_empty() || items.iter().any(|i| i == "*") {
-            return Origins::Any;
-        }
-        Origins::List(
-            items
-                .into_iter()
-                .map(|i| i.trim_end_matches('/').to_ascii_lowercase())
-                .collect(),
-        )
-    }
-
-    /// Whether a request with this Origin header may connect (no header: not a browser: yes).
-    pub fn allows(&self, origin: Option<&str>) -> bool {
-        match (self, origin) {
-            (Origins::Any, _) | (_, None) => true,
-            (Origins::List(list), Some(o)) => {
-                let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
-                list.contains(&o)
-            }
-        }
-    }
-
-    /// Whether a request with this Origin header value may connect. A header that is
-    /// present but not visible ASCII (a non-ASCII byte) matches no listed Origin: it is
-    /// refused by a list and allowed only by `*`, never treated as absent.
-    pub fn allows_header(&self, origin: Option<&hyper::header::HeaderValue>) -> bool {
-        match origin.map(|v| v.to_str()) {
-            None => true,
-            Some(Ok(o)) => self.allows(Some(o)),
-            Some(Err(_)) => matches!(self, Origins::Any),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::types::Cidrs;
     use std::time::Duration;
 
     #[test]
@@ -323,7 +221,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_only_from_trusted() {
-        let trusted = parse_cidrs("127.0.0.0/8,10.0.0.0/8").expect("cidrs");
+        let trusted = Cidrs::parse("127.0.0.0/8,10.0.0.0/8").expect("cidrs");
         let p = |s: &str| s.parse::<IpAddr>().expect("ip");
         assert_eq!(
             client_ip(p("127.0.0.1"), Some("1.2.3.4"), &trusted),
@@ -341,8 +239,8 @@ mod tests {
             client_ip(p("127.0.0.1"), Some("garbage"), &trusted),
             p("127.0.0.1")
         );
-        assert!(parse_cidrs("::1/128,192.168.0.0/16").is_ok());
-        assert!(parse_cidrs("1.2.3.4/33").is_err());
+        assert!(Cidrs::parse("::1/128,192.168.0.0/16").is_ok());
+        assert!(Cidrs::parse("1.2.3.4/33").is_err());
     }
 
     #[test]

@@ -76,15 +76,17 @@ fn serve(cfg: Config) -> Result<(), String> {
         // that follows the ready line at once drains the node instead of killing it.
         let signals = Signals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
         let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
-        tokio::spawn(async move {
-            signals.wait().await;
-            tracing::info!("shutdown signal received");
-            signal.cancel();
-        });
-        roomcast_gateway::run(listener, cfg, shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        let node = roomcast_gateway::run(listener, cfg, shutdown.clone());
+        tokio::pin!(node);
+        // The first signal starts the drain; the node then runs to its stop.
+        tokio::select! {
+            r = &mut node => return r.map_err(|e| e.to_string()),
+            _ = signals.wait() => {
+                tracing::info!("shutdown signal received");
+                shutdown.cancel();
+            }
+        }
+        node.await.map_err(|e| e.to_string())
     })
 }
 

@@ -9,10 +9,10 @@
 //! asks the allocator to return whole free pages (`malloc_trim(0)`), when connections came or
 //! went since the last time.
 
+use crate::lifecycle::Lifecycle;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Counts the connections opened and closed, so that an idle node does not trim for nothing.
 #[derive(Debug, Default)]
@@ -29,12 +29,14 @@ impl Churn {
     }
 }
 
-/// Starts the periodic trim; `interval` zero turns it off. Ends with `stop`.
-pub fn spawn_trimmer(interval: Duration, churn: Arc<Churn>, stop: CancellationToken) {
+/// Starts the periodic trim as a task of the node; `interval` zero turns it off. Ends
+/// when the drain starts.
+pub fn spawn_trimmer(tasks: &Lifecycle, interval: Duration, churn: Arc<Churn>) {
     if interval.is_zero() || !supported() {
         return;
     }
-    tokio::spawn(async move {
+    let stop = tasks.draining();
+    tasks.spawn("heap-trimmer", async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

@@ -3,15 +3,16 @@
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::lifecycle::Lifecycle;
 use crate::limits::{Cidr, IpLimiter, Origins};
 use crate::metrics::Metrics;
 use roomcast_redis_bridge::Bus;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-/// Everything a node's tasks share. Immutable but for atomics; cheap to read.
+/// Everything a node's tasks share, behind one `Arc`: settings, the hub, the bus, the
+/// limits, and the lifecycle that spawns and drains its tasks. Its counters and limiters
+/// change; the rest is set once at start.
 pub struct Node {
     /// Settings.
     pub cfg: Config,
@@ -35,14 +36,11 @@ pub struct Node {
     pub http_rate: crate::limits::UserRateLimiter,
     /// Backend API keys.
     pub api_keys: Vec<String>,
-    /// Set when the drain starts: readiness fails, upgrades are refused.
-    pub draining: AtomicBool,
     /// Open client connections (WebSocket and SSE).
     pub connections: AtomicUsize,
-    /// Cancelled when the drain starts: every session closes with 1001.
-    pub drain: CancellationToken,
-    /// Every session task, so that shutdown can wait for them.
-    pub sessions: TaskTracker,
+    /// Spawns every task of the node and drains them (crate::lifecycle); says whether
+    /// the drain has started.
+    pub tasks: Lifecycle,
     /// Connections opened and closed, for the heap trimmer.
     pub churn: Arc<crate::memory::Churn>,
     /// The backend hooks, when any is configured.
@@ -52,7 +50,12 @@ pub struct Node {
 impl Node {
     /// Whether the node accepts clients: not draining, bus connected.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.bus.is_ready() && self.hub.bus_up()
+        !self.is_draining() && self.bus.is_ready() && self.hub.bus_up()
+    }
+
+    /// Whether the drain has started: readiness fails, upgrades are refused.
+    pub fn is_draining(&self) -> bool {
+        self.tasks.is_draining()
     }
 
     /// Takes a connection slot, or `None` when the node is full.

@@ -221,7 +221,7 @@ where
     };
     s.node.hub.register(&s.conn_id, &s.mailbox);
     let mut state = State::AwaitingAuth {
-        deadline: now + Duration::from_secs(s.node.cfg.auth_timeout),
+        deadline: now + s.node.cfg.auth_timeout,
     };
     let guards = (slot, ip_guard);
     // An async block rather than an async fn taking these as arguments: an async fn
@@ -342,7 +342,7 @@ where
             session: self.conn_id.to_string(),
             node: self.node.node_id.clone(),
             user: who.user.clone(),
-            heartbeat: self.node.cfg.heartbeat,
+            heartbeat: self.node.cfg.heartbeat.as_secs(),
             auth: self.node.auth.mode_name().to_string(),
             id,
         };

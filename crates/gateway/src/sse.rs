@@ -18,7 +18,6 @@ use roomcast_redis_bridge::HistoryQuery;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,7 +229,7 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
     if !node.origins.allows_header(h.get(header::ORIGIN)) {
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    if node.draining.load(Ordering::Relaxed) {
+    if node.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "node is draining\n");
     }
     // Bound the work before parsing anything: the query's length, then the number of

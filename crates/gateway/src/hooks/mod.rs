@@ -9,7 +9,8 @@
 //! default. Each request body is signed with HMAC-SHA256 under `--hook-secret`.
 
 use crate::auth::{glob_match, Identity};
-use crate::config::{split_list, Config};
+use crate::config::HooksConfig;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -29,7 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 /// The header carrying `sha256=<hex HMAC-SHA256>` of the body (which carries `ts`).
 pub const SIGNATURE_HEADER: &str = "x-roomcast-signature";
@@ -98,25 +98,6 @@ impl HookError {
             HookError::Malformed(_) => "malformed",
         }
     }
-}
-
-/// A configured hook setting that cannot run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HookConfigError {
-    /// A URL is not a plain `http://` URL.
-    #[error("{flag}: {reason}")]
-    Url {
-        /// The flag.
-        flag: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A forwarded header name is not a header name.
-    #[error("--hook-forward-headers: {0:?} is not a header name")]
-    Header(String),
-    /// A setting out of range.
-    #[error("{0}")]
-    Invalid(&'static str),
 }
 
 /// What the connect hook learns about a new connection.
@@ -242,9 +223,9 @@ pub enum RoomDecision {
     Deny,
 }
 
-/// Spawns the client's connection tasks so that they end with the node.
+/// Spawns the client's connection tasks as tasks of the node, ended by the drain.
 #[derive(Clone)]
-struct Exec(CancellationToken);
+struct Exec(Lifecycle);
 
 impl<F> hyper::rt::Executor<F> for Exec
 where
@@ -252,13 +233,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let stop = self.0.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = fut => {}
-                _ = stop.cancelled() => {}
-            }
-        });
+        self.0.spawn_until_drain("hook-connection", fut);
     }
 }
 
@@ -279,93 +254,39 @@ pub struct Hooks {
     started: Instant,
 }
 
-fn parse_url(flag: &'static str, url: &Option<String>) -> Result<Option<Uri>, HookConfigError> {
-    let Some(url) = url.as_deref().filter(|u| !u.is_empty()) else {
-        return Ok(None);
-    };
-    let bad = |reason: String| HookConfigError::Url { flag, reason };
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(bad(format!(
-            "{url:?}: only http:// is supported (put a TLS proxy in front of a remote backend)"
-        )));
-    }
-    if uri.host().is_none() {
-        return Err(bad(format!("{url:?} names no host")));
-    }
-    Ok(Some(uri))
-}
-
 impl Hooks {
-    /// Checks the hook settings (URLs, header names, bounds) without building a client.
-    pub fn check(cfg: &Config) -> Result<(), HookConfigError> {
-        parse_url("--hook-connect-url", &cfg.hook_connect_url)?;
-        parse_url("--hook-join-url", &cfg.hook_join_url)?;
-        parse_url("--hook-publish-url", &cfg.hook_publish_url)?;
-        for h in split_list(&cfg.hook_forward_headers) {
-            HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                .map_err(|_| HookConfigError::Header(h.clone()))?;
-        }
-        if cfg.hook_timeout_ms == 0 {
-            return Err(HookConfigError::Invalid(
-                "--hook-timeout-ms must be at least 1",
-            ));
-        }
-        if cfg.hook_max_concurrency == 0 {
-            return Err(HookConfigError::Invalid(
-                "--hook-max-concurrency must be at least 1",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The hook client of a node; `Ok(None)` when no hook URL is configured. Its pooled
-    /// connections end when `shutdown` is cancelled.
+    /// The hook client of a node; `None` when no hook URL is configured. Its pooled
+    /// connections are tasks of the node and end when the drain starts.
     pub fn from_config(
-        cfg: &Config,
+        cfg: &HooksConfig,
         metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Result<Option<Hooks>, HookConfigError> {
-        Self::check(cfg)?;
-        let urls = [
-            parse_url("--hook-connect-url", &cfg.hook_connect_url)?,
-            parse_url("--hook-join-url", &cfg.hook_join_url)?,
-            parse_url("--hook-publish-url", &cfg.hook_publish_url)?,
-        ];
+        tasks: &Lifecycle,
+    ) -> Option<Hooks> {
+        let urls = cfg.urls.clone().map(|u| u.0);
         if urls.iter().all(Option::is_none) {
-            return Ok(None);
+            return None;
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(cfg.hook_timeout_ms)));
-        let client = Client::builder(Exec(shutdown))
+        connector.set_connect_timeout(Some(cfg.timeout));
+        let client = Client::builder(Exec(tasks.clone()))
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(cfg.hook_max_concurrency)
+            .pool_max_idle_per_host(cfg.max_concurrency)
             .build(connector);
-        let forward_headers = split_list(&cfg.hook_forward_headers)
-            .iter()
-            .filter_map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
-            .collect();
-        Ok(Some(Hooks {
+        Some(Hooks {
             client,
             urls,
-            join_rooms: split_list(&cfg.hook_join_rooms),
-            publish_rooms: split_list(&cfg.hook_publish_rooms),
-            forward_headers,
-            secret: cfg
-                .hook_secret
-                .as_ref()
-                .filter(|s| !s.is_empty())
-                .map(|s| s.as_bytes().to_vec()),
-            timeout: Duration::from_millis(cfg.hook_timeout_ms),
-            permits: Arc::new(Semaphore::new(cfg.hook_max_concurrency)),
+            join_rooms: cfg.join_rooms.clone(),
+            publish_rooms: cfg.publish_rooms.clone(),
+            forward_headers: cfg.forward_headers.0.clone(),
+            secret: cfg.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            timeout: cfg.timeout,
+            permits: Arc::new(Semaphore::new(cfg.max_concurrency)),
             metrics,
             warned_at: Default::default(),
             held_back: Default::default(),
             started: Instant::now(),
-        }))
+        })
     }
 
     /// Whether the connect hook is configured.
@@ -647,57 +568,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cookies_are_split_and_unquoted() {
-        let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_static("sid=abc; theme=\"dark\""));
-        h.append(COOKIE, HeaderValue::from_static("x=1;=bad; y"));
-        let c = cookies(&h);
-        assert_eq!(c.get("sid").map(String::as_str), Some("abc"));
-        assert_eq!(c.get("theme").map(String::as_str), Some("dark"));
-        assert_eq!(c.get("x").map(String::as_str), Some("1"));
-        assert_eq!(c.len(), 3);
-    }
-
-    #[test]
-    fn the_signature_is_the_hmac_of_the_body_which_carries_the_time() {
-        // RFC 4231 test case 2.
-        assert_eq!(
-            sign(b"Jefe", b"what do ya want for nothing?"),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        let b = with_timestamp(br#"{"user":"u"}"#.to_vec(), "1700000000");
-        assert_eq!(b, br#"{"ts":1700000000,"user":"u"}"#.to_vec());
-        assert_eq!(with_timestamp(b"{}".to_vec(), "5"), br#"{"ts":5}"#.to_vec());
-        let s = sign(b"Jefe", &b);
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").expect("key");
-        mac.update(&b);
-        let want: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(s, want);
-    }
-
-    #[test]
-    fn connect_answers_are_checked() {
-        let parse = |v: Value| {
-            connect_decision(serde_json::from_value(v).expect("answer shape"))
-                .map(|d| matches!(d, ConnectDecision::Allow(_)))
-        };
-        assert_eq!(
-            parse(serde_json::json!({"allow": true, "user": "u1"})),
-            Ok(true)
-        );
-        assert_eq!(parse(serde_json::json!({"allow": false})), Ok(false));
-        assert!(parse(serde_json::json!({"allow": true})).is_err());
-        assert!(parse(serde_json::json!({"allow": true, "user": "server"})).is_err());
-        assert!(parse(serde_json::json!({"allow": false, "code": 1000})).is_err());
-        assert!(parse(serde_json::json!({"allow": true, "user": "u", "join": ["a b"]})).is_err());
-    }
-}
+mod tests;

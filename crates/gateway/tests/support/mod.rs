@@ -132,19 +132,58 @@ pub const JWT_UNLIMITED: &[&str] = &[
     "100000",
 ];
 
+/// Starts `n` nodes named n1..nN on `redis`, each with the flags `common` and `extra`.
+pub async fn cluster(
+    redis: &RedisServer,
+    n: usize,
+    common: &[&str],
+    extra: &[&str],
+) -> Vec<TestNode> {
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let id = format!("n{i}");
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend_from_slice(&["--redis-url", &url, "--node-id", &id]);
+        args.extend_from_slice(extra);
+        nodes.push(TestNode::start(&args).await);
+    }
+    nodes
+}
+
+/// Stops every node, one after the other.
+pub async fn stop_all(nodes: Vec<TestNode>) {
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// The WebSocket URL `ws_url` with a token of `user` (the tests' secret).
+pub fn user_url(ws_url: &str, user: &str) -> String {
+    format!("{ws_url}?token={}", token(user, json!({})))
+}
+
+/// A welcomed client of `user` (a token of the tests' secret) on the node at `ws_url`.
+pub async fn connect_user(ws_url: &str, user: &str, enc: roomcast_protocol::Encoding) -> Client {
+    Client::welcomed(&user_url(ws_url, user), enc).await.0
+}
+
 /// Connects to `node` as `user` (a token of the tests' secret), JSON, and waits for
 /// `welcome`.
 pub async fn connect_as(node: &TestNode, user: &str) -> Client {
-    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
-    Client::welcomed(&url, roomcast_protocol::Encoding::Json)
-        .await
-        .0
+    connect_user(&node.ws_url(), user, roomcast_protocol::Encoding::Json).await
+}
+
+/// The status of `GET /readyz` on the node at `addr`.
+pub async fn ready(addr: SocketAddr) -> u16 {
+    http(addr, "GET", "/readyz", &[], "").await.0
 }
 
 /// The value of an unlabelled metric on the node at `addr` (0 when it is absent).
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let (_, body) = http(addr, "GET", "/metrics", &[], "").await;
-    body.lines()
+    let (_, text) = http(addr, "GET", "/metrics", &[], "").await;
+    body_of(&text)
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
 }

@@ -6,8 +6,8 @@ mod support;
 
 use roomcast_protocol::StreamPosition;
 use roomcast_redis_bridge::{
-    Bus, BusConfig, BusError, BusEvent, HistoryQuery, MemoryBus, PublishRequest, RedisBus,
-    SendRequest, SubscribeMode,
+    Bus, BusConfig, BusError, BusEvent, HistoryQuery, MemoryBus, RedisBus, SendRequest,
+    SubscribeMode,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -82,24 +82,11 @@ async fn harness(kind: Kind, cfg: BusConfig) -> Harness {
     }
 }
 
-fn req(room: &str, data: serde_json::Value) -> PublishRequest {
-    PublishRequest {
-        publication: publication(room, "alice", data),
-        volatile: false,
-        idempotency_key: None,
-        skip: None,
-    }
-}
-
 async fn offsets_and_order(kind: Kind) {
     let mut h = harness(kind, config("n1")).await;
     let mut epoch = None;
     for i in 1..=3u64 {
-        let r = h
-            .bus
-            .publish(req("r", json!({ "i": i })))
-            .await
-            .expect("publish");
+        let r = publish(&*h.bus, "r", json!({ "i": i })).await;
         assert_eq!(r.offset, Some(i));
         assert!(!r.duplicate);
         assert_eq!(epoch.get_or_insert(r.epoch.clone()), &r.epoch, "one epoch");
@@ -110,11 +97,7 @@ async fn offsets_and_order(kind: Kind) {
     assert_eq!(got[2].data, json!({ "i": 3 }));
     assert_eq!(got[0].from.as_str(), "alice");
     // another room has its own sequence
-    let r = h
-        .bus
-        .publish(req("other", json!(null)))
-        .await
-        .expect("publish");
+    let r = publish(&*h.bus, "other", json!(null)).await;
     assert_eq!(r.offset, Some(1));
     h.bus.close().await;
 }
@@ -132,7 +115,7 @@ async fn skip_is_carried(kind: Kind) {
 
 async fn volatile_has_no_offset(kind: Kind) {
     let mut h = harness(kind, config("n1")).await;
-    h.bus.publish(req("r", json!(1))).await.expect("publish");
+    publish(&*h.bus, "r", json!(1)).await;
     let mut v = req("r", json!({ "typing": true }));
     v.volatile = true;
     let r = h.bus.publish(v).await.expect("volatile publish");
@@ -153,14 +136,7 @@ async fn volatile_has_no_offset(kind: Kind) {
         .await
         .expect("history");
     assert_eq!(hist.messages.len(), 1);
-    assert_eq!(
-        h.bus
-            .publish(req("r", json!(2)))
-            .await
-            .expect("publish")
-            .offset,
-        Some(2)
-    );
+    assert_eq!(publish(&*h.bus, "r", json!(2)).await.offset, Some(2));
     h.bus.close().await;
 }
 
@@ -175,10 +151,7 @@ async fn dedupe_returns_original(kind: Kind) {
     assert_eq!(b.offset, Some(1));
     assert_eq!(b.epoch, a.epoch);
     // a marker after the retry: the next message delivered must be it
-    h.bus
-        .publish(req("r", json!("marker")))
-        .await
-        .expect("publish");
+    publish(&*h.bus, "r", json!("marker")).await;
     let got = h.events.messages(2).await;
     assert_eq!(got[0].data, json!("once"));
     assert_eq!(got[1].data, json!("marker"));
@@ -202,7 +175,7 @@ async fn history_recent(kind: Kind) {
     assert_eq!(empty.offset, 0);
     assert!(empty.messages.is_empty());
     for i in 1..=5 {
-        h.bus.publish(req("r", json!(i))).await.expect("publish");
+        publish(&*h.bus, "r", json!(i)).await;
     }
     let hist = h
         .bus
@@ -243,12 +216,7 @@ async fn history_since(kind: Kind) {
     let h = harness(kind, config("n1")).await;
     let mut epoch = String::new();
     for i in 1..=5 {
-        epoch = h
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        epoch = publish(&*h.bus, "r", json!(i)).await.epoch;
     }
     let since = |offset: u64, epoch: &str| HistoryQuery {
         since: Some(StreamPosition {
@@ -303,7 +271,7 @@ async fn history_of_a_lost_epoch_is_capped(kind: Kind) {
     };
     let h = harness(kind, cfg).await;
     for i in 1..=5 {
-        h.bus.publish(req("r", json!(i))).await.expect("publish");
+        publish(&*h.bus, "r", json!(i)).await;
     }
     let q = HistoryQuery {
         since: Some(StreamPosition {
@@ -329,12 +297,7 @@ async fn history_trimmed(kind: Kind) {
     let h = harness(kind, cfg).await;
     let mut epoch = String::new();
     for i in 1..=8 {
-        epoch = h
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        epoch = publish(&*h.bus, "r", json!(i)).await.epoch;
     }
     let q = |offset: u64| HistoryQuery {
         since: Some(StreamPosition {
@@ -366,12 +329,7 @@ async fn history_max_recover(kind: Kind) {
     let h = harness(kind, cfg).await;
     let mut epoch = String::new();
     for i in 1..=5 {
-        epoch = h
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        epoch = publish(&*h.bus, "r", json!(i)).await.epoch;
     }
     let q = |offset: u64| HistoryQuery {
         since: Some(StreamPosition {

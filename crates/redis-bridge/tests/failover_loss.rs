@@ -24,11 +24,7 @@ async fn five(bus: &Arc<dyn Bus>, events: &mut Events) -> String {
     bus.room_ready(&room("r")).await.expect("subscribed");
     let mut epoch = String::new();
     for i in 1..=5 {
-        epoch = bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        epoch = publish(&**bus, "r", json!(i)).await.epoch;
     }
     let got: Vec<_> = events.messages(5).await.iter().map(|p| p.offset).collect();
     assert_eq!(got, (1..=5).map(Some).collect::<Vec<_>>());
@@ -44,10 +40,7 @@ async fn loss_is_a_new_epoch(bus: &Arc<dyn Bus>, events: &mut Events, old: &str)
             _ => None,
         })
         .await;
-    let r = bus
-        .publish(req("r", json!("after")))
-        .await
-        .expect("publish");
+    let r = publish(&**bus, "r", json!("after")).await;
     assert_ne!(r.epoch, old, "a new epoch");
     assert_eq!(r.offset, Some(1), "not offset 4 of the old epoch");
     let (p, _) = events.message().await;
@@ -172,23 +165,14 @@ async fn lost_offsets_reused_by_another_node_become_a_new_epoch() {
         .await
         .expect("lose the last two writes and cut the subscriptions");
     for i in 4..=6 {
-        let r = b
-            .publish(req("r", json!(format!("b{i}"))))
-            .await
-            .expect("publish");
+        let r = publish(&*b, "r", json!(format!("b{i}"))).await;
         assert_eq!(
             (r.offset, r.epoch.as_str()),
             (Some(i), old.as_str()),
             "re-used"
         );
     }
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("")
-        .query_async(&mut c)
-        .await
-        .expect("let a back in");
+    let _: () = redis_query!(&mut c, "CONFIG", "SET", "requirepass", "");
     events
         .until(|e| match e {
             BusEvent::Gap { room } if room.as_str() == "r" => Some(()),
@@ -202,7 +186,7 @@ async fn lost_offsets_reused_by_another_node_become_a_new_epoch() {
         })
         .await;
     assert_eq!(a.stats().epoch_resets.load(Ordering::Relaxed), 1);
-    let r = b.publish(req("r", json!("after"))).await.expect("publish");
+    let r = publish(&*b, "r", json!("after")).await;
     assert_ne!(r.epoch, old, "a new epoch");
     assert_eq!(r.offset, Some(1));
     let (p, _) = events.message().await;

@@ -135,15 +135,15 @@ async fn redis_lists_every_node_of_its_cluster_only() {
     // Garbage in the hash (something else wrote it) is skipped, and a field without an
     // expiry is dropped.
     let mut c = server.conn().await;
-    let _: i64 = redis::cmd("HSET")
-        .arg("rc:nodes")
-        .arg("junk")
-        .arg("99999999999999|not json")
-        .arg("no-expiry")
-        .arg("{}")
-        .query_async(&mut c)
-        .await
-        .expect("hset");
+    let _: i64 = redis_query!(
+        &mut c,
+        "HSET",
+        "rc:nodes",
+        "junk",
+        "99999999999999|not json",
+        "no-expiry",
+        "{}"
+    );
     for bus in [&a, &b] {
         let ids: Vec<String> = bus
             .nodes()
@@ -158,12 +158,7 @@ async fn redis_lists_every_node_of_its_cluster_only() {
             "both nodes, sorted, nothing else"
         );
     }
-    let exists: i64 = redis::cmd("HEXISTS")
-        .arg("rc:nodes")
-        .arg("no-expiry")
-        .query_async(&mut c)
-        .await
-        .expect("hexists");
+    let exists: i64 = redis_query!(&mut c, "HEXISTS", "rc:nodes", "no-expiry");
     assert_eq!(
         exists, 0,
         "a field without an expiry is removed by a reader"

@@ -180,12 +180,57 @@ pub async fn node(server: &RedisServer, cfg: BusConfig) -> Node {
 
 /// A room publish of `data` by alice.
 pub fn req(room: &str, data: serde_json::Value) -> roomcast_redis_bridge::PublishRequest {
+    req_from(room, "alice", data)
+}
+
+/// A room publish of `data` by `from`.
+pub fn req_from(
+    room: &str,
+    from: &str,
+    data: serde_json::Value,
+) -> roomcast_redis_bridge::PublishRequest {
     roomcast_redis_bridge::PublishRequest {
-        publication: publication(room, "alice", data),
+        publication: publication(room, from, data),
         volatile: false,
         idempotency_key: None,
         skip: None,
     }
 }
+
+/// Publishes `data` by alice to `room` on `bus`; panics if the bus refuses.
+pub async fn publish(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room: &str,
+    data: serde_json::Value,
+) -> roomcast_redis_bridge::PublishResult {
+    bus.publish(req(room, data)).await.expect("publish")
+}
+
+/// Publishes `data` by `from` to `room` on `bus`; panics if the bus refuses.
+pub async fn publish_from(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room: &str,
+    from: &str,
+    data: serde_json::Value,
+) -> roomcast_redis_bridge::PublishResult {
+    bus.publish(req_from(room, from, data))
+        .await
+        .expect("publish")
+}
+
+/// Runs one raw command on a connection and returns its reply as the caller's type;
+/// panics (naming the command) if Redis refuses: `redis_query!(&mut conn, "CLIENT",
+/// "KILL", "TYPE", "pubsub")`.
+#[allow(unused_macros)]
+macro_rules! redis_query {
+    ($conn:expr, $name:expr $(, $arg:expr)* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut cmd = redis::cmd($name);
+        $(cmd.arg($arg);)*
+        cmd.query_async($conn).await.expect($name)
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use redis_query;
 
 pub mod cluster;

@@ -6,20 +6,13 @@
 
 mod support;
 
-use roomcast_protocol::StreamPosition;
 use roomcast_redis_bridge::{Bus, BusEvent, HistoryQuery};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use support::*;
 
 fn since(offset: u64, epoch: &str) -> HistoryQuery {
-    HistoryQuery {
-        since: Some(StreamPosition {
-            offset,
-            epoch: epoch.to_string(),
-        }),
-        limit: 0,
-    }
+    query_since(offset, epoch, 0)
 }
 
 /// Redis restarts empty; messages are acknowledged in the new epoch; a client of the old

@@ -18,6 +18,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use support::*;
 
+/// Starts a bus just connected (or panics if it could not connect) with a delivery of its
+/// own; the bus and the events it delivers.
+async fn started<E: std::fmt::Debug>(bus: Result<RedisBus, E>) -> (Arc<dyn Bus>, Events) {
+    let bus: Arc<dyn Bus> = Arc::new(bus.expect("connect"));
+    let (delivery, events) = collector();
+    bus.start(delivery).await.expect("start");
+    (bus, events)
+}
+
 /// Publishes 5 messages to room `r` (watched) and receives them; the epoch.
 async fn five(bus: &Arc<dyn Bus>, events: &mut Events) -> String {
     bus.watch_room(&room("r"));
@@ -52,13 +61,7 @@ async fn loss_is_a_new_epoch(bus: &Arc<dyn Bus>, events: &mut Events, old: &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_redis_lost_writes_become_a_new_epoch() {
     let server = RedisServer::start();
-    let (delivery, mut events) = collector();
-    let bus: Arc<dyn Bus> = Arc::new(
-        RedisBus::connect(&server.url(), config("a"))
-            .await
-            .expect("connect"),
-    );
-    bus.start(delivery).await.expect("start");
+    let (bus, mut events) = started(RedisBus::connect(&server.url(), config("a")).await).await;
     let old = five(&bus, &mut events).await;
     let mut c = server.conn().await;
     // What a replica that missed offsets 4 and 5 holds.
@@ -88,13 +91,8 @@ async fn one_redis_lost_writes_become_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_lost_writes_become_a_new_epoch() {
     let rc = cluster::RedisCluster::start();
-    let (delivery, mut events) = collector();
-    let bus: Arc<dyn Bus> = Arc::new(
-        RedisBus::connect_cluster(&rc.seeds(), config("a"))
-            .await
-            .expect("connect"),
-    );
-    bus.start(delivery).await.expect("start");
+    let (bus, mut events) =
+        started(RedisBus::connect_cluster(&rc.seeds(), config("a")).await).await;
     let old = five(&bus, &mut events).await;
     let port = rc.primary_of("{r}");
     let ok = |out: Option<String>| out.expect("redis-cli runs");
@@ -114,20 +112,8 @@ async fn cluster_lost_writes_become_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_offsets_reused_by_another_node_become_a_new_epoch() {
     let server = RedisServer::start();
-    let (delivery, mut events) = collector();
-    let a: Arc<dyn Bus> = Arc::new(
-        RedisBus::connect(&server.url(), config("a"))
-            .await
-            .expect("connect"),
-    );
-    a.start(delivery).await.expect("start");
-    let (other, _other_events) = collector();
-    let b: Arc<dyn Bus> = Arc::new(
-        RedisBus::connect(&server.url(), config("b"))
-            .await
-            .expect("connect"),
-    );
-    b.start(other).await.expect("start");
+    let (a, mut events) = started(RedisBus::connect(&server.url(), config("a")).await).await;
+    let (b, _other_events) = started(RedisBus::connect(&server.url(), config("b")).await).await;
     let old = five(&a, &mut events).await;
     let mut c = server.conn().await;
     // Node a's subscription is cut and kept out (a password its new connections do not

@@ -23,6 +23,12 @@ async fn bus(kind: &str, server: Option<&RedisServer>, cfg: BusConfig) -> Arc<dy
     bus
 }
 
+/// The ids of the nodes `bus` lists, in its order.
+async fn node_ids(bus: &dyn Bus) -> Vec<String> {
+    let nodes = bus.nodes().await.expect("nodes");
+    nodes.into_iter().map(|n| n.node_id).collect()
+}
+
 fn stats(connections: u64) -> NodeStats {
     NodeStats {
         // Whatever the caller says, the bus names the node itself.
@@ -145,15 +151,8 @@ async fn redis_lists_every_node_of_its_cluster_only() {
         "{}"
     );
     for bus in [&a, &b] {
-        let ids: Vec<String> = bus
-            .nodes()
-            .await
-            .expect("nodes")
-            .into_iter()
-            .map(|n| n.node_id)
-            .collect();
         assert_eq!(
-            ids,
+            node_ids(&**bus).await,
             ["node-a", "node-b"],
             "both nodes, sorted, nothing else"
         );
@@ -164,14 +163,11 @@ async fn redis_lists_every_node_of_its_cluster_only() {
         "a field without an expiry is removed by a reader"
     );
     a.remove_node().await.expect("remove a");
-    let ids: Vec<String> = b
-        .nodes()
-        .await
-        .expect("nodes")
-        .into_iter()
-        .map(|n| n.node_id)
-        .collect();
-    assert_eq!(ids, ["node-b"], "a removed node is gone for the others");
+    assert_eq!(
+        node_ids(&*b).await,
+        ["node-b"],
+        "a removed node is gone for the others"
+    );
     for bus in [a, b, other] {
         bus.close().await;
     }

@@ -271,18 +271,9 @@ async fn presence_is_cluster_wide_and_per_user() {
     let r = room("r");
     a.bus.watch_room(&r);
     b.bus.watch_room(&r);
-    a.bus
-        .presence_join(&r, &user("alice"), "a1")
-        .await
-        .expect("join");
-    b.bus
-        .presence_join(&r, &user("alice"), "b1")
-        .await
-        .expect("join");
-    b.bus
-        .presence_join(&r, &user("bob"), "b2")
-        .await
-        .expect("join");
+    join_presence(&*a.bus, &r, "alice", "a1").await;
+    join_presence(&*b.bus, &r, "alice", "b1").await;
+    join_presence(&*b.bus, &r, "bob", "b2").await;
     for n in [&mut a, &mut b] {
         assert_eq!(n.events.member().await, ("joined", "alice".into()));
         assert_eq!(
@@ -294,14 +285,8 @@ async fn presence_is_cluster_wide_and_per_user() {
     let p = a.bus.presence(&r, 10).await.expect("presence");
     assert_eq!((p.count.users, p.count.connections), (2, 3));
     assert_eq!(p.members[0].connections, 2);
-    a.bus
-        .presence_leave(&r, &user("alice"), "a1")
-        .await
-        .expect("leave");
-    b.bus
-        .presence_leave(&r, &user("alice"), "b1")
-        .await
-        .expect("leave");
+    leave_presence(&*a.bus, &r, "alice", "a1").await;
+    leave_presence(&*b.bus, &r, "alice", "b1").await;
     for n in [&mut a, &mut b] {
         assert_eq!(n.events.member().await, ("left", "alice".into()));
     }
@@ -717,15 +702,9 @@ async fn a_dead_nodes_presence_expires() {
     let c = node(&server, cfg("c")).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    b.bus
-        .presence_join(&r, &user("bob"), "b1")
-        .await
-        .expect("join");
+    join_presence(&*b.bus, &r, "bob", "b1").await;
     assert_eq!(a.events.member().await, ("joined", "bob".into()));
-    c.bus
-        .presence_join(&r, &user("carol"), "c1")
-        .await
-        .expect("join");
+    join_presence(&*c.bus, &r, "carol", "c1").await;
     assert_eq!(a.events.member().await, ("joined", "carol".into()));
     let p = a.bus.presence(&r, 10).await.expect("presence");
     assert_eq!(p.count.users, 2);
@@ -756,10 +735,7 @@ async fn presence_survives_refresh_periods() {
     let mut a = node(&server, cfg).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    a.bus
-        .presence_join(&r, &user("alice"), "a1")
-        .await
-        .expect("join");
+    join_presence(&*a.bus, &r, "alice", "a1").await;
     assert_eq!(a.events.member().await, ("joined", "alice".into()));
     // wait on refreshes (observable through the entry's score moving forward) rather
     // than on a clock: after three refreshes the entry must still be present

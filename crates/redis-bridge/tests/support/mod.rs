@@ -218,6 +218,58 @@ pub async fn publish_from(
         .expect("publish")
 }
 
+/// A history query for what follows (`offset`, `epoch`), or at most `limit` recent
+/// messages when that cannot be recovered.
+pub fn query_since(offset: u64, epoch: &str, limit: usize) -> roomcast_redis_bridge::HistoryQuery {
+    roomcast_redis_bridge::HistoryQuery {
+        since: Some(roomcast_protocol::StreamPosition {
+            offset,
+            epoch: epoch.to_string(),
+        }),
+        limit,
+    }
+}
+
+/// A history query for the `limit` most recent messages.
+pub fn query_recent(limit: usize) -> roomcast_redis_bridge::HistoryQuery {
+    roomcast_redis_bridge::HistoryQuery { since: None, limit }
+}
+
+/// `room`'s history on `bus` for `query`; panics if the bus refuses.
+pub async fn history(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room_name: &str,
+    query: roomcast_redis_bridge::HistoryQuery,
+) -> roomcast_redis_bridge::History {
+    bus.history(&room(room_name), query).await.expect("history")
+}
+
+/// Adds connection `conn` of `user_name` to `room`'s presence on `bus`; panics if the
+/// bus refuses.
+pub async fn join_presence(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room: &RoomName,
+    user_name: &str,
+    conn: &str,
+) {
+    bus.presence_join(room, &user(user_name), conn)
+        .await
+        .expect("presence join");
+}
+
+/// Removes connection `conn` of `user_name` from `room`'s presence on `bus`; panics if
+/// the bus refuses.
+pub async fn leave_presence(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room: &RoomName,
+    user_name: &str,
+    conn: &str,
+) {
+    bus.presence_leave(room, &user(user_name), conn)
+        .await
+        .expect("presence leave");
+}
+
 /// Runs one raw command on a connection and returns its reply as the caller's type;
 /// panics (naming the command) if Redis refuses: `redis_query!(&mut conn, "CLIENT",
 /// "KILL", "TYPE", "pubsub")`.

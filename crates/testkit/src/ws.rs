@@ -166,12 +166,7 @@ impl Client {
 
     /// Joins a room and returns the `joined` reply.
     pub async fn join(&mut self, room: &str) -> ServerMessage {
-        let r = self
-            .request(
-                json!({"type": "join", "room": room}),
-                &format!("join-{room}"),
-            )
-            .await;
+        let r = self.join_reply(room, &format!("join-{room}")).await;
         assert!(
             matches!(r, ServerMessage::Joined { .. }),
             "join failed: {r:?}"
@@ -217,6 +212,12 @@ impl Client {
                 "publish {i} to {room}"
             );
         }
+    }
+
+    /// Sends a plain `join` of `room` with `id` and returns the reply, whatever it is.
+    pub async fn join_reply(&mut self, room: &str, id: &str) -> ServerMessage {
+        self.request(json!({"type": "join", "room": room}), id)
+            .await
     }
 
     /// Joins `room` asking to recover from `offset` in `epoch`; returns the reply.

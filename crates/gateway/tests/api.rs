@@ -34,31 +34,9 @@ async fn api(node: &TestNode, method: &str, path: &str, body: &str) -> (u16, Val
     api_as(node, method, path, body, Some(KEY)).await
 }
 
-/// A request with `bearer` (an API key or a user's token) in `Authorization`, if any:
-/// (status, JSON body or Null).
-async fn api_as(
-    node: &TestNode,
-    method: &str,
-    path: &str,
-    body: &str,
-    bearer: Option<&str>,
-) -> (u16, Value) {
-    let auth = bearer.map(|k| format!("Bearer {k}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a.as_str()));
-    }
-    let (status, text) = http(node.addr, method, path, &headers, body).await;
-    (
-        status,
-        serde_json::from_str(&body_of(&text)).unwrap_or(Value::Null),
-    )
-}
-
 /// `POST /api/publish` of `data` as event `e` to `room`: (status, JSON body).
 async fn api_publish(node: &TestNode, room: &str, data: Value) -> (u16, Value) {
-    let body = json!({"room": room, "event": "e", "data": data}).to_string();
-    api(node, "POST", "/api/publish", &body).await
+    api_publish_with(node, KEY, room, data).await
 }
 
 /// [`api_publish`], asserting a 200; returns the body.
@@ -236,7 +214,6 @@ async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emitter_messages_reach_websocket_and_sse_clients_on_every_node() {
-    use roomcast_protocol::{BusMessage, Envelope, EventName, RoomName, UserId};
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
@@ -248,20 +225,13 @@ async fn emitter_messages_reach_websocket_and_sse_clients_on_every_node() {
     // A durable message first, so that the emitter's (offset-less) one comes between two.
     api_publish(n1, "feed", json!(1)).await;
     // docs/protocol.md section 6: any process may PUBLISH the envelope to the room channel.
-    let env = Envelope::new(
+    let bytes = emitter_envelope(
         "billing-backend",
-        BusMessage::Message {
-            room: RoomName::new("feed").expect("room"),
-            event: EventName::new("invoice").expect("event"),
-            data: json!({"paid": true}),
-            from: UserId::new("billing").expect("user"),
-            offset: None,
-            ts: 0,
-            epoch: None,
-            skip: None,
-        },
+        "feed",
+        "invoice",
+        "billing",
+        json!({"paid": true}),
     );
-    let bytes = env.to_msgpack().expect("encode");
     let receivers = redis
         .command_raw(&[b"PUBLISH", b"roomcast:room:feed", &bytes])
         .expect("PUBLISH answers");

@@ -296,10 +296,7 @@ async fn rate_limit_abuse_closes_however_it_is_paced() {
 
 /// The `members` of a presence reply, as user names.
 async fn members(c: &mut Client, room: &str) -> Vec<String> {
-    match c
-        .request(json!({"type": "presence", "room": room}), "who")
-        .await
-    {
+    match c.presence(room, "who").await {
         ServerMessage::Presence { members, .. } => {
             members.into_iter().map(|m| m.user.to_string()).collect()
         }
@@ -353,21 +350,15 @@ async fn reads_to_the_end(c: &mut Client) -> bool {
 /// presence, then the client reads what it got: the node must have closed it. Returns the
 /// node (for its metrics).
 async fn stall_one_client(write_timeout: &str, queue: &str) -> TestNode {
-    let node = TestNode::start(&[
-        "--jwt-secret",
-        SECRET,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
+    let limits = [
         "--write-timeout",
         write_timeout,
         "--send-buffer",
         "4096",
         "--outbound-queue",
         queue,
-    ])
-    .await;
+    ];
+    let node = TestNode::start(&[JWT_UNLIMITED, &limits].concat()).await;
     let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
     let mut stalled = Client::connect(&url("stalled")).await;
     stalled.recv().await;
@@ -453,21 +444,15 @@ async fn a_refreshed_token_with_fewer_rooms_leaves_the_others() {
 async fn a_stalled_sse_stream_is_closed_by_the_write_timeout() {
     // The SSE body is written by hyper: a reader that stops reading blocked that write
     // with no bound; the watched socket ends it.
-    let node = TestNode::start(&[
-        "--jwt-secret",
-        SECRET,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
+    let limits = [
         "--write-timeout",
         "1",
         "--send-buffer",
         "4096",
         "--outbound-queue",
         "100000",
-    ])
-    .await;
+    ];
+    let node = TestNode::start(&[JWT_UNLIMITED, &limits].concat()).await;
     let t = token("sse", json!({}));
     let auth = format!("Bearer {t}");
     let mut sse = SseStream::open(

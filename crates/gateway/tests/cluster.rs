@@ -440,9 +440,7 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
     );
     let r = d.presence("quiet", "pd").await;
     assert_eq!(err_code(&r), ErrorCode::Unavailable);
-    let r = d
-        .request(json!({"type": "join", "room": "elsewhere"}), "jd")
-        .await;
+    let r = d.join_reply("elsewhere", "jd").await;
     assert_eq!(err_code(&r), ErrorCode::Unavailable);
     let r = c
         .request(

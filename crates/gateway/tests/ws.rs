@@ -175,9 +175,7 @@ async fn rooms_claim_and_publish_claim() {
     let (mut c, _) =
         Client::welcomed(&format!("{}?token={t}", node.ws_url()), Encoding::Json).await;
     c.join("chat:a").await;
-    let r = c
-        .request(json!({"type": "join", "room": "secret"}), "j")
-        .await;
+    let r = c.join_reply("secret", "j").await;
     assert_eq!(err_code(&r), ErrorCode::Forbidden);
     let r = c.publish("chat:a", json!(1), "p").await;
     assert_eq!(err_code(&r), ErrorCode::Forbidden);
@@ -191,7 +189,7 @@ async fn rooms_claim_and_publish_claim() {
         Encoding::Json,
     )
     .await;
-    let r = c.request(json!({"type": "join", "room": "any"}), "j").await;
+    let r = c.join_reply("any", "j").await;
     assert_eq!(err_code(&r), ErrorCode::Forbidden);
     deny.stop().await;
 }
@@ -316,19 +314,7 @@ async fn join_since_recovers_exactly_what_was_missed(mode: Mode) {
 
 async fn joining_while_publishing_has_no_gap_and_no_duplicate(mode: Mode) {
     let b = Backend::new(mode);
-    let node = b
-        .node(
-            "n1",
-            &[
-                "--auth",
-                "none",
-                "--rate-limit",
-                "100000",
-                "--rate-burst",
-                "100000",
-            ],
-        )
-        .await;
+    let node = b.node("n1", OPEN_UNLIMITED).await;
     let (mut p, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     p.join("busy").await;
     let total = 400u64;
@@ -487,9 +473,7 @@ async fn bad_input_gets_its_error_and_the_connection_lives() {
             .request(json!({"type": "publish", "room": "r"}), "m")
             .await;
         assert_eq!(err_code(&r), ErrorCode::InvalidMessage, "missing event");
-        let r = c
-            .request(json!({"type": "join", "room": "bad room"}), "b")
-            .await;
+        let r = c.join_reply("bad room", "b").await;
         assert_eq!(err_code(&r), ErrorCode::InvalidMessage);
         let r = c.publish("r", json!("x".repeat(2000)), "big").await;
         assert_eq!(err_code(&r), ErrorCode::TooLarge);
@@ -499,9 +483,7 @@ async fn bad_input_gets_its_error_and_the_connection_lives() {
         assert_eq!(err_code(&r), ErrorCode::NotJoined);
         c.join("one").await;
         c.join("two").await;
-        let r = c
-            .request(json!({"type": "join", "room": "three"}), "rl")
-            .await;
+        let r = c.join_reply("three", "rl").await;
         assert_eq!(err_code(&r), ErrorCode::RoomLimit);
         // Garbage and the other frame type.
         let wrong = match enc {

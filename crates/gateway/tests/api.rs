@@ -105,6 +105,15 @@ fn sse_ids(events: &[(String, Seen)]) -> Vec<String> {
         .collect()
 }
 
+/// Two WebSocket members of `feed`: w1 on `n1` (JSON) and w2 on `n2` (MessagePack).
+async fn feed_members(n1: &TestNode, n2: &TestNode) -> (Client, Client) {
+    let mut w1 = connect(n1, "w1", Encoding::Json).await;
+    let mut w2 = connect(n2, "w2", Encoding::MsgPack).await;
+    w1.join("feed").await;
+    w2.join("feed").await;
+    (w1, w2)
+}
+
 fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<no error code>")
 }
@@ -114,10 +123,7 @@ async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
-    let mut w1 = connect(n1, "w1", Encoding::Json).await;
-    let mut w2 = connect(n2, "w2", Encoding::MsgPack).await;
-    w1.join("feed").await;
-    w2.join("feed").await;
+    let (mut w1, mut w2) = feed_members(n1, n2).await;
     let mut s1 = sse(n1, "s1", "rooms=feed", &[]).await;
     let mut s2 = sse(n2, "s2", "rooms=feed", &[]).await;
 
@@ -217,21 +223,13 @@ async fn emitter_messages_reach_websocket_and_sse_clients_on_every_node() {
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
-    let mut w1 = connect(n1, "w1", Encoding::Json).await;
-    let mut w2 = connect(n2, "w2", Encoding::MsgPack).await;
-    w1.join("feed").await;
-    w2.join("feed").await;
+    let (mut w1, mut w2) = feed_members(n1, n2).await;
     let mut s2 = sse(n2, "s2", "rooms=feed", &[]).await;
     // A durable message first, so that the emitter's (offset-less) one comes between two.
     api_publish(n1, "feed", json!(1)).await;
     // docs/protocol.md section 6: any process may PUBLISH the envelope to the room channel.
-    let bytes = emitter_envelope(
-        "billing-backend",
-        "feed",
-        "invoice",
-        "billing",
-        json!({"paid": true}),
-    );
+    let paid = json!({"paid": true});
+    let bytes = emitter_envelope("billing-backend", "feed", "invoice", "billing", paid);
     let receivers = redis
         .command_raw(&[b"PUBLISH", b"roomcast:room:feed", &bytes])
         .expect("PUBLISH answers");

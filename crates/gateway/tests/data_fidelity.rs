@@ -26,17 +26,7 @@ async fn a_float_published_as_json_arrives_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_frame_that_does_not_decode_keeps_its_id() {
-    let node = TestNode::start(&[
-        "--auth",
-        "none",
-        "--rate-limit",
-        "0.001",
-        "--rate-burst",
-        "1",
-        "--rate-limit-strikes",
-        "100",
-    ])
-    .await;
+    let node = rate_limited_node("0.001", "1", "100").await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     c.send_raw(Message::Text(r#"{"type":5,"id":"first"}"#.into()))
         .await;

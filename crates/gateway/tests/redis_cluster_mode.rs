@@ -130,13 +130,8 @@ async fn an_emitter_spublish_reaches_members() {
     let mut wb = connect_as(&b, "wb").await;
     wa.join("feed").await;
     wb.join("feed").await;
-    let bytes = emitter_envelope(
-        "billing-backend",
-        "feed",
-        "invoice",
-        "billing",
-        json!({"paid": true}),
-    );
+    let paid = json!({"paid": true});
+    let bytes = emitter_envelope("billing-backend", "feed", "invoice", "billing", paid);
     // The cluster room channel: SPUBLISH on the shard of the room's slot.
     let out = cluster::cli_with_input(
         rc.nodes[0].port,

@@ -517,17 +517,7 @@ async fn bad_input_gets_its_error_and_the_connection_lives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_errors_then_4029() {
-    let node = TestNode::start(&[
-        "--auth",
-        "none",
-        "--rate-limit",
-        "1",
-        "--rate-burst",
-        "3",
-        "--rate-limit-strikes",
-        "5",
-    ])
-    .await;
+    let node = rate_limited_node("1", "3", "5").await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     for i in 0..3 {
         assert!(c.pongs(&format!("ok{i}")).await);

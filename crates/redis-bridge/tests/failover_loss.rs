@@ -40,6 +40,21 @@ async fn five(bus: &Arc<dyn Bus>, events: &mut Events) -> String {
     epoch
 }
 
+/// Adds to `pipe` what makes room `r` look as on a replica that missed offsets 4 and 5:
+/// its meta back at offset 3 and those two entries gone from its stream.
+fn lose_4_and_5(pipe: &mut redis::Pipeline) -> &mut redis::Pipeline {
+    pipe.cmd("HSET")
+        .arg("rc:meta:r")
+        .arg("s")
+        .arg(3)
+        .ignore()
+        .cmd("XDEL")
+        .arg("rc:history:r")
+        .arg("4-0")
+        .arg("5-0")
+        .ignore()
+}
+
 /// After the loss and a cut: the gap is reported, the room has a new epoch, and the next
 /// publish is offset 1 of it.
 async fn loss_is_a_new_epoch(bus: &Arc<dyn Bus>, events: &mut Events, old: &str) {
@@ -65,21 +80,9 @@ async fn one_redis_lost_writes_become_a_new_epoch() {
     let old = five(&bus, &mut events).await;
     let mut c = server.conn().await;
     // What a replica that missed offsets 4 and 5 holds.
-    let _: () = redis::pipe()
-        .cmd("HSET")
-        .arg("rc:meta:r")
-        .arg("s")
-        .arg(3)
-        .ignore()
-        .cmd("XDEL")
-        .arg("rc:history:r")
-        .arg("4-0")
-        .arg("5-0")
-        .ignore()
+    let _: () = lose_4_and_5(&mut redis::pipe())
         .cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
+        .arg(&["KILL", "TYPE", "pubsub"][..])
         .ignore()
         .query_async(&mut c)
         .await
@@ -119,22 +122,13 @@ async fn lost_offsets_reused_by_another_node_become_a_new_epoch() {
     // Node a's subscription is cut and kept out (a password its new connections do not
     // have; connections open now stay signed in) while the room loses offsets 4 and 5
     // and node b publishes three messages, which take offsets 4, 5 and 6 again.
-    let _: () = redis::pipe()
-        .cmd("CONFIG")
+    let mut pipe = redis::pipe();
+    pipe.cmd("CONFIG")
         .arg("SET")
         .arg("requirepass")
         .arg("keep-a-out")
-        .ignore()
-        .cmd("HSET")
-        .arg("rc:meta:r")
-        .arg("s")
-        .arg(3)
-        .ignore()
-        .cmd("XDEL")
-        .arg("rc:history:r")
-        .arg("4-0")
-        .arg("5-0")
-        .ignore()
+        .ignore();
+    let _: () = lose_4_and_5(&mut pipe)
         // as a replica that never had them: the stream's last id is 3-0 again
         .cmd("XSETID")
         .arg("rc:history:r")
@@ -143,9 +137,7 @@ async fn lost_offsets_reused_by_another_node_become_a_new_epoch() {
         .arg("0-0")
         .ignore()
         .cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
+        .arg(&["KILL", "TYPE", "pubsub"][..])
         .ignore()
         .query_async(&mut c)
         .await

@@ -178,6 +178,22 @@ pub const OPEN_UNLIMITED: &[&str] = &[
     "100000",
 ];
 
+/// A node without auth whose clients may send `burst` requests at once and then `rate` a
+/// second, and are closed after `strikes` refusals.
+pub async fn rate_limited_node(rate: &str, burst: &str, strikes: &str) -> TestNode {
+    TestNode::start(&[
+        "--auth",
+        "none",
+        "--rate-limit",
+        rate,
+        "--rate-burst",
+        burst,
+        "--rate-limit-strikes",
+        strikes,
+    ])
+    .await
+}
+
 /// A node `id` on the Redis Cluster of `seeds_flag` (its `--redis-cluster-urls` value),
 /// with [`JWT_UNLIMITED`] and `extra` flags.
 pub async fn cluster_mode_node(seeds_flag: &str, id: &str, extra: &[&str]) -> TestNode {

@@ -6,7 +6,7 @@
 
 mod support;
 
-use roomcast_protocol::{close, Encoding};
+use roomcast_protocol::close;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use support::*;
@@ -21,16 +21,12 @@ async fn admin(
     key: Option<&str>,
     body: &str,
 ) -> (u16, Value) {
-    let auth = key.map(|k| format!("Bearer {k}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a.as_str()));
-    }
-    let (status, text) = http(addr, method, path, &headers, body).await;
-    (
-        status,
-        serde_json::from_str(&body_of(&text)).unwrap_or(Value::Null),
-    )
+    json_request(addr, method, path, key, body).await
+}
+
+/// `POST /admin/api/disconnect` with `key` and `body`: status and JSON body.
+async fn disconnect(addr: SocketAddr, key: Option<&str>, body: &str) -> (u16, Value) {
+    admin(addr, "POST", "/admin/api/disconnect", key, body).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Value {
@@ -65,8 +61,7 @@ async fn cluster_node(redis: &RedisServer, id: &str, interval: &str) -> TestNode
 }
 
 async fn connect(node: &TestNode, user: &str) -> Client {
-    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
-    Client::welcomed(&url, Encoding::Json).await.0
+    connect_as(node, user).await
 }
 
 #[tokio::test]
@@ -87,14 +82,7 @@ async fn absent_when_disabled() {
     let (_, admin_off) = admin(node.addr, "GET", "/admin/api/nodes", None, "").await;
     assert_eq!(admin_off["error"]["code"], "not_found", "{admin_off}");
     assert_eq!(admin_off["error"]["code"], unknown["error"]["code"]);
-    let (status, _) = admin(
-        node.addr,
-        "POST",
-        "/admin/api/disconnect",
-        Some(KEY),
-        r#"{"user":"a"}"#,
-    )
-    .await;
+    let (status, _) = disconnect(node.addr, Some(KEY), r#"{"user":"a"}"#).await;
     assert_eq!(status, 404);
     node.stop().await;
 }
@@ -131,14 +119,7 @@ async fn refuses_without_the_key_or_with_a_wrong_one() {
     )
     .await;
     assert_eq!(status, 401);
-    let (status, _) = admin(
-        node.addr,
-        "POST",
-        "/admin/api/disconnect",
-        Some("wrong"),
-        r#"{"user":"a"}"#,
-    )
-    .await;
+    let (status, _) = disconnect(node.addr, Some("wrong"), r#"{"user":"a"}"#).await;
     assert_eq!(status, 401);
     // Basic instead of Bearer is not accepted either.
     let (status, _) = http(
@@ -178,39 +159,17 @@ async fn refuses_without_the_key_or_with_a_wrong_one() {
     assert_eq!(v["nodes"][0]["version"], env!("CARGO_PKG_VERSION"));
 
     // Bad input is a clear 4xx, not a failure.
-    let (status, v) = admin(
-        node.addr,
-        "GET",
-        "/admin/api/room?name=bad%20room",
-        Some(KEY),
-        "",
-    )
-    .await;
-    assert_eq!(status, 400, "{v}");
-    let (status, v) = admin(node.addr, "GET", "/admin/api/room", Some(KEY), "").await;
-    assert_eq!(status, 400, "{v}");
-    let (status, v) = admin(
-        node.addr,
-        "POST",
-        "/admin/api/disconnect",
-        Some(KEY),
-        "not json",
-    )
-    .await;
-    assert_eq!(status, 400, "{v}");
-    let (status, v) = admin(
-        node.addr,
-        "POST",
-        "/admin/api/disconnect",
-        Some(KEY),
-        r#"{"user": 5}"#,
-    )
-    .await;
-    assert_eq!(status, 400, "{v}");
-    let (status, _) = admin(node.addr, "GET", "/admin/api/disconnect", Some(KEY), "").await;
-    assert_eq!(status, 405);
-    let (status, _) = admin(node.addr, "GET", "/admin/api/nope", Some(KEY), "").await;
-    assert_eq!(status, 404);
+    for (method, path, body, want) in [
+        ("GET", "/admin/api/room?name=bad%20room", "", 400),
+        ("GET", "/admin/api/room", "", 400),
+        ("POST", "/admin/api/disconnect", "not json", 400),
+        ("POST", "/admin/api/disconnect", r#"{"user": 5}"#, 400),
+        ("GET", "/admin/api/disconnect", "", 405),
+        ("GET", "/admin/api/nope", "", 404),
+    ] {
+        let (status, v) = admin(node.addr, method, path, Some(KEY), body).await;
+        assert_eq!(status, want, "{method} {path} {body}: {v}");
+    }
     node.stop().await;
 }
 
@@ -296,14 +255,7 @@ async fn two_nodes_rooms_presence_history_and_disconnect() {
     publisher.await.expect("publisher");
 
     // Disconnect alice (on node-a) from node-b's admin API.
-    let (status, v) = admin(
-        b.addr,
-        "POST",
-        "/admin/api/disconnect",
-        Some(KEY),
-        r#"{"user":"alice"}"#,
-    )
-    .await;
+    let (status, v) = disconnect(b.addr, Some(KEY), r#"{"user":"alice"}"#).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(alice.closed().await, Closed::Code(close::INVALID_TOKEN));
     // Bob, on the node that was asked, stays and hears that alice left.

@@ -23,29 +23,10 @@ const COMMON: &[&str] = &[
     "100000",
 ];
 
-async fn cluster(redis: &RedisServer, n: usize, extra: &[&str]) -> Vec<TestNode> {
-    let url = redis.url();
-    let mut nodes = Vec::new();
-    for i in 1..=n {
-        let id = format!("n{i}");
-        let mut args: Vec<&str> = COMMON.to_vec();
-        args.extend_from_slice(&["--redis-url", &url, "--node-id", &id]);
-        args.extend_from_slice(extra);
-        nodes.push(TestNode::start(&args).await);
-    }
-    nodes
-}
-
 async fn standalone(extra: &[&str]) -> TestNode {
     let mut args: Vec<&str> = COMMON.to_vec();
     args.extend_from_slice(extra);
     TestNode::start(&args).await
-}
-
-async fn stop_all(nodes: Vec<TestNode>) {
-    for n in nodes {
-        n.stop().await;
-    }
 }
 
 /// A backend request with the first API key: (status, JSON body or Null).
@@ -53,52 +34,25 @@ async fn api(node: &TestNode, method: &str, path: &str, body: &str) -> (u16, Val
     api_as(node, method, path, body, Some(KEY)).await
 }
 
-async fn api_as(
-    node: &TestNode,
-    method: &str,
-    path: &str,
-    body: &str,
-    key: Option<&str>,
-) -> (u16, Value) {
-    let auth = key.map(|k| format!("Bearer {k}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a.as_str()));
-    }
-    let (status, text) = http(node.addr, method, path, &headers, body).await;
-    (
-        status,
-        serde_json::from_str(&body_of(&text)).unwrap_or(Value::Null),
-    )
+/// `POST /api/publish` of `data` as event `e` to `room`: (status, JSON body).
+async fn api_publish(node: &TestNode, room: &str, data: Value) -> (u16, Value) {
+    api_publish_with(node, KEY, room, data).await
+}
+
+/// [`api_publish`], asserting a 200; returns the body.
+async fn published(node: &TestNode, room: &str, data: Value) -> Value {
+    let (st, v) = api_publish(node, room, data).await;
+    assert_eq!(st, 200, "{v}");
+    v
 }
 
 /// `POST /client/commands` as the holder of `jwt`.
 async fn commands(node: &TestNode, jwt: Option<&str>, body: &Value) -> (u16, Value) {
-    let auth = jwt.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a.as_str()));
-    }
-    let (status, text) = http(
-        node.addr,
-        "POST",
-        "/client/commands",
-        &headers,
-        &body.to_string(),
-    )
-    .await;
-    (
-        status,
-        serde_json::from_str(&body_of(&text)).unwrap_or(Value::Null),
-    )
-}
-
-fn user_url(node: &TestNode, user: &str) -> String {
-    format!("{}?token={}", node.ws_url(), token(user, json!({})))
+    api_as(node, "POST", "/client/commands", &body.to_string(), jwt).await
 }
 
 async fn connect(node: &TestNode, user: &str, enc: Encoding) -> Client {
-    Client::welcomed(&user_url(node, user), enc).await.0
+    connect_user(&node.ws_url(), user, enc).await
 }
 
 /// Opens `/sse?rooms=...` as `user` (plus `extra` query), expecting 200.
@@ -118,22 +72,6 @@ async fn sse(node: &TestNode, user: &str, query: &str, headers: &[(&str, &str)])
 
 /// A room message as (offset, from, data).
 type Seen = (u64, String, Value);
-
-async fn ws_messages(c: &mut Client, n: usize) -> Vec<Seen> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = c
-            .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-            .await;
-        let p = publication(&m);
-        out.push((
-            p.offset.expect("offset"),
-            p.from.to_string(),
-            p.data.clone(),
-        ));
-    }
-    out
-}
 
 /// The next `n` SSE events, checked to be room messages whose id is `room:offset`.
 async fn sse_messages(s: &mut SseStream, n: usize) -> Vec<(String, Seen)> {
@@ -167,6 +105,15 @@ fn sse_ids(events: &[(String, Seen)]) -> Vec<String> {
         .collect()
 }
 
+/// Two WebSocket members of `feed`: w1 on `n1` (JSON) and w2 on `n2` (MessagePack).
+async fn feed_members(n1: &TestNode, n2: &TestNode) -> (Client, Client) {
+    let mut w1 = connect(n1, "w1", Encoding::Json).await;
+    let mut w2 = connect(n2, "w2", Encoding::MsgPack).await;
+    w1.join("feed").await;
+    w2.join("feed").await;
+    (w1, w2)
+}
+
 fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<no error code>")
 }
@@ -174,12 +121,9 @@ fn error_code(v: &Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
-    let mut w1 = connect(n1, "w1", Encoding::Json).await;
-    let mut w2 = connect(n2, "w2", Encoding::MsgPack).await;
-    w1.join("feed").await;
-    w2.join("feed").await;
+    let (mut w1, mut w2) = feed_members(n1, n2).await;
     let mut s1 = sse(n1, "s1", "rooms=feed", &[]).await;
     let mut s2 = sse(n2, "s2", "rooms=feed", &[]).await;
 
@@ -226,7 +170,7 @@ async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
         (5, "w1".into(), json!("hello")),
     ];
     for c in [&mut w1, &mut w2] {
-        assert_eq!(ws_messages(c, 5).await, expected);
+        assert_eq!(c.messages(5).await, expected);
     }
     for s in [&mut s1, &mut s2] {
         let got: Vec<Seen> = sse_messages(s, 5)
@@ -248,7 +192,7 @@ async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
     )
     .await;
     assert_eq!(
-        ws_messages(&mut w2, 1).await,
+        w2.messages(1).await,
         vec![(6, "server".into(), json!("last"))]
     );
     assert_eq!(sse_messages(&mut s1, 1).await[0].1 .0, 6);
@@ -261,13 +205,8 @@ async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
     )
     .await;
     assert_eq!((st, &v), (200, &json!({})));
-    let m = w2
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
-    assert_eq!(
-        (publication(&m).offset, publication(&m).event.as_str()),
-        (None, "typing")
-    );
+    let m = w2.next_message().await;
+    assert_eq!((m.offset, m.event.as_str()), (None, "typing"));
     // Metrics by route and status, and SSE connections.
     let (_, text) = http(n1.addr, "GET", "/metrics", &[], "").await;
     for needle in [
@@ -281,58 +220,28 @@ async fn api_publish_reaches_websocket_and_sse_clients_on_both_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emitter_messages_reach_websocket_and_sse_clients_on_every_node() {
-    use roomcast_protocol::{BusMessage, Envelope, EventName, RoomName, UserId};
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
-    let mut w1 = connect(n1, "w1", Encoding::Json).await;
-    let mut w2 = connect(n2, "w2", Encoding::MsgPack).await;
-    w1.join("feed").await;
-    w2.join("feed").await;
+    let (mut w1, mut w2) = feed_members(n1, n2).await;
     let mut s2 = sse(n2, "s2", "rooms=feed", &[]).await;
     // A durable message first, so that the emitter's (offset-less) one comes between two.
-    api(
-        n1,
-        "POST",
-        "/api/publish",
-        r#"{"room":"feed","event":"e","data":1}"#,
-    )
-    .await;
+    api_publish(n1, "feed", json!(1)).await;
     // docs/protocol.md section 6: any process may PUBLISH the envelope to the room channel.
-    let env = Envelope::new(
-        "billing-backend",
-        BusMessage::Message {
-            room: RoomName::new("feed").expect("room"),
-            event: EventName::new("invoice").expect("event"),
-            data: json!({"paid": true}),
-            from: UserId::new("billing").expect("user"),
-            offset: None,
-            ts: 0,
-            epoch: None,
-            skip: None,
-        },
-    );
-    let bytes = env.to_msgpack().expect("encode");
+    let paid = json!({"paid": true});
+    let bytes = emitter_envelope("billing-backend", "feed", "invoice", "billing", paid);
     let receivers = redis
         .command_raw(&[b"PUBLISH", b"roomcast:room:feed", &bytes])
         .expect("PUBLISH answers");
     assert_eq!(receivers.trim(), ":2", "both nodes are subscribed");
-    api(
-        n2,
-        "POST",
-        "/api/publish",
-        r#"{"room":"feed","event":"e","data":2}"#,
-    )
-    .await;
+    api_publish(n2, "feed", json!(2)).await;
     for c in [&mut w1, &mut w2] {
-        let mut got = Vec::new();
-        for _ in 0..3 {
-            let m = c
-                .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-                .await;
-            let p = publication(&m);
-            got.push((p.offset, p.from.to_string(), p.data.clone()));
-        }
+        let got: Vec<_> = c
+            .publications(3)
+            .await
+            .into_iter()
+            .map(|p| (p.offset, p.from.to_string(), p.data))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -355,7 +264,7 @@ async fn emitter_messages_reach_websocket_and_sse_clients_on_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_send_and_disconnect_act_on_every_node() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
     let mut e1 = connect(n1, "erin", Encoding::Json).await;
     let mut e2 = connect(n2, "erin", Encoding::MsgPack).await;
@@ -370,10 +279,7 @@ async fn api_send_and_disconnect_act_on_every_node() {
     .await;
     assert_eq!((st, &v), (200, &json!({})));
     for c in [&mut e1, &mut e2] {
-        let d = c
-            .recv_match(|m| matches!(m, ServerMessage::Direct(_)))
-            .await;
-        let ServerMessage::Direct(d) = d else {
+        let ServerMessage::Direct(d) = c.recv_match(is_direct).await else {
             unreachable!()
         };
         assert_eq!((d.from.as_str(), d.event.as_str()), ("server", "note"));
@@ -392,17 +298,14 @@ async fn api_send_and_disconnect_act_on_every_node() {
     assert_eq!(e2.closed().await, Closed::Code(4002));
     assert!(e3.ended().await, "erin's SSE stream ends too");
     // Another user is untouched.
-    assert!(matches!(
-        frank.request(json!({"type": "ping"}), "p").await,
-        ServerMessage::Pong { .. }
-    ));
+    assert!(frank.pongs("p").await);
     stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_presence_and_history() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
     let mut a = connect(n1, "ann", Encoding::Json).await;
     let mut b1 = connect(n1, "ben", Encoding::Json).await;
@@ -432,8 +335,7 @@ async fn api_presence_and_history() {
 
     let mut epoch = Value::Null;
     for i in 1..=5 {
-        let body = json!({"room": "chat:a", "event": "e", "data": i}).to_string();
-        let (_, v) = api(n1, "POST", "/api/publish", &body).await;
+        let (_, v) = api_publish(n1, "chat:a", json!(i)).await;
         epoch = v["epoch"].clone();
     }
     let offsets = |v: &Value| -> Vec<u64> {
@@ -513,14 +415,14 @@ async fn api_error_statuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_answers_503_while_redis_is_down() {
     let mut redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &["--bus-timeout", "1"]).await;
+    let nodes = cluster(&redis, 2, COMMON, &["--bus-timeout", "1"]).await;
     let n1 = &nodes[0];
     let (st, _) = api(n1, "POST", "/api/publish", r#"{"room":"r","event":"e"}"#).await;
     assert_eq!(st, 200);
     redis.kill();
     let addr = n1.addr;
     eventually("readyz 503", || async move {
-        (http(addr, "GET", "/readyz", &[], "").await.0 == 503).then_some(())
+        (ready(addr).await == 503).then_some(())
     })
     .await;
     for (method, path, body) in [
@@ -564,7 +466,7 @@ async fn api_answers_503_while_redis_is_down() {
     );
     redis.restart();
     eventually("readyz 200 again", || async move {
-        (http(addr, "GET", "/readyz", &[], "").await.0 == 200).then_some(())
+        (ready(addr).await == 200).then_some(())
     })
     .await;
     let (st, v) = api(n1, "POST", "/api/publish", r#"{"room":"r","event":"e"}"#).await;
@@ -575,7 +477,7 @@ async fn api_answers_503_while_redis_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_commands_over_http() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
     let mut listener = connect(n2, "lis", Encoding::Json).await;
     listener.join("chat:x").await;
@@ -620,18 +522,13 @@ async fn client_commands_over_http() {
     assert_eq!(summary, want, "{v}");
     assert_eq!(replies[0]["offset"], json!(1));
     assert_eq!(replies[1]["count"]["users"], json!(1), "{v}");
-    let m = listener
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
-    let p = publication(&m);
+    let p = listener.next_message().await;
     assert_eq!(
         (p.from.as_str(), &p.data, p.offset),
         ("hana", &json!("via http"), Some(1))
     );
     assert!(matches!(
-        listener
-            .recv_match(|m| matches!(m, ServerMessage::Direct(_)))
-            .await,
+        listener.recv_match(is_direct).await,
         ServerMessage::Direct(ref d) if d.from.as_str() == "hana"
     ));
     // One command (not a list) is answered with a list of one; a retry of c1 on the
@@ -683,15 +580,9 @@ async fn client_commands_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_resumes_with_last_event_id_and_since_on_another_node() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
-    let publish = |room: &'static str, data: i64| {
-        let body = json!({"room": room, "event": "e", "data": data}).to_string();
-        async move {
-            let (st, v) = api(n1, "POST", "/api/publish", &body).await;
-            assert_eq!(st, 200, "{v}");
-        }
-    };
+    let publish = |room: &'static str, data: i64| published(n1, room, json!(data));
     let mut s = sse(n1, "sam", "rooms=a,b", &[]).await;
     publish("a", 1).await;
     publish("b", 1).await;
@@ -869,7 +760,7 @@ async fn openapi_document_matches_the_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_resuming_while_another_node_publishes_has_no_gap_and_no_duplicate() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, COMMON, &[]).await;
     let total = 300u64;
     let mut p = connect(&nodes[0], "pub", Encoding::Json).await;
     let publisher = tokio::spawn(async move {
@@ -929,13 +820,8 @@ async fn sse_slow_consumer_and_connection_limit() {
     // ~48 MiB for a reader that never reads: more than socket buffers hold, so its
     // queue overflows and the node ends its stream.
     for i in 1..=1500u64 {
-        let ack = ws
-            .request(
-                json!({"type": "publish", "room": "flood", "event": "e", "data": payload}),
-                &i.to_string(),
-            )
+        ws.publish_acked("flood", json!(payload), &i.to_string())
             .await;
-        assert!(matches!(ack, ServerMessage::Ack { .. }), "{ack:?}");
     }
     assert!(slow.ended().await, "the slow SSE stream was ended");
     node.stop().await;
@@ -988,13 +874,7 @@ async fn sse_stream_lives_no_longer_than_its_token_and_checks_origins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_last_event_id_resumes_every_room_of_the_stream() {
     let node = standalone(&[]).await;
-    let publish = |room: &'static str| {
-        let body = json!({"room": room, "event": "e", "data": room}).to_string();
-        let node = &node;
-        async move {
-            assert_eq!(api(node, "POST", "/api/publish", &body).await.0, 200);
-        }
-    };
+    let publish = |room: &'static str| published(&node, room, json!(room));
     let mut s = sse(&node, "u", "rooms=a,b", &[]).await;
     publish("a").await;
     publish("b").await;
@@ -1023,11 +903,9 @@ async fn sse_last_event_id_resumes_every_room_of_the_stream() {
 async fn sse_resume_across_a_lost_history_skips_nothing() {
     let node = standalone(&["--history-ttl", "1"]).await;
     let publish = |data: i64| {
-        let body = json!({"room": "a", "event": "e", "data": data}).to_string();
         let node = &node;
         async move {
-            let (st, v) = api(node, "POST", "/api/publish", &body).await;
-            assert_eq!(st, 200);
+            let v = published(node, "a", json!(data)).await;
             v["epoch"].as_str().expect("epoch").to_string()
         }
     };

@@ -8,30 +8,15 @@ mod support;
 use roomcast_protocol::{
     BusMessage, Encoding, Envelope, EventName, RoomName, ServerMessage, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 const KEY: &str = "bus-input-key";
 
 async fn api_publish(node: &TestNode, data: &str) -> u64 {
-    let body = json!({"room": "r", "event": "e", "data": data}).to_string();
-    let auth = format!("Bearer {KEY}");
-    let (status, text) = http(
-        node.addr,
-        "POST",
-        "/api/publish",
-        &[
-            ("content-type", "application/json"),
-            ("authorization", &auth),
-        ],
-        &body,
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str::<Value>(&body_of(&text))
-        .ok()
-        .and_then(|v| v["offset"].as_u64())
-        .expect("an offset")
+    let (status, v) = api_publish_with(node, KEY, "r", json!(data)).await;
+    assert_eq!(status, 200, "{v}");
+    v["offset"].as_u64().expect("an offset")
 }
 
 /// The value of a counter in /metrics.
@@ -54,17 +39,7 @@ fn disconnect(user: &str, code: u16) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_envelopes_and_bad_close_codes_from_redis_close_nobody() {
     let redis = RedisServer::start();
-    let node = TestNode::start(&[
-        "--jwt-secret",
-        SECRET,
-        "--api-keys",
-        KEY,
-        "--redis-url",
-        &redis.url(),
-        "--node-id",
-        "n1",
-    ])
-    .await;
+    let node = api_node(&redis, KEY).await;
     let url = format!("{}?token={}", node.ws_url(), token("alice", json!({})));
     let (mut alice, _) = Client::welcomed(&url, Encoding::Json).await;
     let epoch = match alice.join("r").await {
@@ -72,9 +47,7 @@ async fn forged_envelopes_and_bad_close_codes_from_redis_close_nobody() {
         other => panic!("{other:?}"),
     };
     assert_eq!(api_publish(&node, "real 1").await, 1);
-    let m = alice
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    let m = alice.recv_match(is_message).await;
     assert_eq!(publication(&m).offset, Some(1));
 
     // an emitter envelope with a forged offset, ahead of the room's history, in its epoch
@@ -104,9 +77,7 @@ async fn forged_envelopes_and_bad_close_codes_from_redis_close_nobody() {
 
     // still open, and the next real message is the next one
     assert_eq!(api_publish(&node, "real 2").await, 2);
-    let m = alice
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    let m = alice.recv_match(is_message).await;
     assert_eq!(
         (publication(&m).offset, publication(&m).data.clone()),
         (Some(2), json!("real 2"))

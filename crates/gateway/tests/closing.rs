@@ -204,17 +204,7 @@ impl Tally {
 async fn a_close_the_node_starts_keeps_the_frames_before_it_while_the_client_still_sends() {
     // 10 requests fit the burst, the next 20 are refused, the 20th refusal closes (4029);
     // the client sends 230 without reading, so most arrive after the node's Close.
-    let node = TestNode::start(&[
-        "--auth",
-        "none",
-        "--rate-limit",
-        "0.001",
-        "--rate-burst",
-        "10",
-        "--rate-limit-strikes",
-        "20",
-    ])
-    .await;
+    let node = rate_limited_node("0.001", "10", "20").await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     for i in 0..230 {
         c.ws.feed(ping(i)).await.expect("queue");
@@ -243,17 +233,7 @@ async fn a_close_the_node_starts_keeps_the_frames_before_it_while_the_client_sti
 async fn rate_limit_abuse_closes_however_it_is_paced() {
     // 10 requests a second; the client sends 40 a second, so admitted requests come
     // between the refusals (which once reset the count and kept the connection open).
-    let node = TestNode::start(&[
-        "--auth",
-        "none",
-        "--rate-limit",
-        "10",
-        "--rate-burst",
-        "1",
-        "--rate-limit-strikes",
-        "5",
-    ])
-    .await;
+    let node = rate_limited_node("10", "1", "5").await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(25));
     let mut t = Tally::default();
@@ -296,10 +276,7 @@ async fn rate_limit_abuse_closes_however_it_is_paced() {
 
 /// The `members` of a presence reply, as user names.
 async fn members(c: &mut Client, room: &str) -> Vec<String> {
-    match c
-        .request(json!({"type": "presence", "room": room}), "who")
-        .await
-    {
+    match c.presence(room, "who").await {
         ServerMessage::Presence { members, .. } => {
             members.into_iter().map(|m| m.user.to_string()).collect()
         }
@@ -348,36 +325,37 @@ async fn reads_to_the_end(c: &mut Client) -> bool {
     }
 }
 
-/// A node with a tiny send buffer and these queue and time limits; a client of it joins
-/// room `big` and stops reading, a publisher floods the room until the client is gone from
-/// presence, then the client reads what it got: the node must have closed it. Returns the
-/// node (for its metrics).
-async fn stall_one_client(write_timeout: &str, queue: &str) -> TestNode {
-    let node = TestNode::start(&[
-        "--jwt-secret",
-        SECRET,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-        "--write-timeout",
-        write_timeout,
-        "--send-buffer",
-        "4096",
-        "--outbound-queue",
-        queue,
-    ])
-    .await;
+/// Two connected clients of `node` (past their welcome): `pub` and `watch`.
+async fn publisher_and_watcher(node: &TestNode) -> (Client, Client) {
     let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
-    let mut stalled = Client::connect(&url("stalled")).await;
-    stalled.recv().await;
-    stalled.join("big").await;
     let (mut publisher, mut watcher) = (
         Client::connect(&url("pub")).await,
         Client::connect(&url("watch")).await,
     );
     publisher.recv().await;
     watcher.recv().await;
+    (publisher, watcher)
+}
+
+/// A node with a tiny send buffer and these queue and time limits; a client of it joins
+/// room `big` and stops reading, a publisher floods the room until the client is gone from
+/// presence, then the client reads what it got: the node must have closed it. Returns the
+/// node (for its metrics).
+async fn stall_one_client(write_timeout: &str, queue: &str) -> TestNode {
+    let limits = [
+        "--write-timeout",
+        write_timeout,
+        "--send-buffer",
+        "4096",
+        "--outbound-queue",
+        queue,
+    ];
+    let node = TestNode::start(&[JWT_UNLIMITED, &limits].concat()).await;
+    let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
+    let mut stalled = Client::connect(&url("stalled")).await;
+    stalled.recv().await;
+    stalled.join("big").await;
+    let (mut publisher, mut watcher) = publisher_and_watcher(&node).await;
     assert!(
         flood_until_gone(&mut publisher, &mut watcher, "big", "stalled").await,
         "the stalled client left presence"
@@ -453,21 +431,15 @@ async fn a_refreshed_token_with_fewer_rooms_leaves_the_others() {
 async fn a_stalled_sse_stream_is_closed_by_the_write_timeout() {
     // The SSE body is written by hyper: a reader that stops reading blocked that write
     // with no bound; the watched socket ends it.
-    let node = TestNode::start(&[
-        "--jwt-secret",
-        SECRET,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
+    let limits = [
         "--write-timeout",
         "1",
         "--send-buffer",
         "4096",
         "--outbound-queue",
         "100000",
-    ])
-    .await;
+    ];
+    let node = TestNode::start(&[JWT_UNLIMITED, &limits].concat()).await;
     let t = token("sse", json!({}));
     let auth = format!("Bearer {t}");
     let mut sse = SseStream::open(
@@ -477,13 +449,7 @@ async fn a_stalled_sse_stream_is_closed_by_the_write_timeout() {
     )
     .await;
     assert_eq!(sse.status, 200);
-    let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
-    let (mut publisher, mut watcher) = (
-        Client::connect(&url("pub")).await,
-        Client::connect(&url("watch")).await,
-    );
-    publisher.recv().await;
-    watcher.recv().await;
+    let (mut publisher, mut watcher) = publisher_and_watcher(&node).await;
     assert!(
         members(&mut watcher, "big")
             .await

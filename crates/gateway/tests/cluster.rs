@@ -4,132 +4,26 @@
 mod support;
 
 use roomcast_protocol::{Encoding, ErrorCode, ServerMessage};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
-
-/// Flags every cluster node gets: JWT auth, no rate limit in the way of bursts.
-const COMMON: &[&str] = &[
-    "--jwt-secret",
-    SECRET,
-    "--rate-limit",
-    "100000",
-    "--rate-burst",
-    "100000",
-];
-
-/// Starts `n` nodes named n1..nN on `redis`, with `extra` flags.
-async fn cluster(redis: &RedisServer, n: usize, extra: &[&str]) -> Vec<TestNode> {
-    let url = redis.url();
-    let mut nodes = Vec::new();
-    for i in 1..=n {
-        let id = format!("n{i}");
-        let mut args: Vec<&str> = COMMON.to_vec();
-        args.extend_from_slice(&["--redis-url", &url, "--node-id", &id]);
-        args.extend_from_slice(extra);
-        nodes.push(TestNode::start(&args).await);
-    }
-    nodes
-}
-
-async fn stop_all(nodes: Vec<TestNode>) {
-    for n in nodes {
-        n.stop().await;
-    }
-}
-
-fn user_url(ws_url: &str, user: &str) -> String {
-    format!("{ws_url}?token={}", token(user, json!({})))
-}
-
-/// A welcomed client of `user` on the node at `ws_url`.
-async fn connect(ws_url: &str, user: &str, enc: Encoding) -> Client {
-    Client::welcomed(&user_url(ws_url, user), enc).await.0
-}
-
-fn is_message(m: &ServerMessage) -> bool {
-    matches!(m, ServerMessage::Message(_))
-}
-
-fn is_member_event(m: &ServerMessage) -> bool {
-    matches!(
-        m,
-        ServerMessage::MemberJoined { .. } | ServerMessage::MemberLeft { .. }
-    )
-}
-
-/// The next `n` room messages as (offset, from, data).
-async fn messages(c: &mut Client, n: usize) -> Vec<(u64, String, Value)> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let m = c.recv_match(is_message).await;
-        let p = publication(&m);
-        out.push((
-            p.offset.expect("durable message has an offset"),
-            p.from.to_string(),
-            p.data.clone(),
-        ));
-    }
-    out
-}
-
-fn epoch_of(j: &ServerMessage) -> String {
-    match j {
-        ServerMessage::Joined { epoch, .. } => epoch.clone(),
-        other => panic!("expected joined, got {other:?}"),
-    }
-}
-
-fn err_code(m: &ServerMessage) -> ErrorCode {
-    match m {
-        ServerMessage::Error { code, .. } => *code,
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
-
-/// `GET /readyz` status.
-async fn ready(node: std::net::SocketAddr) -> u16 {
-    http(node, "GET", "/readyz", &[], "").await.0
-}
-
-/// The value of a metric line (`name value`) in a node's /metrics.
-async fn metric(node: std::net::SocketAddr, name: &str) -> f64 {
-    let (_, text) = http(node, "GET", "/metrics", &[], "").await;
-    body_of(&text)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_publish_and_ack() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
-    let mut alice = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
-    let mut bob = connect(&nodes[1].ws_url(), "bob", Encoding::Json).await;
-    let mut carl = connect(&nodes[1].ws_url(), "carl", Encoding::MsgPack).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &[]).await;
+    let mut alice = connect_user(&nodes[0].ws_url(), "alice", Encoding::Json).await;
+    let mut bob = connect_user(&nodes[1].ws_url(), "bob", Encoding::Json).await;
+    let mut carl = connect_user(&nodes[1].ws_url(), "carl", Encoding::MsgPack).await;
     for c in [&mut alice, &mut bob, &mut carl] {
         c.join("x").await;
     }
     let ack = alice
-        .request(
+        .acked(
             json!({"type": "publish", "room": "x", "event": "chat", "data": {"hi": "from n1"}}),
             "m1",
         )
         .await;
-    assert!(
-        matches!(
-            ack,
-            ServerMessage::Ack {
-                offset: Some(1),
-                ..
-            }
-        ),
-        "{ack:?}"
-    );
+    assert_eq!(ack, Some(1));
     for c in [&mut bob, &mut carl] {
         let m = c.recv_match(is_message).await;
         let p = publication(&m);
@@ -141,23 +35,14 @@ async fn cross_node_publish_and_ack() {
     }
     // The other way round, with echo: the sender on n2 gets its own message too.
     let ack = bob
-        .request(
+        .acked(
             json!({"type": "publish", "room": "x", "event": "chat", "data": 2, "echo": true}),
             "m2",
         )
         .await;
-    assert!(
-        matches!(
-            ack,
-            ServerMessage::Ack {
-                offset: Some(2),
-                ..
-            }
-        ),
-        "{ack:?}"
-    );
+    assert_eq!(ack, Some(2));
     for c in [&mut alice, &mut bob, &mut carl] {
-        assert_eq!(messages(c, 1).await, vec![(2, "bob".to_string(), json!(2))]);
+        assert_eq!(c.messages(1).await, vec![(2, "bob".to_string(), json!(2))]);
     }
     stop_all(nodes).await;
 }
@@ -165,14 +50,14 @@ async fn cross_node_publish_and_ack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_on_different_nodes_give_every_client_one_order() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 3, &[]).await;
+    let nodes = cluster(&redis, 3, JWT_UNLIMITED, &[]).await;
     let per_publisher = 100u64;
     let publishers = ["p1", "p2", "p3", "p4", "p5", "p6"];
     let total = per_publisher as usize * publishers.len();
     // Two publishers and one listener per node; publishers echo so they record too.
     let mut pubs = Vec::new();
     for (i, name) in publishers.iter().enumerate() {
-        let mut c = connect(&nodes[i % 3].ws_url(), name, Encoding::Json).await;
+        let mut c = connect_user(&nodes[i % 3].ws_url(), name, Encoding::Json).await;
         c.join("order").await;
         pubs.push((name.to_string(), c));
     }
@@ -183,7 +68,7 @@ async fn concurrent_publishers_on_different_nodes_give_every_client_one_order() 
         } else {
             Encoding::MsgPack
         };
-        let mut c = connect(&node.ws_url(), &format!("l{i}"), enc).await;
+        let mut c = connect_user(&node.ws_url(), &format!("l{i}"), enc).await;
         c.join("order").await;
         listeners.push(c);
     }
@@ -195,11 +80,11 @@ async fn concurrent_publishers_on_different_nodes_give_every_client_one_order() 
                     "data": {"p": name, "i": i}, "echo": true}))
                     .await;
             }
-            messages(&mut c, total).await
+            c.messages(total).await
         }));
     }
     for mut c in listeners {
-        tasks.push(tokio::spawn(async move { messages(&mut c, total).await }));
+        tasks.push(tokio::spawn(async move { c.messages(total).await }));
     }
     let mut seen = Vec::new();
     for t in tasks {
@@ -229,23 +114,14 @@ async fn concurrent_publishers_on_different_nodes_give_every_client_one_order() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_messages_reach_a_user_on_two_nodes_once() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
-    let mut tab1 = connect(&nodes[0].ws_url(), "erin", Encoding::Json).await;
-    let mut tab2 = connect(&nodes[1].ws_url(), "erin", Encoding::MsgPack).await;
-    let mut frank = connect(&nodes[0].ws_url(), "frank", Encoding::Json).await;
-    let ack = frank
-        .request(
-            json!({"type": "send", "to": "erin", "event": "hi", "data": {"x": 1}}),
-            "s1",
-        )
-        .await;
-    assert!(
-        matches!(ack, ServerMessage::Ack { offset: None, .. }),
-        "{ack:?}"
-    );
-    let direct = |m: &ServerMessage| matches!(m, ServerMessage::Direct(_));
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &[]).await;
+    let mut tab1 = connect_user(&nodes[0].ws_url(), "erin", Encoding::Json).await;
+    let mut tab2 = connect_user(&nodes[1].ws_url(), "erin", Encoding::MsgPack).await;
+    let mut frank = connect_user(&nodes[0].ws_url(), "frank", Encoding::Json).await;
+    let hi = json!({"type": "send", "to": "erin", "event": "hi", "data": {"x": 1}});
+    assert_eq!(frank.acked(hi.clone(), "s1").await, None);
     for t in [&mut tab1, &mut tab2] {
-        let ServerMessage::Direct(d) = t.recv_match(direct).await else {
+        let ServerMessage::Direct(d) = t.recv_match(is_direct).await else {
             unreachable!()
         };
         assert_eq!((d.from.as_str(), d.event.as_str()), ("frank", "hi"));
@@ -253,14 +129,8 @@ async fn direct_messages_reach_a_user_on_two_nodes_once() {
     }
     // frank retries the same id from the other node: acknowledged, not delivered again.
     drop(frank);
-    let mut frank = connect(&nodes[1].ws_url(), "frank", Encoding::Json).await;
-    let ack = frank
-        .request(
-            json!({"type": "send", "to": "erin", "event": "hi", "data": {"x": 1}}),
-            "s1",
-        )
-        .await;
-    assert!(matches!(ack, ServerMessage::Ack { .. }), "{ack:?}");
+    let mut frank = connect_user(&nodes[1].ws_url(), "frank", Encoding::Json).await;
+    frank.acked(hi, "s1").await;
     frank
         .request(
             json!({"type": "send", "to": "erin", "event": "bye", "data": 2}),
@@ -268,7 +138,7 @@ async fn direct_messages_reach_a_user_on_two_nodes_once() {
         )
         .await;
     for t in [&mut tab1, &mut tab2] {
-        let d = t.recv_match(direct).await;
+        let d = t.recv_match(is_direct).await;
         assert!(
             matches!(d, ServerMessage::Direct(ref d) if d.event.as_str() == "bye"),
             "the retried send was not delivered twice: {d:?}"
@@ -280,11 +150,11 @@ async fn direct_messages_reach_a_user_on_two_nodes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_member_events_are_per_user_across_nodes() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
-    let mut watcher = connect(&nodes[0].ws_url(), "watcher", Encoding::Json).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &[]).await;
+    let mut watcher = connect_user(&nodes[0].ws_url(), "watcher", Encoding::Json).await;
     watcher.join("room").await;
-    let mut g1 = connect(&nodes[1].ws_url(), "gina", Encoding::Json).await;
-    let mut g2 = connect(&nodes[0].ws_url(), "gina", Encoding::Json).await;
+    let mut g1 = connect_user(&nodes[1].ws_url(), "gina", Encoding::Json).await;
+    let mut g2 = connect_user(&nodes[0].ws_url(), "gina", Encoding::Json).await;
     g1.join("room").await;
     let ev = watcher.recv_match(is_member_event).await;
     assert!(
@@ -295,9 +165,7 @@ async fn presence_and_member_events_are_per_user_across_nodes() {
     g2.join("room").await;
     // Presence is the same from either node: 2 users, 3 connections, gina with 2.
     for c in [&mut watcher, &mut g1] {
-        let p = c
-            .request(json!({"type": "presence", "room": "room"}), "p")
-            .await;
+        let p = c.presence("room", "p").await;
         let ServerMessage::Presence { members, count, .. } = &p else {
             panic!("{p:?}")
         };
@@ -319,9 +187,7 @@ async fn presence_and_member_events_are_per_user_across_nodes() {
         matches!(ev, ServerMessage::MemberLeft { ref user, .. } if user.as_str() == "gina"),
         "the next member event after gina's second tab is her leaving: {ev:?}"
     );
-    let p = g1
-        .request(json!({"type": "presence", "room": "room"}), "p2")
-        .await;
+    let p = g1.presence("room", "p2").await;
     assert!(
         matches!(p, ServerMessage::Presence { count, .. } if count.users == 1 && count.connections == 1),
         "{p:?}"
@@ -332,31 +198,18 @@ async fn presence_and_member_events_are_per_user_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_after_reconnecting_to_another_node() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
-    let mut p = connect(&nodes[0].ws_url(), "pub", Encoding::Json).await;
-    let mut r = connect(&nodes[0].ws_url(), "reader", Encoding::MsgPack).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &[]).await;
+    let mut p = connect_user(&nodes[0].ws_url(), "pub", Encoding::Json).await;
+    let mut r = connect_user(&nodes[0].ws_url(), "reader", Encoding::MsgPack).await;
     let epoch = epoch_of(&r.join("news").await);
-    p.request(
-        json!({"type": "publish", "room": "news", "event": "e", "data": 1}),
-        "1",
-    )
-    .await;
-    let seen = messages(&mut r, 1).await[0].0;
+    p.publish("news", json!(1), "1").await;
+    let seen = r.messages(1).await[0].0;
     drop(r);
     for i in 2..=4 {
-        p.request(
-            json!({"type": "publish", "room": "news", "event": "e", "data": i}),
-            &i.to_string(),
-        )
-        .await;
+        p.publish("news", json!(i), &i.to_string()).await;
     }
-    let mut back = connect(&nodes[1].ws_url(), "reader", Encoding::MsgPack).await;
-    let j = back
-        .request(
-            json!({"type": "join", "room": "news", "since": {"offset": seen, "epoch": epoch}}),
-            "j",
-        )
-        .await;
+    let mut back = connect_user(&nodes[1].ws_url(), "reader", Encoding::MsgPack).await;
+    let j = back.join_since("news", seen, &epoch, "j").await;
     match j {
         ServerMessage::Joined {
             recovered,
@@ -381,50 +234,28 @@ async fn recovery_after_reconnecting_to_another_node() {
         other => panic!("{other:?}"),
     }
     // Live delivery goes on from there, without a repeat.
-    p.request(
-        json!({"type": "publish", "room": "news", "event": "e", "data": 5}),
-        "5",
-    )
-    .await;
+    p.publish("news", json!(5), "5").await;
     assert_eq!(
-        messages(&mut back, 1).await,
+        back.messages(1).await,
         vec![(5, "pub".to_string(), json!(5))]
     );
     // An epoch the cluster never had cannot be recovered.
-    let mut other = connect(&nodes[1].ws_url(), "other", Encoding::Json).await;
-    let j = other
-        .request(
-            json!({"type": "join", "room": "news", "since": {"offset": 1, "epoch": "nope"}}),
-            "j",
-        )
-        .await;
-    assert!(
-        matches!(
-            j,
-            ServerMessage::Joined {
-                recovered: false,
-                ..
-            }
-        ),
-        "{j:?}"
-    );
+    let mut other = connect_user(&nodes[1].ws_url(), "other", Encoding::Json).await;
+    let j = other.join_since("news", 1, "nope", "j").await;
+    assert!(!replayed(&j).0, "{j:?}");
     stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_with_since_or_history_while_another_node_publishes() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &[]).await;
     let total = 400u64;
-    let mut probe = connect(&nodes[1].ws_url(), "probe", Encoding::Json).await;
-    let mut p = connect(&nodes[0].ws_url(), "pub", Encoding::Json).await;
+    let mut probe = connect_user(&nodes[1].ws_url(), "probe", Encoding::Json).await;
+    let mut p = connect_user(&nodes[0].ws_url(), "pub", Encoding::Json).await;
     p.join("busy").await;
     // The room's epoch exists from its first message on.
-    p.request(
-        json!({"type": "publish", "room": "busy", "event": "e", "data": 0}),
-        "first",
-    )
-    .await;
+    p.publish("busy", json!(0), "first").await;
     let epoch = epoch_of(&probe.join("busy").await);
     // The publisher is kept (returned) until the end: dropping a socket with unread
     // input resets it, and the node would lose the publishes still in flight.
@@ -440,7 +271,7 @@ async fn joining_with_since_or_history_while_another_node_publishes() {
     for k in 0..8 {
         let (url, epoch) = (url.clone(), epoch.clone());
         joiners.push(tokio::spawn(async move {
-            let mut c = connect(&url, &format!("j{k}"), Encoding::Json).await;
+            let mut c = connect_user(&url, &format!("j{k}"), Encoding::Json).await;
             let join = if k % 2 == 0 {
                 json!({"type": "join", "room": "busy", "history": 1000})
             } else {
@@ -473,7 +304,8 @@ async fn joining_with_since_or_history_while_another_node_publishes() {
     }
     let _p = publisher.await.expect("publisher");
     // The probe, joined from the start, saw it all live too.
-    let live: Vec<u64> = messages(&mut probe, total as usize - 1)
+    let live: Vec<u64> = probe
+        .messages(total as usize - 1)
         .await
         .into_iter()
         .map(|m| m.0)
@@ -485,14 +317,14 @@ async fn joining_with_since_or_history_while_another_node_publishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_retry_on_another_node() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
-    let mut listener = connect(&nodes[1].ws_url(), "listener", Encoding::Json).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &[]).await;
+    let mut listener = connect_user(&nodes[1].ws_url(), "listener", Encoding::Json).await;
     listener.join("r").await;
-    let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
+    let mut a = connect_user(&nodes[0].ws_url(), "alice", Encoding::Json).await;
     assert_eq!(a.publish_acked("r", json!("once"), "m1").await, Some(1));
     drop(a);
     // alice lost her connection before the ack (say) and resends on another node.
-    let mut a = connect(&nodes[1].ws_url(), "alice", Encoding::MsgPack).await;
+    let mut a = connect_user(&nodes[1].ws_url(), "alice", Encoding::MsgPack).await;
     assert_eq!(
         a.publish_acked("r", json!("once"), "m1").await,
         Some(1),
@@ -500,10 +332,10 @@ async fn idempotent_retry_on_another_node() {
     );
     assert_eq!(a.publish_acked("r", json!("next"), "m2").await, Some(2));
     // The id is per user: another user's m1 is a message of its own.
-    let mut b = connect(&nodes[0].ws_url(), "bob", Encoding::Json).await;
+    let mut b = connect_user(&nodes[0].ws_url(), "bob", Encoding::Json).await;
     assert_eq!(b.publish_acked("r", json!("bob's"), "m1").await, Some(3));
     assert_eq!(
-        messages(&mut listener, 3).await,
+        listener.messages(3).await,
         vec![
             (1, "alice".into(), json!("once")),
             (2, "alice".into(), json!("next")),
@@ -518,9 +350,9 @@ async fn pipelined_publishes_keep_their_order() {
     // A client sends publishes back to back without waiting for acks: the node runs
     // them while it reads on, yet they get offsets, acks and deliveries in send order.
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &["--max-pending-requests", "8"]).await;
-    let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::MsgPack).await;
-    let mut b = connect(&nodes[1].ws_url(), "bob", Encoding::Json).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &["--max-pending-requests", "8"]).await;
+    let mut a = connect_user(&nodes[0].ws_url(), "alice", Encoding::MsgPack).await;
+    let mut b = connect_user(&nodes[1].ws_url(), "bob", Encoding::Json).await;
     b.join("pipe").await;
     const N: i64 = 300;
     for i in 0..N {
@@ -540,7 +372,7 @@ async fn pipelined_publishes_keep_their_order() {
         acks, want,
         "acks in request order, offsets in request order"
     );
-    let got = messages(&mut b, N as usize).await;
+    let got = b.messages(N as usize).await;
     let want: Vec<_> = (0..N)
         .map(|i| (i as u64 + 1, "alice".into(), json!(i)))
         .collect();
@@ -554,7 +386,7 @@ async fn nodes_started_before_redis_serve_once_it_comes_up() {
     // listens, answers /healthz 200 and /readyz 503, and joins the cluster when it is.
     let mut redis = RedisServer::start();
     redis.kill();
-    let nodes = cluster(&redis, 2, &["--bus-timeout", "1"]).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &["--bus-timeout", "1"]).await;
     let (n1, n2) = (nodes[0].addr, nodes[1].addr);
     for n in [n1, n2] {
         assert_eq!(http(n, "GET", "/healthz", &[], "").await.0, 200);
@@ -567,43 +399,30 @@ async fn nodes_started_before_redis_serve_once_it_comes_up() {
         })
         .await;
     }
-    let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
-    let mut b = connect(&nodes[1].ws_url(), "bob", Encoding::MsgPack).await;
+    let mut a = connect_user(&nodes[0].ws_url(), "alice", Encoding::Json).await;
+    let mut b = connect_user(&nodes[1].ws_url(), "bob", Encoding::MsgPack).await;
     b.join("late").await;
-    let r = a
-        .request(
-            json!({"type": "publish", "room": "late", "event": "e", "data": "hi"}),
-            "p",
-        )
-        .await;
-    assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
-    assert_eq!(
-        messages(&mut b, 1).await,
-        vec![(1, "alice".into(), json!("hi"))]
-    );
+    a.publish_acked("late", json!("hi"), "p").await;
+    assert_eq!(b.messages(1).await, vec![(1, "alice".into(), json!("hi"))]);
     stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
     let mut redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &["--bus-timeout", "1"]).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &["--bus-timeout", "1"]).await;
     let (n1, n2) = (nodes[0].addr, nodes[1].addr);
     // a and b are in a room with history; c and d in one without.
-    let mut a = connect(&nodes[0].ws_url(), "alice", Encoding::Json).await;
-    let mut b = connect(&nodes[1].ws_url(), "bob", Encoding::Json).await;
-    let mut c = connect(&nodes[0].ws_url(), "carol", Encoding::Json).await;
-    let mut d = connect(&nodes[1].ws_url(), "dave", Encoding::MsgPack).await;
+    let mut a = connect_user(&nodes[0].ws_url(), "alice", Encoding::Json).await;
+    let mut b = connect_user(&nodes[1].ws_url(), "bob", Encoding::Json).await;
+    let mut c = connect_user(&nodes[0].ws_url(), "carol", Encoding::Json).await;
+    let mut d = connect_user(&nodes[1].ws_url(), "dave", Encoding::MsgPack).await;
     let old_epoch = epoch_of(&a.join("hist").await);
     b.join("hist").await;
     let quiet_epoch = epoch_of(&c.join("quiet").await);
     d.join("quiet").await;
-    a.request(
-        json!({"type": "publish", "room": "hist", "event": "e", "data": "before"}),
-        "1",
-    )
-    .await;
-    assert_eq!(messages(&mut b, 1).await[0].2, json!("before"));
+    a.publish("hist", json!("before"), "1").await;
+    assert_eq!(b.messages(1).await[0].2, json!("before"));
     assert_eq!((ready(n1).await, ready(n2).await), (200, 200));
 
     redis.kill();
@@ -613,24 +432,15 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
         })
         .await;
     }
-    let r = c
-        .request(
-            json!({"type": "publish", "room": "quiet", "event": "e", "data": "lost?"}),
-            "down",
-        )
-        .await;
+    let r = c.publish("quiet", json!("lost?"), "down").await;
     assert_eq!(
         err_code(&r),
         ErrorCode::Unavailable,
         "a publish while Redis is down is refused, never dropped silently"
     );
-    let r = d
-        .request(json!({"type": "presence", "room": "quiet"}), "pd")
-        .await;
+    let r = d.presence("quiet", "pd").await;
     assert_eq!(err_code(&r), ErrorCode::Unavailable);
-    let r = d
-        .request(json!({"type": "join", "room": "elsewhere"}), "jd")
-        .await;
+    let r = d.join_reply("elsewhere", "jd").await;
     assert_eq!(err_code(&r), ErrorCode::Unavailable);
     let r = c
         .request(
@@ -640,10 +450,7 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
         .await;
     assert_eq!(err_code(&r), ErrorCode::Unavailable);
     // Connections stay up meanwhile.
-    assert!(matches!(
-        d.request(json!({"type": "ping"}), "ping").await,
-        ServerMessage::Pong { .. }
-    ));
+    assert!(d.pongs("ping").await);
 
     redis.restart();
     for n in [n1, n2] {
@@ -658,25 +465,11 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
     for x in [&mut c, &mut d] {
         assert_eq!(x.closed().await, Closed::Code(1013));
     }
-    let mut c = connect(&nodes[0].ws_url(), "carol", Encoding::Json).await;
-    let mut d = connect(&nodes[1].ws_url(), "dave", Encoding::MsgPack).await;
+    let mut c = connect_user(&nodes[0].ws_url(), "carol", Encoding::Json).await;
+    let mut d = connect_user(&nodes[1].ws_url(), "dave", Encoding::MsgPack).await;
     for x in [&mut c, &mut d] {
-        let j = x
-            .request(
-                json!({"type": "join", "room": "quiet", "since": {"offset": 0, "epoch": quiet_epoch}}),
-                "jq",
-            )
-            .await;
-        assert!(
-            matches!(
-                j,
-                ServerMessage::Joined {
-                    recovered: false,
-                    ..
-                }
-            ),
-            "{j:?}"
-        );
+        let j = x.join_since("quiet", 0, &quiet_epoch, "jq").await;
+        assert!(!replayed(&j).0, "{j:?}");
     }
     // publishing and delivery resume
     let deadline = tokio::time::Instant::now() + WAIT * 2;
@@ -685,12 +478,7 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
             tokio::time::Instant::now() < deadline,
             "publishing never came back"
         );
-        let r = c
-            .request(
-                json!({"type": "publish", "room": "quiet", "event": "e", "data": "back"}),
-                &format!("up{k}"),
-            )
-            .await;
+        let r = c.publish("quiet", json!("back"), &format!("up{k}")).await;
         match r {
             ServerMessage::Ack { .. } => break,
             ServerMessage::Error {
@@ -708,12 +496,7 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
             tokio::time::Instant::now() < deadline,
             "presence never healed"
         );
-        let r = d
-            .request(
-                json!({"type": "presence", "room": "quiet"}),
-                &format!("pr{k}"),
-            )
-            .await;
+        let r = d.presence("quiet", &format!("pr{k}")).await;
         if matches!(r, ServerMessage::Presence { count, .. } if count.users == 2) {
             break;
         }
@@ -724,24 +507,10 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
     for x in [&mut a, &mut b] {
         assert_eq!(x.closed().await, Closed::Code(1013));
     }
-    let mut a = connect(&nodes[1].ws_url(), "alice", Encoding::Json).await;
-    let mut b = connect(&nodes[0].ws_url(), "bob", Encoding::Json).await;
-    let j = a
-        .request(
-            json!({"type": "join", "room": "hist", "since": {"offset": 1, "epoch": old_epoch}}),
-            "j",
-        )
-        .await;
-    assert!(
-        matches!(
-            j,
-            ServerMessage::Joined {
-                recovered: false,
-                ..
-            }
-        ),
-        "{j:?}"
-    );
+    let mut a = connect_user(&nodes[1].ws_url(), "alice", Encoding::Json).await;
+    let mut b = connect_user(&nodes[0].ws_url(), "bob", Encoding::Json).await;
+    let j = a.join_since("hist", 1, &old_epoch, "j").await;
+    assert!(!replayed(&j).0, "{j:?}");
     b.join("hist").await;
     assert_eq!(
         a.publish_acked("hist", json!("after"), "2").await,
@@ -749,28 +518,10 @@ async fn redis_outage_gives_unavailable_and_the_cluster_recovers_by_itself() {
         "a new history starts at 1"
     );
     assert_eq!(
-        messages(&mut b, 1).await,
+        b.messages(1).await,
         vec![(1, "alice".into(), json!("after"))]
     );
     stop_all(nodes).await;
-}
-
-/// Publishes `n` messages to `room` one after the other, each acknowledged with the
-/// expected offset; `next` is the offset (and data) of the first.
-async fn publish_acked(p: &mut Client, room: &str, next: &mut u64, n: u64) {
-    for i in *next..*next + n {
-        let ack = p
-            .request(
-                json!({"type": "publish", "room": room, "event": "e", "data": i}),
-                &i.to_string(),
-            )
-            .await;
-        assert!(
-            matches!(ack, ServerMessage::Ack { offset: Some(o), .. } if o == i),
-            "{ack:?}"
-        );
-    }
-    *next += n;
 }
 
 /// Kills every node's pub/sub connection and denies (P)SUBSCRIBE until
@@ -813,22 +564,21 @@ async fn allow_subscriptions(redis: &RedisServer, addrs: &[std::net::SocketAddr]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_pubsub_connection_is_repaired_without_loss() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &[]).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &[]).await;
     let mut listeners = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        let mut c = connect(&node.ws_url(), &format!("l{i}"), Encoding::Json).await;
+        let mut c = connect_user(&node.ws_url(), &format!("l{i}"), Encoding::Json).await;
         c.join("g").await;
         listeners.push(c);
     }
-    let mut p = connect(&nodes[0].ws_url(), "pub", Encoding::Json).await;
+    let mut p = connect_user(&nodes[0].ws_url(), "pub", Encoding::Json).await;
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
-    let mut next = 1u64;
-    publish_acked(&mut p, "g", &mut next, 50).await;
+    p.publish_numbered("g", 1..=50).await;
     // Cut every node's subscription and keep it from coming back (the default user
     // may not subscribe for a while), so that what is published meanwhile is surely
     // missed on the bus; commands, publishes included, still work.
     cut_subscriptions(&redis, &addrs).await;
-    publish_acked(&mut p, "g", &mut next, 100).await;
+    p.publish_numbered("g", 51..=150).await;
     allow_subscriptions(&redis, &addrs).await;
     for &a in &addrs {
         assert!(
@@ -836,11 +586,11 @@ async fn killed_pubsub_connection_is_repaired_without_loss() {
             "the node repaired its gap from history"
         );
     }
-    publish_acked(&mut p, "g", &mut next, 50).await;
+    p.publish_numbered("g", 151..=200).await;
     // And once more without holding the subscription back: the node resubscribes while
     // a publisher on the other node goes on at full speed, so that live messages, the
     // resync and the repair race each other.
-    let from = next;
+    let from = 201u64;
     let burst = 300u64;
     let publisher = tokio::spawn(async move {
         for i in from..from + burst {
@@ -849,37 +599,22 @@ async fn killed_pubsub_connection_is_repaired_without_loss() {
         }
         // The last one with an id: its ack says every one before was accepted.
         let last = from + burst;
-        let ack = p
-            .request(
-                json!({"type": "publish", "room": "g", "event": "e", "data": last}),
-                "last",
-            )
-            .await;
-        assert!(
-            matches!(ack, ServerMessage::Ack { offset: Some(o), .. } if o == last),
-            "{ack:?}"
-        );
+        assert_eq!(p.publish_acked("g", json!(last), "last").await, Some(last));
         p
     });
     // Cut once the burst is flowing.
     let mut seen1: Vec<u64> = Vec::new();
     while seen1.last().is_none_or(|&o| o < from + 10) {
-        seen1.push(messages(&mut listeners[1], 1).await[0].0);
+        seen1.push(listeners[1].messages(1).await[0].0);
     }
     let killed = redis
         .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .expect("CLIENT KILL answers");
     assert!(killed.starts_with(':'), "{killed}");
     let _p = publisher.await.expect("publisher");
-    next = from + burst + 1;
-    let total = next - 1;
+    let total = from + burst;
     let rest = (total - seen1.len() as u64) as usize;
-    seen1.extend(
-        messages(&mut listeners[1], rest)
-            .await
-            .into_iter()
-            .map(|m| m.0),
-    );
+    seen1.extend(listeners[1].messages(rest).await.into_iter().map(|m| m.0));
     assert_eq!(
         seen1,
         (1..=total).collect::<Vec<_>>(),
@@ -887,7 +622,8 @@ async fn killed_pubsub_connection_is_repaired_without_loss() {
     );
     listeners.truncate(1);
     for (k, c) in listeners.iter_mut().enumerate() {
-        let got: Vec<u64> = messages(c, total as usize)
+        let got: Vec<u64> = c
+            .messages(total as usize)
             .await
             .into_iter()
             .map(|m| m.0)
@@ -905,15 +641,15 @@ async fn killed_pubsub_connection_is_repaired_without_loss() {
 async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let mut args: Vec<&str> = COMMON.to_vec();
+    let mut args: Vec<&str> = JWT_UNLIMITED.to_vec();
     args.extend_from_slice(&["--redis-url", &url, "--presence-ttl", "1"]);
     let n1 = TestNode::start(&[args.as_slice(), &["--node-id", "n1"]].concat()).await;
     let mut doomed = ChildNode::start(&[args.as_slice(), &["--node-id", "doomed"]].concat());
-    let mut watcher = connect(&n1.ws_url(), "watcher", Encoding::Json).await;
-    let mut talker = connect(&n1.ws_url(), "talker", Encoding::Json).await;
+    let mut watcher = connect_user(&n1.ws_url(), "watcher", Encoding::Json).await;
+    let mut talker = connect_user(&n1.ws_url(), "talker", Encoding::Json).await;
     watcher.join("room").await;
     talker.join("room").await;
-    let mut zed = connect(&doomed.ws_url(), "zed", Encoding::Json).await;
+    let mut zed = connect_user(&doomed.ws_url(), "zed", Encoding::Json).await;
     zed.join("room").await;
     let is_zed = |m: &ServerMessage| match m {
         ServerMessage::MemberJoined { user, .. } | ServerMessage::MemberLeft { user, .. } => {
@@ -930,30 +666,24 @@ async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
         }
         _ => false,
     };
-    let mut yara_doomed = connect(&doomed.ws_url(), "yara", Encoding::Json).await;
+    let mut yara_doomed = connect_user(&doomed.ws_url(), "yara", Encoding::Json).await;
     yara_doomed.join("room").await;
     let ev = watcher.recv_match(is_yara_or_marker).await;
     assert!(
         matches!(ev, ServerMessage::MemberJoined { ref user, .. } if user.as_str() == "yara"),
         "{ev:?}"
     );
-    let mut yara = connect(&n1.ws_url(), "yara", Encoding::Json).await;
+    let mut yara = connect_user(&n1.ws_url(), "yara", Encoding::Json).await;
     yara.join("room").await;
     // zed publishes through the doomed node; n1's clients get it.
-    zed.request(
-        json!({"type": "publish", "room": "room", "event": "e", "data": "from doomed"}),
-        "z1",
-    )
-    .await;
-    assert_eq!(messages(&mut watcher, 1).await[0].2, json!("from doomed"));
+    zed.publish("room", json!("from doomed"), "z1").await;
+    assert_eq!(watcher.messages(1).await[0].2, json!("from doomed"));
 
     doomed.kill9();
     // No goodbye from the dead node: its entries expire and member_left follows.
     let ev = watcher.recv_match(is_zed).await;
     assert!(matches!(ev, ServerMessage::MemberLeft { .. }), "{ev:?}");
-    let p = watcher
-        .request(json!({"type": "presence", "room": "room"}), "p")
-        .await;
+    let p = watcher.presence("room", "p").await;
     let ServerMessage::Presence { members, .. } = &p else {
         panic!("{p:?}")
     };
@@ -961,12 +691,7 @@ async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
     // yara's dead tab expires too (maybe a sweep later); her live one keeps her in.
     let deadline = tokio::time::Instant::now() + WAIT;
     for k in 0.. {
-        let p = watcher
-            .request(
-                json!({"type": "presence", "room": "room"}),
-                &format!("y{k}"),
-            )
-            .await;
+        let p = watcher.presence("room", &format!("y{k}")).await;
         let ServerMessage::Presence { members, count, .. } = &p else {
             panic!("{p:?}")
         };
@@ -984,7 +709,7 @@ async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
     }
     // No member_left for yara: the next member event about her or the marker is the
     // marker joining.
-    let mut marker = connect(&n1.ws_url(), "marker", Encoding::Json).await;
+    let mut marker = connect_user(&n1.ws_url(), "marker", Encoding::Json).await;
     marker.join("room").await;
     let ev = watcher.recv_match(is_yara_or_marker).await;
     assert!(
@@ -999,7 +724,7 @@ async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
         Some(2)
     );
     assert_eq!(
-        messages(&mut watcher, 1).await,
+        watcher.messages(1).await,
         vec![(2, "talker".into(), json!("still here"))]
     );
     assert_eq!(ready(n1.addr).await, 200);
@@ -1009,13 +734,13 @@ async fn a_killed_node_s_presence_expires_and_other_nodes_carry_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_a_node_moves_its_clients_to_another_without_loss() {
     let redis = RedisServer::start();
-    let mut nodes = cluster(&redis, 2, &["--drain-spread-ms", "100"]).await;
+    let mut nodes = cluster(&redis, 2, JWT_UNLIMITED, &["--drain-spread-ms", "100"]).await;
     let n2 = nodes.pop().expect("n2");
     let n1 = nodes.pop().expect("n1");
-    let mut watcher = connect(&n1.ws_url(), "watcher", Encoding::Json).await;
-    let mut p = connect(&n1.ws_url(), "pub", Encoding::Json).await;
+    let mut watcher = connect_user(&n1.ws_url(), "watcher", Encoding::Json).await;
+    let mut p = connect_user(&n1.ws_url(), "pub", Encoding::Json).await;
     watcher.join("room").await;
-    let mut u = connect(&n2.ws_url(), "ursula", Encoding::MsgPack).await;
+    let mut u = connect_user(&n2.ws_url(), "ursula", Encoding::MsgPack).await;
     let epoch = epoch_of(&u.join("room").await);
     let is_ursula = |m: &ServerMessage| match m {
         ServerMessage::MemberJoined { user, .. } | ServerMessage::MemberLeft { user, .. } => {
@@ -1025,9 +750,8 @@ async fn draining_a_node_moves_its_clients_to_another_without_loss() {
     };
     let ev = watcher.recv_match(is_ursula).await;
     assert!(matches!(ev, ServerMessage::MemberJoined { .. }), "{ev:?}");
-    let mut next = 1u64;
-    publish_acked(&mut p, "room", &mut next, 3).await;
-    let seen = messages(&mut u, 3).await.last().expect("three").0;
+    p.publish_numbered("room", 1..=3).await;
+    let seen = u.messages(3).await.last().expect("three").0;
 
     // A rolling deploy takes n2 down: its clients are told to go elsewhere (1001) and
     // the others see them leave at once, not after the presence TTL.
@@ -1035,33 +759,15 @@ async fn draining_a_node_moves_its_clients_to_another_without_loss() {
     assert_eq!(u.closed().await, Closed::Code(1001));
     let ev = watcher.recv_match(is_ursula).await;
     assert!(matches!(ev, ServerMessage::MemberLeft { .. }), "{ev:?}");
-    publish_acked(&mut p, "room", &mut next, 2).await;
+    p.publish_numbered("room", 4..=5).await;
     let res = tokio::time::timeout(WAIT, n2.handle)
         .await
         .expect("n2 stops after its drain");
     assert!(res.expect("join").is_ok());
 
-    let mut u = connect(&n1.ws_url(), "ursula", Encoding::MsgPack).await;
-    let j = u
-        .request(
-            json!({"type": "join", "room": "room", "since": {"offset": seen, "epoch": epoch}}),
-            "j",
-        )
-        .await;
-    match j {
-        ServerMessage::Joined {
-            recovered,
-            messages: ms,
-            ..
-        } => {
-            assert!(recovered);
-            assert_eq!(
-                ms.iter().filter_map(|m| m.offset).collect::<Vec<_>>(),
-                vec![4, 5]
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let mut u = connect_user(&n1.ws_url(), "ursula", Encoding::MsgPack).await;
+    let j = u.join_since("room", seen, &epoch, "j").await;
+    assert_eq!(replayed(&j), (true, vec![4, 5]));
     let ev = watcher.recv_match(is_ursula).await;
     assert!(matches!(ev, ServerMessage::MemberJoined { .. }), "{ev:?}");
     n1.stop().await;
@@ -1070,18 +776,17 @@ async fn draining_a_node_moves_its_clients_to_another_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_gap_beyond_history_makes_clients_rejoin_unrecovered() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2, &["--history-size", "5"]).await;
+    let nodes = cluster(&redis, 2, JWT_UNLIMITED, &["--history-size", "5"]).await;
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
-    let mut l = connect(&nodes[1].ws_url(), "listener", Encoding::Json).await;
+    let mut l = connect_user(&nodes[1].ws_url(), "listener", Encoding::Json).await;
     let epoch = epoch_of(&l.join("g").await);
-    let mut p = connect(&nodes[0].ws_url(), "pub", Encoding::Json).await;
-    let mut next = 1u64;
-    publish_acked(&mut p, "g", &mut next, 3).await;
-    assert_eq!(messages(&mut l, 3).await.last().map(|m| m.0), Some(3));
+    let mut p = connect_user(&nodes[0].ws_url(), "pub", Encoding::Json).await;
+    p.publish_numbered("g", 1..=3).await;
+    assert_eq!(l.messages(3).await.last().map(|m| m.0), Some(3));
     cut_subscriptions(&redis, &addrs).await;
-    publish_acked(&mut p, "g", &mut next, 10).await; // 4..=13
-                                                     // Redis trims streams lazily (MAXLEN ~); trim exactly, as it eventually does, so
-                                                     // that the history holds 9..=13 only.
+    p.publish_numbered("g", 4..=13).await;
+    // Redis trims streams lazily (MAXLEN ~); trim exactly, as it eventually does, so
+    // that the history holds 9..=13 only.
     let r = redis
         .command(&["XTRIM", "roomcast:history:g", "MAXLEN", "5"])
         .expect("XTRIM answers");
@@ -1090,28 +795,15 @@ async fn a_bus_gap_beyond_history_makes_clients_rejoin_unrecovered() {
     // Offsets 4..=8 are gone for good: the node asks its members to reconnect, and the
     // next join says so.
     assert_eq!(l.closed().await, Closed::Code(1013));
-    let mut l = connect(&nodes[1].ws_url(), "listener", Encoding::Json).await;
+    let mut l = connect_user(&nodes[1].ws_url(), "listener", Encoding::Json).await;
     let j = l
         .request(
             json!({"type": "join", "room": "g", "since": {"offset": 3, "epoch": epoch}, "history": 5}),
             "j",
         )
         .await;
-    match j {
-        ServerMessage::Joined {
-            recovered,
-            messages: ms,
-            ..
-        } => {
-            assert!(!recovered);
-            assert_eq!(
-                ms.iter().filter_map(|m| m.offset).collect::<Vec<_>>(),
-                (9..=13).collect::<Vec<_>>()
-            );
-        }
-        other => panic!("{other:?}"),
-    }
-    publish_acked(&mut p, "g", &mut next, 1).await;
-    assert_eq!(messages(&mut l, 1).await[0].0, 14, "live again");
+    assert_eq!(replayed(&j), (false, (9..=13).collect::<Vec<_>>()));
+    p.publish_numbered("g", 14..=14).await;
+    assert_eq!(l.messages(1).await[0].0, 14, "live again");
     stop_all(nodes).await;
 }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use roomcast_protocol::{Encoding, ErrorCode, ReqId, ServerMessage};
+use roomcast_protocol::{Encoding, ErrorCode, ReqId};
 use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,26 +20,13 @@ async fn a_float_published_as_json_arrives_exactly() {
         r#"{"type":"publish","room":"f","event":"e","data":2.5000858306884766,"id":"p"}"#.into(),
     ))
     .await;
-    let m = b
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
-    assert_eq!(publication(&m).data, json!(2.5000858306884766_f64));
+    assert_eq!(b.next_message().await.data, json!(2.5000858306884766_f64));
     node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_frame_that_does_not_decode_keeps_its_id() {
-    let node = TestNode::start(&[
-        "--auth",
-        "none",
-        "--rate-limit",
-        "0.001",
-        "--rate-burst",
-        "1",
-        "--rate-limit-strikes",
-        "100",
-    ])
-    .await;
+    let node = rate_limited_node("0.001", "1", "100").await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     c.send_raw(Message::Text(r#"{"type":5,"id":"first"}"#.into()))
         .await;
@@ -47,15 +34,6 @@ async fn a_rate_limited_frame_that_does_not_decode_keeps_its_id() {
         .await;
     let want = ReqId::Str("second".into());
     let r = c.recv_match(|m| reply_id(m) == Some(&want)).await;
-    assert!(
-        matches!(
-            r,
-            ServerMessage::Error {
-                code: ErrorCode::RateLimited,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_eq!(err_code(&r), ErrorCode::RateLimited, "{r:?}");
     node.stop().await;
 }

@@ -12,45 +12,20 @@ use support::*;
 const KEY: &str = "epoch-loss-key";
 
 async fn start(redis: &RedisServer) -> TestNode {
-    TestNode::start(&[
-        "--jwt-secret",
-        SECRET,
-        "--api-keys",
-        KEY,
-        "--redis-url",
-        &redis.url(),
-        "--node-id",
-        "n1",
-    ])
-    .await
+    api_node(redis, KEY).await
 }
 
 /// `POST /api/publish`; the offset acknowledged, or `None` while the bus cannot take it.
 async fn api_publish(node: &TestNode, data: &str) -> Option<u64> {
-    let body = json!({"room": "r", "event": "e", "data": data}).to_string();
-    let auth = format!("Bearer {KEY}");
-    let (status, text) = http(
-        node.addr,
-        "POST",
-        "/api/publish",
-        &[
-            ("content-type", "application/json"),
-            ("authorization", &auth),
-        ],
-        &body,
-    )
-    .await;
+    let (status, v) = api_publish_with(node, KEY, "r", json!(data)).await;
     if status != 200 {
         return None;
     }
-    serde_json::from_str::<Value>(&body_of(&text))
-        .ok()
-        .and_then(|v| v["offset"].as_u64())
+    v["offset"].as_u64()
 }
 
 async fn client(node: &TestNode, user: &str) -> Client {
-    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
-    Client::welcomed(&url, Encoding::Json).await.0
+    connect_as(node, user).await
 }
 
 /// Joins `r` (with `since`, when given); the reply's (epoch, recovered, messages).
@@ -128,9 +103,7 @@ async fn lost_history_is_replayed_from_the_new_epochs_start(loss: Loss) {
     }
     for c in [&mut a, &mut b] {
         for i in 1..=3u64 {
-            let m = c
-                .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-                .await;
+            let m = c.recv_match(is_message).await;
             assert_eq!(publication(&m).offset, Some(i));
         }
     }

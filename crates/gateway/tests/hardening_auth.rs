@@ -13,9 +13,7 @@ use std::path::PathBuf;
 use support::{Client, Closed, TestNode, SECRET};
 
 fn key(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/keys")
-        .join(name)
+    support::key_file(name)
 }
 
 fn key_arg(name: &str) -> String {
@@ -122,25 +120,16 @@ async fn iat_in_the_future_or_not_a_number_is_refused() {
 /// Runs the real binary with these flags; returns its exit code and stderr. It must
 /// stop by itself (every case here is refused before it binds).
 async fn start_binary(args: &[&str]) -> (Option<i32>, String) {
-    let out = tokio::time::timeout(
-        support::WAIT,
+    support::exit_of(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("ROOMCAST_JWT_SECRET")
             .env_remove("ROOMCAST_JWT_PUBLIC_KEY")
             .env_remove("ROOMCAST_JWT_ALGORITHMS")
-            .env_remove("ROOMCAST_CONFIG")
-            .kill_on_drop(true)
-            .output(),
+            .env_remove("ROOMCAST_CONFIG"),
     )
     .await
-    .expect("the node refuses to start, and exits, in time")
-    .expect("run roomcast");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use hook_backend::{dead_addr, ok, Answer, HookBackend, HOOK_SECRET};
 use roomcast_protocol::{Encoding, ErrorCode, ServerMessage};
 use serde_json::json;
 use std::sync::Arc;
-use support::{http, publication, token, Client, Closed, SseStream, TestNode, SECRET};
+use support::{err_code, http, token, Client, Closed, SseStream, TestNode, SECRET};
 use tokio::sync::Notify;
 
 /// A node with JWT auth and the connect hook at `url`, plus `extra` flags.
@@ -144,19 +144,8 @@ async fn a_session_cookie_authenticates_without_a_jwt_and_the_backend_verifies_t
             .await
             .expect("upgrade");
     let _welcome = alice.recv().await;
-    let r = alice
-        .request(json!({"type": "join", "room": "admin:x"}), "j")
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMessage::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    let r = alice.join_reply("admin:x", "j").await;
+    assert_eq!(err_code(&r), ErrorCode::Forbidden, "{r:?}");
     alice.join("chat:1").await;
 
     // No cookie: denied with the hook's code.
@@ -370,43 +359,18 @@ async fn the_publish_hook_replaces_data_and_denies_and_is_asked_only_for_its_roo
         a.join(room).await;
         b.join(room).await;
     }
-    let r = a
-        .request(json!({"type": "publish", "room": "mod:1", "event": "say", "data": {"text": "darn it"}}), "p1")
-        .await;
-    assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
-    let m = b
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    let say = |room: &str, text: &str| json!({"type": "publish", "room": room, "event": "say", "data": {"text": text}});
+    a.acked(say("mod:1", "darn it"), "p1").await;
     assert_eq!(
-        publication(&m).data,
+        b.next_message().await.data,
         json!({"text": "**** it"}),
         "the backend's data is published"
     );
-    let r = a
-        .request(json!({"type": "publish", "room": "mod:1", "event": "say", "data": {"text": "forbidden"}}), "p2")
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMessage::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    let r = a.request(say("mod:1", "forbidden"), "p2").await;
+    assert_eq!(err_code(&r), ErrorCode::Forbidden, "{r:?}");
     // A room outside --hook-publish-rooms is not asked: its data goes out as sent.
-    let r = a
-        .request(
-            json!({"type": "publish", "room": "free:1", "event": "say", "data": {"text": "darn"}}),
-            "p3",
-        )
-        .await;
-    assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
-    let m = b
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
-    assert_eq!(publication(&m).data, json!({"text": "darn"}));
+    a.acked(say("free:1", "darn"), "p3").await;
+    assert_eq!(b.next_message().await.data, json!({"text": "darn"}));
     let calls = backend.calls();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert!(calls
@@ -432,16 +396,7 @@ async fn the_publish_hook_replaces_data_and_denies_and_is_asked_only_for_its_roo
             "p",
         )
         .await;
-    assert!(
-        matches!(
-            r,
-            ServerMessage::Error {
-                code: ErrorCode::Unavailable,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_eq!(err_code(&r), ErrorCode::Unavailable, "{r:?}");
     let r = a.request(json!({"type": "ping"}), "after").await;
     assert!(
         matches!(r, ServerMessage::Pong { .. }),
@@ -466,19 +421,8 @@ async fn the_join_hook_denies_a_matching_room_and_is_not_asked_for_others() {
     .await;
     let url = |u: &str| format!("{}?token={}", node.ws_url(), token(u, json!({})));
     let (mut c, _) = Client::welcomed(&url("pleb"), Encoding::Json).await;
-    let r = c
-        .request(json!({"type": "join", "room": "private:1"}), "j1")
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMessage::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    let r = c.join_reply("private:1", "j1").await;
+    assert_eq!(err_code(&r), ErrorCode::Forbidden, "{r:?}");
     c.join("public:1").await;
     let calls = backend.calls();
     assert_eq!(
@@ -506,17 +450,8 @@ async fn the_join_hook_denies_a_matching_room_and_is_not_asked_for_others() {
     ])
     .await;
     let (mut a, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
-    let r = a.request(json!({"type": "join", "room": "r"}), "j").await;
-    assert!(
-        matches!(
-            r,
-            ServerMessage::Error {
-                code: ErrorCode::Unavailable,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    let r = a.join_reply("r", "j").await;
+    assert_eq!(err_code(&r), ErrorCode::Unavailable, "{r:?}");
     node.stop().await;
 }
 

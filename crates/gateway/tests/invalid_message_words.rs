@@ -9,7 +9,7 @@ mod support;
 
 use roomcast_protocol::{Encoding, ErrorCode, ServerMessage};
 use serde_json::{json, Value};
-use support::{Client, TestNode};
+use support::{Client, TestNode, OPEN_UNLIMITED};
 
 /// Words of the implementation that must never reach a client.
 const RUST_WORDS: &[&str] = &[
@@ -166,15 +166,7 @@ fn check_words(what: &str, field: &str, message: &str) {
 
 #[tokio::test]
 async fn every_field_of_every_client_message_is_explained_in_the_protocols_words() {
-    let node = TestNode::start(&[
-        "--auth",
-        "none",
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-    ])
-    .await;
+    let node = TestNode::start(OPEN_UNLIMITED).await;
     let cases = cases();
     for enc in Encoding::ALL {
         let (mut c, _) = Client::welcomed(&node.ws_url(), enc).await;

@@ -11,26 +11,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use roomcast_protocol::Encoding;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use support::{Client, Closed, TestNode};
+use support::{jwk, key_file, Client, Closed, TestNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
-
-fn key_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/keys")
-        .join(name)
-}
-
-/// The public JWK `name` of jwks_public.json with `kid`.
-fn jwk(name: &str, kid: &str) -> Value {
-    let text = std::fs::read_to_string(key_file("jwks_public.json")).expect("test keys");
-    let all: Value = serde_json::from_str(&text).expect("json");
-    let mut k = all[name].clone();
-    k["kid"] = json!(kid);
-    k
-}
 
 /// A token for `sub` signed with a private key file, naming `kid`.
 fn signed(alg: Algorithm, private: &str, kid: &str, sub: &str) -> String {

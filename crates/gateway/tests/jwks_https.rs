@@ -7,27 +7,12 @@ mod support;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use roomcast_protocol::Encoding;
-use serde_json::{json, Value};
-use std::path::PathBuf;
+use serde_json::json;
 use std::sync::Arc;
-use support::{Client, TestNode};
+use support::{jwk, key_file, Client, TestNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-fn key_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/keys")
-        .join(name)
-}
-
-fn jwk(name: &str, kid: &str) -> Value {
-    let text = std::fs::read_to_string(key_file("jwks_public.json")).expect("test keys");
-    let all: Value = serde_json::from_str(&text).expect("json");
-    let mut k = all[name].clone();
-    k["kid"] = json!(kid);
-    k
-}
 
 #[tokio::test]
 async fn keys_are_fetched_over_https() {

@@ -42,13 +42,9 @@ fn is_member_event(m: &ServerMessage) -> bool {
 /// has it: the room's member events and messages share one ordered channel, so whatever
 /// member event came before the marker has been received by then.
 async fn marker(from: &mut Client, readers: &mut [&mut Client], room: &str, text: &str) {
-    let r = from
-        .request(
-            json!({"type": "publish", "room": room, "event": "mark", "data": text, "echo": true}),
-            text,
-        )
-        .await;
-    assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
+    let mark =
+        json!({"type": "publish", "room": room, "event": "mark", "data": text, "echo": true});
+    from.acked(mark, text).await;
     for c in readers.iter_mut() {
         c.recv_match(|m| matches!(m, ServerMessage::Message(p) if p.data == json!(text)))
             .await;

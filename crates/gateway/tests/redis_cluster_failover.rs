@@ -30,22 +30,11 @@ const ROOMS: usize = 6;
 const MAX_PUBLISHES: usize = 5000;
 
 async fn node(c: &RedisCluster, id: &str) -> TestNode {
-    let seeds = c.seeds_flag();
-    let mut args = JWT_UNLIMITED.to_vec();
-    args.extend_from_slice(&[
-        "--bus-timeout",
-        "2",
-        "--redis-cluster-urls",
-        &seeds,
-        "--node-id",
-        id,
-    ]);
-    TestNode::start(&args).await
+    cluster_mode_node(&c.seeds_flag(), id, &["--bus-timeout", "2"]).await
 }
 
 async fn connect(node_addr: std::net::SocketAddr, user: &str) -> Client {
-    let url = format!("ws://{node_addr}/ws?token={}", token(user, json!({})));
-    Client::welcomed(&url, Encoding::Json).await.0
+    connect_user(&format!("ws://{node_addr}/ws"), user, Encoding::Json).await
 }
 
 /// What one member saw of its room.

@@ -15,33 +15,17 @@ use support::*;
 
 /// Node `id` on the cluster, with JWT auth and no publish rate limit.
 async fn node(c: &RedisCluster, id: &str, extra: &[&str]) -> TestNode {
-    let seeds = c.seeds_flag();
-    let mut args = JWT_UNLIMITED.to_vec();
-    args.extend_from_slice(&["--redis-cluster-urls", &seeds, "--node-id", id]);
-    args.extend_from_slice(extra);
-    TestNode::start(&args).await
+    cluster_mode_node(&c.seeds_flag(), id, extra).await
 }
 
 /// Publishes `data` to `room` with request id `id`; the acked offset.
 async fn publish(c: &mut Client, room: &str, id: &str, data: serde_json::Value) -> u64 {
-    let r = c
-        .request(
-            json!({"type": "publish", "room": room, "event": "e", "data": data}),
-            id,
-        )
-        .await;
-    match r {
-        ServerMessage::Ack {
-            offset: Some(o), ..
-        } => o,
-        other => panic!("publish {id}: {other:?}"),
-    }
+    let offset = c.publish_acked(room, data, id).await;
+    offset.unwrap_or_else(|| panic!("publish {id}: acknowledged without an offset"))
 }
 
 async fn next_message(c: &mut Client) -> roomcast_protocol::Publication {
-    let m = c
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    let m = c.recv_match(is_message).await;
     publication(&m).clone()
 }
 
@@ -78,25 +62,16 @@ async fn two_nodes_deliver_recover_share_presence_and_direct_messages() {
     assert_eq!(p.offset, Some(31), "the repeat was not delivered");
 
     // Presence, cluster-wide.
-    let r = bob
-        .request(json!({"type": "presence", "room": room}), "pr")
-        .await;
+    let r = bob.presence(room, "pr").await;
     let ServerMessage::Presence { count, .. } = r else {
         panic!("presence: {r:?}")
     };
     assert_eq!((count.users, count.connections), (2, 2));
 
     // A direct message from A's user to B's.
-    let r = alice
-        .request(
-            json!({"type": "send", "to": "bob", "event": "dm", "data": {"hi": 1}}),
-            "dm1",
-        )
-        .await;
-    assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
-    let d = bob
-        .recv_match(|m| matches!(m, ServerMessage::Direct(_)))
-        .await;
+    let dm = json!({"type": "send", "to": "bob", "event": "dm", "data": {"hi": 1}});
+    alice.acked(dm, "dm1").await;
+    let d = bob.recv_match(is_direct).await;
     let ServerMessage::Direct(d) = d else {
         unreachable!()
     };
@@ -148,7 +123,6 @@ async fn two_nodes_deliver_recover_share_presence_and_direct_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emitter_spublish_reaches_members() {
-    use roomcast_protocol::{BusMessage, Envelope, EventName, RoomName, UserId};
     let rc = RedisCluster::start();
     let a = node(&rc, "a", &[]).await;
     let b = node(&rc, "b", &[]).await;
@@ -156,20 +130,8 @@ async fn an_emitter_spublish_reaches_members() {
     let mut wb = connect_as(&b, "wb").await;
     wa.join("feed").await;
     wb.join("feed").await;
-    let env = Envelope::new(
-        "billing-backend",
-        BusMessage::Message {
-            room: RoomName::new("feed").expect("room"),
-            event: EventName::new("invoice").expect("event"),
-            data: json!({"paid": true}),
-            from: UserId::new("billing").expect("user"),
-            offset: None,
-            ts: 0,
-            epoch: None,
-            skip: None,
-        },
-    );
-    let bytes = env.to_msgpack().expect("encode");
+    let paid = json!({"paid": true});
+    let bytes = emitter_envelope("billing-backend", "feed", "invoice", "billing", paid);
     // The cluster room channel: SPUBLISH on the shard of the room's slot.
     let out = cluster::cli_with_input(
         rc.nodes[0].port,

@@ -28,11 +28,7 @@ const TOGETHER: usize = 4;
 const ROOM: &str = "race:room";
 
 async fn node(c: &RedisCluster, id: &str, extra: &[&str]) -> TestNode {
-    let seeds = c.seeds_flag();
-    let mut args = JWT_UNLIMITED.to_vec();
-    args.extend_from_slice(&["--redis-cluster-urls", &seeds, "--node-id", id]);
-    args.extend_from_slice(extra);
-    TestNode::start(&args).await
+    cluster_mode_node(&c.seeds_flag(), id, extra).await
 }
 
 /// Joins `ROOM` on `node` as `user` with `since` = (`since`, `epoch`) and reads until offset

@@ -18,30 +18,13 @@ async fn metric(node: &TestNode, name: &str) -> f64 {
 
 /// Node `a` of `backend`, whose publisher may publish without pause.
 async fn publishing_node(backend: &Backend) -> TestNode {
-    backend
-        .node(
-            "a",
-            &[
-                "--auth",
-                "none",
-                "--rate-limit",
-                "100000",
-                "--rate-burst",
-                "100000",
-            ],
-        )
-        .await
+    backend.node("a", OPEN_UNLIMITED).await
 }
 
 async fn publish_n(c: &mut Client, room: &str, n: usize) {
     for i in 0..n {
-        let r = c
-            .request(
-                json!({"type": "publish", "room": room, "event": "e", "data": i}),
-                &format!("{room}-{i}"),
-            )
+        c.publish_acked(room, json!(i), &format!("{room}-{i}"))
             .await;
-        assert!(matches!(r, ServerMessage::Ack { .. }), "{r:?}");
     }
 }
 
@@ -63,17 +46,14 @@ async fn bystander(mode: Mode) -> f64 {
     ra.join("solo").await;
     publish_n(&mut pa, "solo", 20).await;
     for _ in 0..20 {
-        ra.recv_match(|m| matches!(m, ServerMessage::Message(_)))
-            .await;
+        ra.recv_match(is_message).await;
     }
     // Now a member on B, in another room: B must get A's messages for it.
     let (mut rb, _) = Client::welcomed(&b.ws_url(), Encoding::Json).await;
     rb.join("shared").await;
     publish_n(&mut pa, "shared", 3).await;
     for i in 0..3 {
-        let m = rb
-            .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-            .await;
+        let m = rb.recv_match(is_message).await;
         assert_eq!(
             publication(&m).data,
             json!(i),
@@ -183,9 +163,7 @@ async fn joins_racing_publishes_across_nodes_lose_nothing() {
             if last as usize >= total {
                 break;
             }
-            let m = c
-                .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-                .await;
+            let m = c.recv_match(is_message).await;
             let o = publication(&m).offset.expect("offset");
             seen.push(o);
             last = o;
@@ -219,9 +197,7 @@ async fn a_message_published_right_after_joined_arrives() {
         let room = format!("fresh-{i}");
         c.join(&room).await;
         publish_n(&mut p, &room, 1).await;
-        let m = c
-            .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-            .await;
+        let m = c.recv_match(is_message).await;
         assert_eq!(publication(&m).room.as_str(), room);
     }
     a.stop().await;

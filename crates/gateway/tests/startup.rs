@@ -185,23 +185,14 @@ async fn a_clean_shutdown_of_a_cluster_node_logs_no_bus_warning() {
 
 /// Runs the binary until it exits by itself; its code and stderr.
 async fn refused(args: &[&str]) -> (Option<i32>, String) {
-    let out = tokio::time::timeout(
-        WAIT,
+    support::exit_of(
         Command::new(env!("CARGO_BIN_EXE_roomcast"))
             .args(args)
             .env_remove("ROOMCAST_CONFIG")
             .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+            .stdin(Stdio::null()),
     )
     .await
-    .expect("the node refuses to start, and exits, in time")
-    .expect("run roomcast");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

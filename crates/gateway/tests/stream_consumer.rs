@@ -7,7 +7,9 @@ use roomcast_protocol::ServerMessage;
 use serde_json::json;
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use support::{publication, Backend, ChildNode, Client, Mode, RedisServer, TestNode, WAIT};
+use support::{
+    is_message, publication, Backend, ChildNode, Client, Mode, RedisServer, TestNode, WAIT,
+};
 
 /// Adds an entry with these fields to `stream`.
 fn xadd(redis: &RedisServer, stream: &str, fields: &[(&str, &str)]) {
@@ -149,9 +151,7 @@ async fn a_malformed_entry_does_not_block_the_ones_after_it() {
         "feed",
         &[("room", "r"), ("event", "tick"), ("data", r#"{"n":3}"#)],
     );
-    let m = c
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    let m = c.recv_match(is_message).await;
     assert_eq!(data_n(&m), 3, "the good entry after three bad ones");
     let dead = redis.command(&["XLEN", "feed:dead"]).expect("XLEN");
     assert_eq!(dead, ":3\r\n", "the bad entries are dead-lettered");
@@ -224,9 +224,7 @@ async fn killing_a_node_mid_stream_loses_and_doubles_nothing() {
     let mut seen: HashSet<i64> = HashSet::new();
     // Mid-stream: a third of the entries delivered.
     while seen.len() < TOTAL / 3 {
-        let m = c
-            .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-            .await;
+        let m = c.recv_match(is_message).await;
         record(&m, &mut seen);
     }
     doomed.kill9();
@@ -237,9 +235,7 @@ async fn killing_a_node_mid_stream_loses_and_doubles_nothing() {
     let doomed_pending = pending_of(&pending, "doomed");
     producer.join().expect("producer");
     while seen.len() < TOTAL {
-        let m = c
-            .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-            .await;
+        let m = c.recv_match(is_message).await;
         record(&m, &mut seen);
     }
     // A last entry: anything delivered twice would come before it.
@@ -249,9 +245,7 @@ async fn killing_a_node_mid_stream_loses_and_doubles_nothing() {
         &[("room", "r"), ("event", "end"), ("data", r#"{"n":-1}"#)],
     );
     loop {
-        let m = c
-            .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-            .await;
+        let m = c.recv_match(is_message).await;
         if data_n(&m) == -1 {
             break;
         }

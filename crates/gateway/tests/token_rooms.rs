@@ -7,23 +7,13 @@ mod support;
 
 use roomcast_protocol::{Encoding, ErrorCode, ServerMessage};
 use serde_json::{json, Value};
-use support::{http, publication, token, Backend, Client, Mode, SseStream, TestNode};
+use support::{
+    err_code, is_message, publication, token, Backend, Client, Mode, SseStream, TestNode,
+};
 
 async fn api_publish(node: &TestNode, room: &str, data: Value) -> u64 {
-    let body = json!({"room": room, "event": "e", "data": data}).to_string();
-    let (st, resp) = http(
-        node.addr,
-        "POST",
-        "/api/publish",
-        &[
-            ("authorization", "Bearer k"),
-            ("content-type", "application/json"),
-        ],
-        &body,
-    )
-    .await;
-    assert_eq!(st, 200, "{resp}");
-    let v: Value = serde_json::from_str(&support::body_of(&resp)).expect("json");
+    let (st, v) = support::api_publish_with(node, "k", room, data).await;
+    assert_eq!(st, 200, "{v}");
     v["offset"].as_u64().expect("offset")
 }
 
@@ -64,18 +54,14 @@ async fn a_join_claim_joins_at_connect_and_recovers_on_reconnect() {
 
     // Messages flow without a client join, and presence counts the connection.
     assert_eq!(api_publish(&node, "news", json!(1)).await, 1);
-    let m = alice
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    let m = alice.recv_match(is_message).await;
     assert_eq!(publication(&m).data, json!(1));
     let (mut bob, _) = Client::welcomed(
         &format!("{}?token={}", node.ws_url(), token("bob", json!({}))),
         Encoding::Json,
     )
     .await;
-    let p = bob
-        .request(json!({"type": "presence", "room": "news"}), "p")
-        .await;
+    let p = bob.presence("news", "p").await;
     match p {
         ServerMessage::Presence { members, .. } => {
             assert!(
@@ -92,16 +78,7 @@ async fn a_join_claim_joins_at_connect_and_recovers_on_reconnect() {
             "x",
         )
         .await;
-    assert!(
-        matches!(
-            r,
-            ServerMessage::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_eq!(err_code(&r), ErrorCode::Forbidden, "{r:?}");
     // A client `join` of a room it is in is idempotent (and allowed, though not in `rooms`).
     let (_, o, _, _, _) = joined(
         &alice
@@ -128,9 +105,7 @@ async fn a_join_claim_joins_at_connect_and_recovers_on_reconnect() {
     assert_eq!((room.as_str(), msgs.len()), ("sports", 0));
     // Live again after the recovery.
     api_publish(&node, "news", json!(4)).await;
-    let m = back
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    let m = back.recv_match(is_message).await;
     assert_eq!(publication(&m).data, json!(4));
     drop(back);
 
@@ -193,9 +168,7 @@ async fn the_personal_room_reaches_a_user_across_two_nodes_with_history() {
 
     // The backend publishes through the other node; alice receives it.
     let o = api_publish(&a, "user:alice", json!({"n": 1})).await;
-    let m = alice
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    let m = alice.recv_match(is_message).await;
     assert_eq!(publication(&m).data, json!({"n": 1}));
     assert_eq!(publication(&m).offset, Some(o));
     // Another user cannot join it (deny policy, no pattern).
@@ -205,19 +178,8 @@ async fn the_personal_room_reaches_a_user_across_two_nodes_with_history() {
     )
     .await;
     let _ = eve.recv().await;
-    let r = eve
-        .request(json!({"type": "join", "room": "user:alice"}), "j")
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMessage::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    let r = eve.join_reply("user:alice", "j").await;
+    assert_eq!(err_code(&r), ErrorCode::Forbidden, "{r:?}");
     drop(alice);
 
     // Away, a message arrives; on reconnect (to the other node) it is recovered.

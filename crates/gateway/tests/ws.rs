@@ -41,13 +41,6 @@ both_buses!(
     recovery_is_refused_beyond_history_and_max_recover,
 );
 
-fn err_code(m: &ServerMessage) -> ErrorCode {
-    match m {
-        ServerMessage::Error { code, .. } => *code,
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_without_auth_names_the_connection() {
     let node = TestNode::open().await;
@@ -182,20 +175,11 @@ async fn rooms_claim_and_publish_claim() {
     let (mut c, _) =
         Client::welcomed(&format!("{}?token={t}", node.ws_url()), Encoding::Json).await;
     c.join("chat:a").await;
-    let r = c
-        .request(json!({"type": "join", "room": "secret"}), "j")
-        .await;
+    let r = c.join_reply("secret", "j").await;
     assert_eq!(err_code(&r), ErrorCode::Forbidden);
-    let r = c
-        .request(
-            json!({"type": "publish", "room": "chat:a", "event": "e", "data": 1}),
-            "p",
-        )
-        .await;
+    let r = c.publish("chat:a", json!(1), "p").await;
     assert_eq!(err_code(&r), ErrorCode::Forbidden);
-    let r = c
-        .request(json!({"type": "presence", "room": "chat:a"}), "pr")
-        .await;
+    let r = c.presence("chat:a", "pr").await;
     assert_eq!(err_code(&r), ErrorCode::Forbidden);
     node.stop().await;
 
@@ -205,7 +189,7 @@ async fn rooms_claim_and_publish_claim() {
         Encoding::Json,
     )
     .await;
-    let r = c.request(json!({"type": "join", "room": "any"}), "j").await;
+    let r = c.join_reply("any", "j").await;
     assert_eq!(err_code(&r), ErrorCode::Forbidden);
     deny.stop().await;
 }
@@ -220,18 +204,12 @@ async fn publish_reaches_json_and_msgpack_members_alike(mode: Mode) {
         c.join("lobby").await;
     }
     for i in 0..5 {
-        let ack = pubr.request(json!({"type": "publish", "room": "lobby", "event": "chat", "data": {"n": i, "s": "hé"}}), &format!("m{i}")).await;
-        assert!(
-            matches!(ack, ServerMessage::Ack { offset: Some(o), .. } if o == i + 1),
-            "{ack:?}"
-        );
+        let publish = json!({"type": "publish", "room": "lobby", "event": "chat", "data": {"n": i, "s": "hé"}});
+        assert_eq!(pubr.acked(publish, &format!("m{i}")).await, Some(i + 1));
     }
     for c in [&mut j, &mut m] {
         for i in 0..5u64 {
-            let msg = c
-                .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-                .await;
-            let p = publication(&msg);
+            let p = c.next_message().await;
             assert_eq!(p.offset, Some(i + 1));
             assert_eq!(p.data, json!({"n": i, "s": "hé"}));
             assert_eq!(p.event.as_str(), "chat");
@@ -249,41 +227,21 @@ async fn echo_volatile_and_idempotent_publish(mode: Mode) {
     a.join("r").await;
     b.join("r").await;
     // Without echo the sender does not get its message; with echo it does.
-    a.request(
-        json!({"type": "publish", "room": "r", "event": "e", "data": "quiet"}),
-        "1",
-    )
-    .await;
-    let ack = a
-        .request(
-            json!({"type": "publish", "room": "r", "event": "e", "data": "loud", "echo": true}),
-            "2",
-        )
-        .await;
-    assert!(matches!(
-        ack,
-        ServerMessage::Ack {
-            offset: Some(2),
-            ..
-        }
-    ));
-    let got = a
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
+    a.publish("r", json!("quiet"), "1").await;
+    let loud = json!({"type": "publish", "room": "r", "event": "e", "data": "loud", "echo": true});
+    assert_eq!(a.acked(loud, "2").await, Some(2));
     assert_eq!(
-        publication(&got).data,
+        a.next_message().await.data,
         json!("loud"),
         "first message a sees is its echoed one"
     );
     // A repeated id is acknowledged with the original offset and not delivered again.
     assert_eq!(a.publish_acked("r", json!("quiet"), "1").await, Some(1));
     // Volatile: no offset, no ack offset.
-    let v = a.request(json!({"type": "publish", "room": "r", "event": "typing", "data": null, "volatile": true}), "3").await;
-    assert!(
-        matches!(v, ServerMessage::Ack { offset: None, .. }),
-        "{v:?}"
-    );
-    let seen: Vec<_> = futures_collect(&mut b, 3).await;
+    let typing =
+        json!({"type": "publish", "room": "r", "event": "typing", "data": null, "volatile": true});
+    assert_eq!(a.acked(typing, "3").await, None);
+    let seen = b.publications(3).await;
     assert_eq!(
         seen.iter().map(|p| p.offset).collect::<Vec<_>>(),
         vec![Some(1), Some(2), None]
@@ -312,50 +270,20 @@ async fn echo_volatile_and_idempotent_publish(mode: Mode) {
     node.stop().await;
 }
 
-async fn futures_collect(c: &mut Client, n: usize) -> Vec<roomcast_protocol::Publication> {
-    let mut v = Vec::new();
-    while v.len() < n {
-        let m = c
-            .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-            .await;
-        v.push(publication(&m).clone());
-    }
-    v
-}
-
 async fn join_since_recovers_exactly_what_was_missed(mode: Mode) {
     let b = Backend::new(mode);
     let node = b.node("n1", &["--auth", "none"]).await;
     let (mut p, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     let (mut r, _) = Client::welcomed(&node.ws_url(), Encoding::MsgPack).await;
-    let joined = r.join("news").await;
-    let ServerMessage::Joined { epoch, .. } = joined else {
-        unreachable!()
-    };
-    p.request(
-        json!({"type": "publish", "room": "news", "event": "e", "data": 1}),
-        "1",
-    )
-    .await;
-    let first = r
-        .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-        .await;
-    let seen = publication(&first).offset.expect("offset");
+    let epoch = epoch_of(&r.join("news").await);
+    p.publish("news", json!(1), "1").await;
+    let seen = r.next_message().await.offset.expect("offset");
     drop(r);
     for i in 2..=4 {
-        p.request(
-            json!({"type": "publish", "room": "news", "event": "e", "data": i}),
-            &i.to_string(),
-        )
-        .await;
+        p.publish("news", json!(i), &i.to_string()).await;
     }
     let (mut back, _) = Client::welcomed(&node.ws_url(), Encoding::MsgPack).await;
-    let j = back
-        .request(
-            json!({"type": "join", "room": "news", "since": {"offset": seen, "epoch": epoch}}),
-            "j",
-        )
-        .await;
+    let j = back.join_since("news", seen, &epoch, "j").await;
     match j {
         ServerMessage::Joined {
             recovered,
@@ -386,19 +314,7 @@ async fn join_since_recovers_exactly_what_was_missed(mode: Mode) {
 
 async fn joining_while_publishing_has_no_gap_and_no_duplicate(mode: Mode) {
     let b = Backend::new(mode);
-    let node = b
-        .node(
-            "n1",
-            &[
-                "--auth",
-                "none",
-                "--rate-limit",
-                "100000",
-                "--rate-burst",
-                "100000",
-            ],
-        )
-        .await;
+    let node = b.node("n1", OPEN_UNLIMITED).await;
     let (mut p, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     p.join("busy").await;
     let total = 400u64;
@@ -432,10 +348,7 @@ async fn joining_while_publishing_has_no_gap_and_no_duplicate(mode: Mode) {
             let mut offsets: Vec<u64> = messages.iter().filter_map(|m| m.offset).collect();
             assert_eq!(offsets.last().copied().unwrap_or(0), offset);
             while offsets.last().copied().unwrap_or(0) < total {
-                let m = c
-                    .recv_match(|m| matches!(m, ServerMessage::Message(_)))
-                    .await;
-                offsets.push(publication(&m).offset.expect("offset"));
+                offsets.push(c.next_message().await.offset.expect("offset"));
             }
             let expected: Vec<u64> = (1..=total).collect();
             assert_eq!(
@@ -458,42 +371,24 @@ async fn send_reaches_every_connection_of_a_user(mode: Mode) {
     let (mut tab1, _) = Client::welcomed(&url("erin"), Encoding::Json).await;
     let (mut tab2, _) = Client::welcomed(&url("erin"), Encoding::MsgPack).await;
     let (mut frank, _) = Client::welcomed(&url("frank"), Encoding::Json).await;
-    let ack = frank
-        .request(
-            json!({"type": "send", "to": "erin", "event": "hi", "data": {"x": 1}}),
-            "s1",
-        )
-        .await;
-    assert!(
-        matches!(ack, ServerMessage::Ack { offset: None, .. }),
-        "{ack:?}"
-    );
+    let hi = json!({"type": "send", "to": "erin", "event": "hi", "data": {"x": 1}});
+    assert_eq!(frank.acked(hi.clone(), "s1").await, None);
     for t in [&mut tab1, &mut tab2] {
-        let d = t
-            .recv_match(|m| matches!(m, ServerMessage::Direct(_)))
-            .await;
-        let ServerMessage::Direct(d) = d else {
+        let ServerMessage::Direct(d) = t.recv_match(is_direct).await else {
             unreachable!()
         };
         assert_eq!(d.from.as_str(), "frank");
         assert_eq!(d.data, json!({"x": 1}));
     }
     // A repeated send id is acknowledged and not delivered again.
-    frank
-        .request(
-            json!({"type": "send", "to": "erin", "event": "hi", "data": {"x": 1}}),
-            "s1",
-        )
-        .await;
+    frank.request(hi, "s1").await;
     frank
         .request(
             json!({"type": "send", "to": "erin", "event": "bye", "data": 2}),
             "s2",
         )
         .await;
-    let d = tab1
-        .recv_match(|m| matches!(m, ServerMessage::Direct(_)))
-        .await;
+    let d = tab1.recv_match(is_direct).await;
     assert!(
         matches!(d, ServerMessage::Direct(ref d) if d.event.as_str() == "bye"),
         "{d:?}"
@@ -515,9 +410,7 @@ async fn presence_and_member_events_are_per_user(mode: Mode) {
         .await;
     assert!(matches!(ev, ServerMessage::MemberJoined { ref user, .. } if user.as_str() == "gina"));
     g2.join("room").await;
-    let p = watcher
-        .request(json!({"type": "presence", "room": "room"}), "p")
-        .await;
+    let p = watcher.presence("room", "p").await;
     match &p {
         ServerMessage::Presence { members, count, .. } => {
             assert_eq!(count.users, 2);
@@ -546,21 +439,12 @@ async fn presence_and_member_events_are_per_user(mode: Mode) {
         .await;
     assert!(matches!(left, ServerMessage::Left { .. }));
     drop(g2);
-    let ev = watcher
-        .recv_match(|m| {
-            matches!(
-                m,
-                ServerMessage::MemberJoined { .. } | ServerMessage::MemberLeft { .. }
-            )
-        })
-        .await;
+    let ev = watcher.recv_match(is_member_event).await;
     assert!(
         matches!(ev, ServerMessage::MemberLeft { ref user, .. } if user.as_str() == "gina"),
         "{ev:?}"
     );
-    let p = watcher
-        .request(json!({"type": "presence", "room": "room"}), "p3")
-        .await;
+    let p = watcher.presence("room", "p3").await;
     assert!(
         matches!(p, ServerMessage::Presence { count, .. } if count.users == 1),
         "{p:?}"
@@ -589,16 +473,9 @@ async fn bad_input_gets_its_error_and_the_connection_lives() {
             .request(json!({"type": "publish", "room": "r"}), "m")
             .await;
         assert_eq!(err_code(&r), ErrorCode::InvalidMessage, "missing event");
-        let r = c
-            .request(json!({"type": "join", "room": "bad room"}), "b")
-            .await;
+        let r = c.join_reply("bad room", "b").await;
         assert_eq!(err_code(&r), ErrorCode::InvalidMessage);
-        let r = c
-            .request(
-                json!({"type": "publish", "room": "r", "event": "e", "data": "x".repeat(2000)}),
-                "big",
-            )
-            .await;
+        let r = c.publish("r", json!("x".repeat(2000)), "big").await;
         assert_eq!(err_code(&r), ErrorCode::TooLarge);
         let r = c
             .request(json!({"type": "leave", "room": "never"}), "nj")
@@ -606,9 +483,7 @@ async fn bad_input_gets_its_error_and_the_connection_lives() {
         assert_eq!(err_code(&r), ErrorCode::NotJoined);
         c.join("one").await;
         c.join("two").await;
-        let r = c
-            .request(json!({"type": "join", "room": "three"}), "rl")
-            .await;
+        let r = c.join_reply("three", "rl").await;
         assert_eq!(err_code(&r), ErrorCode::RoomLimit);
         // Garbage and the other frame type.
         let wrong = match enc {
@@ -616,18 +491,14 @@ async fn bad_input_gets_its_error_and_the_connection_lives() {
             Encoding::MsgPack => Message::Text("{\"type\":\"ping\"}".into()),
         };
         c.send_raw(wrong).await;
-        let e = c
-            .recv_match(|m| matches!(m, ServerMessage::Error { .. }))
-            .await;
+        let e = c.recv_match(is_error).await;
         assert_eq!(err_code(&e), ErrorCode::InvalidMessage);
         let garbage = match enc {
             Encoding::Json => Message::Text("{not json".into()),
             Encoding::MsgPack => Message::Binary(vec![0xc1, 0xff, 0x00].into()),
         };
         c.send_raw(garbage).await;
-        let e = c
-            .recv_match(|m| matches!(m, ServerMessage::Error { .. }))
-            .await;
+        let e = c.recv_match(is_error).await;
         assert_eq!(err_code(&e), ErrorCode::InvalidMessage);
         // Still alive and answering.
         assert!(matches!(
@@ -646,23 +517,10 @@ async fn bad_input_gets_its_error_and_the_connection_lives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_errors_then_4029() {
-    let node = TestNode::start(&[
-        "--auth",
-        "none",
-        "--rate-limit",
-        "1",
-        "--rate-burst",
-        "3",
-        "--rate-limit-strikes",
-        "5",
-    ])
-    .await;
+    let node = rate_limited_node("1", "3", "5").await;
     let (mut c, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
     for i in 0..3 {
-        assert!(matches!(
-            c.request(json!({"type": "ping"}), &format!("ok{i}")).await,
-            ServerMessage::Pong { .. }
-        ));
+        assert!(c.pongs(&format!("ok{i}")).await);
     }
     let r = c.request(json!({"type": "ping"}), "limited").await;
     assert_eq!(err_code(&r), ErrorCode::RateLimited);
@@ -672,10 +530,7 @@ async fn rate_limit_errors_then_4029() {
     assert_eq!(c.closed().await, Closed::Code(4029));
     // Another client is unaffected.
     let (mut d, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
-    assert!(matches!(
-        d.request(json!({"type": "ping"}), "p").await,
-        ServerMessage::Pong { .. }
-    ));
+    assert!(d.pongs("p").await);
     node.stop().await;
 }
 
@@ -759,18 +614,10 @@ async fn slow_consumer_is_closed_4008_and_others_get_everything() {
     // next, so only the member that never reads can fall behind. ~48 MiB in all: more
     // than loopback socket buffers hold.
     for i in 1..=1500u64 {
-        let ack = p
-            .request(
-                json!({"type": "publish", "room": "flood", "event": "e", "data": payload}),
-                &i.to_string(),
-            )
-            .await;
-        assert!(matches!(ack, ServerMessage::Ack { .. }), "{ack:?}");
-        let m = fast
-            .recv_match(|m| matches!(m, ServerMessage::Message(_)))
+        p.publish_acked("flood", json!(payload), &i.to_string())
             .await;
         assert_eq!(
-            publication(&m).offset,
+            fast.next_message().await.offset,
             Some(i),
             "the fast member sees every message in order"
         );
@@ -889,15 +736,9 @@ async fn recovery_is_refused_beyond_history_and_max_recover(mode: Mode) {
         )
         .await;
     let (mut p, _) = Client::welcomed(&node.ws_url(), Encoding::Json).await;
-    let ServerMessage::Joined { epoch, .. } = p.join("r").await else {
-        unreachable!()
-    };
+    let epoch = epoch_of(&p.join("r").await);
     for i in 1..=10 {
-        p.request(
-            json!({"type": "publish", "room": "r", "event": "e", "data": i}),
-            &i.to_string(),
-        )
-        .await;
+        p.publish("r", json!(i), &i.to_string()).await;
     }
     // (since, history) -> (recovered, offsets replayed). History holds 6..=10; a join
     // replays at most 3.

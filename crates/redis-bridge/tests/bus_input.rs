@@ -34,12 +34,7 @@ fn forged(room_name: &str, offset: Option<u64>, epoch: Option<&str>) -> Vec<u8> 
 /// `PUBLISH channel payload`, raw, as redis-cli would send it.
 async fn raw_publish(server: &RedisServer, channel: &str, payload: &[u8]) {
     let mut c = server.conn().await;
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(payload)
-        .query_async(&mut c)
-        .await
-        .expect("PUBLISH");
+    let _: i64 = redis_query!(&mut c, "PUBLISH", channel, payload);
 }
 
 /// The next room messages up to and including `last`, failing on a gap report or on
@@ -80,12 +75,7 @@ async fn forged_offsets_are_dropped_counted_and_report_no_loss() {
     a.bus.watch_room(&r);
     let mut epoch = String::new();
     for i in 1..=3 {
-        epoch = b
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        epoch = publish(&*b.bus, "r", json!(i)).await.epoch;
     }
     assert_eq!(messages_through(&mut a.events, 3).await, vec![1, 2, 3]);
 
@@ -119,7 +109,7 @@ async fn forged_offsets_are_dropped_counted_and_report_no_loss() {
 
     // real messages still flow, in order, with nothing repaired or lost
     for i in 4..=5 {
-        b.bus.publish(req("r", json!(i))).await.expect("publish");
+        publish(&*b.bus, "r", json!(i)).await;
     }
     assert_eq!(messages_through(&mut a.events, 5).await, vec![4, 5]);
     let stats = a.bus.stats();
@@ -151,7 +141,7 @@ async fn a_forged_first_message_sets_no_baseline() {
         )
         .await;
         for i in 1..=2 {
-            a.bus.publish(req(name, json!(i))).await.expect("publish");
+            publish(&*a.bus, name, json!(i)).await;
         }
         assert_eq!(
             messages_through(&mut a.events, 2).await,
@@ -173,7 +163,7 @@ async fn real_messages_keep_their_order_among_forgeries() {
     a.bus.watch_room(&r);
     const N: u64 = 50;
     for i in 1..=N {
-        let res = a.bus.publish(req("r", json!(i))).await.expect("publish");
+        let res = publish(&*a.bus, "r", json!(i)).await;
         // always ahead of the stream: offset i + 10 is not written yet
         raw_publish(
             &server,
@@ -183,10 +173,7 @@ async fn real_messages_keep_their_order_among_forgeries() {
         .await;
     }
     // one more real message: once it is delivered, the last forgery has been judged
-    a.bus
-        .publish(req("r", json!("end")))
-        .await
-        .expect("publish");
+    publish(&*a.bus, "r", json!("end")).await;
     let got = messages_through(&mut a.events, N + 1).await;
     assert_eq!(got, (1..=N + 1).collect::<Vec<_>>());
     assert_eq!(a.bus.stats().forged_offsets.load(Ordering::Relaxed), N);
@@ -270,12 +257,7 @@ async fn forged_offset_flood_rate() {
     let mut a = node(&server, config("a")).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    let epoch = a
-        .bus
-        .publish(req("r", json!(0)))
-        .await
-        .expect("publish")
-        .epoch;
+    let epoch = publish(&*a.bus, "r", json!(0)).await.epoch;
     assert_eq!(messages_through(&mut a.events, 1).await, vec![1]);
     const N: u64 = 5000;
     let mut pipe = redis::pipe();
@@ -288,10 +270,7 @@ async fn forged_offset_flood_rate() {
     let mut c = server.conn().await;
     let started = std::time::Instant::now();
     let _: () = pipe.query_async(&mut c).await.expect("pipeline");
-    a.bus
-        .publish(req("r", json!("end")))
-        .await
-        .expect("publish");
+    publish(&*a.bus, "r", json!("end")).await;
     assert_eq!(messages_through(&mut a.events, 2).await, vec![2]);
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(a.bus.stats().forged_offsets.load(Ordering::Relaxed), N);

@@ -4,10 +4,8 @@
 
 mod support;
 
-use roomcast_protocol::StreamPosition;
 use roomcast_redis_bridge::{
-    Bus, BusConfig, BusError, BusEvent, HistoryQuery, MemoryBus, PublishRequest, RedisBus,
-    SendRequest, SubscribeMode,
+    Bus, BusConfig, BusError, BusEvent, MemoryBus, RedisBus, SendRequest, SubscribeMode,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -82,24 +80,11 @@ async fn harness(kind: Kind, cfg: BusConfig) -> Harness {
     }
 }
 
-fn req(room: &str, data: serde_json::Value) -> PublishRequest {
-    PublishRequest {
-        publication: publication(room, "alice", data),
-        volatile: false,
-        idempotency_key: None,
-        skip: None,
-    }
-}
-
 async fn offsets_and_order(kind: Kind) {
     let mut h = harness(kind, config("n1")).await;
     let mut epoch = None;
     for i in 1..=3u64 {
-        let r = h
-            .bus
-            .publish(req("r", json!({ "i": i })))
-            .await
-            .expect("publish");
+        let r = publish(&*h.bus, "r", json!({ "i": i })).await;
         assert_eq!(r.offset, Some(i));
         assert!(!r.duplicate);
         assert_eq!(epoch.get_or_insert(r.epoch.clone()), &r.epoch, "one epoch");
@@ -110,11 +95,7 @@ async fn offsets_and_order(kind: Kind) {
     assert_eq!(got[2].data, json!({ "i": 3 }));
     assert_eq!(got[0].from.as_str(), "alice");
     // another room has its own sequence
-    let r = h
-        .bus
-        .publish(req("other", json!(null)))
-        .await
-        .expect("publish");
+    let r = publish(&*h.bus, "other", json!(null)).await;
     assert_eq!(r.offset, Some(1));
     h.bus.close().await;
 }
@@ -132,7 +113,7 @@ async fn skip_is_carried(kind: Kind) {
 
 async fn volatile_has_no_offset(kind: Kind) {
     let mut h = harness(kind, config("n1")).await;
-    h.bus.publish(req("r", json!(1))).await.expect("publish");
+    publish(&*h.bus, "r", json!(1)).await;
     let mut v = req("r", json!({ "typing": true }));
     v.volatile = true;
     let r = h.bus.publish(v).await.expect("volatile publish");
@@ -141,26 +122,9 @@ async fn volatile_has_no_offset(kind: Kind) {
     assert_eq!(got[1].offset, None);
     assert_eq!(got[1].data, json!({ "typing": true }));
     // not in history, and the sequence goes on
-    let hist = h
-        .bus
-        .history(
-            &room("r"),
-            HistoryQuery {
-                since: None,
-                limit: 10,
-            },
-        )
-        .await
-        .expect("history");
+    let hist = history(&*h.bus, "r", query_recent(10)).await;
     assert_eq!(hist.messages.len(), 1);
-    assert_eq!(
-        h.bus
-            .publish(req("r", json!(2)))
-            .await
-            .expect("publish")
-            .offset,
-        Some(2)
-    );
+    assert_eq!(publish(&*h.bus, "r", json!(2)).await.offset, Some(2));
     h.bus.close().await;
 }
 
@@ -175,10 +139,7 @@ async fn dedupe_returns_original(kind: Kind) {
     assert_eq!(b.offset, Some(1));
     assert_eq!(b.epoch, a.epoch);
     // a marker after the retry: the next message delivered must be it
-    h.bus
-        .publish(req("r", json!("marker")))
-        .await
-        .expect("publish");
+    publish(&*h.bus, "r", json!("marker")).await;
     let got = h.events.messages(2).await;
     assert_eq!(got[0].data, json!("once"));
     assert_eq!(got[1].data, json!("marker"));
@@ -188,33 +149,13 @@ async fn dedupe_returns_original(kind: Kind) {
 
 async fn history_recent(kind: Kind) {
     let h = harness(kind, config("n1")).await;
-    let empty = h
-        .bus
-        .history(
-            &room("r"),
-            HistoryQuery {
-                since: None,
-                limit: 10,
-            },
-        )
-        .await
-        .expect("history");
+    let empty = history(&*h.bus, "r", query_recent(10)).await;
     assert_eq!(empty.offset, 0);
     assert!(empty.messages.is_empty());
     for i in 1..=5 {
-        h.bus.publish(req("r", json!(i))).await.expect("publish");
+        publish(&*h.bus, "r", json!(i)).await;
     }
-    let hist = h
-        .bus
-        .history(
-            &room("r"),
-            HistoryQuery {
-                since: None,
-                limit: 3,
-            },
-        )
-        .await
-        .expect("history");
+    let hist = history(&*h.bus, "r", query_recent(3)).await;
     assert_eq!(hist.offset, 5);
     assert_eq!(
         hist.epoch, empty.epoch,
@@ -224,17 +165,7 @@ async fn history_recent(kind: Kind) {
     let offsets: Vec<_> = hist.messages.iter().map(|p| p.offset).collect();
     assert_eq!(offsets, vec![Some(3), Some(4), Some(5)]);
     assert_eq!(hist.messages[0].data, json!(3));
-    let none = h
-        .bus
-        .history(
-            &room("r"),
-            HistoryQuery {
-                since: None,
-                limit: 0,
-            },
-        )
-        .await
-        .expect("history");
+    let none = history(&*h.bus, "r", query_recent(0)).await;
     assert!(none.messages.is_empty());
     h.bus.close().await;
 }
@@ -243,40 +174,17 @@ async fn history_since(kind: Kind) {
     let h = harness(kind, config("n1")).await;
     let mut epoch = String::new();
     for i in 1..=5 {
-        epoch = h
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        epoch = publish(&*h.bus, "r", json!(i)).await.epoch;
     }
-    let since = |offset: u64, epoch: &str| HistoryQuery {
-        since: Some(StreamPosition {
-            offset,
-            epoch: epoch.to_string(),
-        }),
-        limit: 2,
-    };
-    let hist = h
-        .bus
-        .history(&room("r"), since(2, &epoch))
-        .await
-        .expect("history");
+    let since = |offset: u64, epoch: &str| query_since(offset, epoch, 2);
+    let hist = history(&*h.bus, "r", since(2, &epoch)).await;
     assert!(hist.recovered);
     let offsets: Vec<_> = hist.messages.iter().map(|p| p.offset).collect();
     assert_eq!(offsets, vec![Some(3), Some(4), Some(5)]);
-    let up_to_date = h
-        .bus
-        .history(&room("r"), since(5, &epoch))
-        .await
-        .expect("history");
+    let up_to_date = history(&*h.bus, "r", since(5, &epoch)).await;
     assert!(up_to_date.recovered);
     assert!(up_to_date.messages.is_empty());
-    let wrong = h
-        .bus
-        .history(&room("r"), since(2, "not-the-epoch"))
-        .await
-        .expect("history");
+    let wrong = history(&*h.bus, "r", since(2, "not-the-epoch")).await;
     assert!(!wrong.recovered);
     let offsets: Vec<_> = wrong.messages.iter().map(|p| p.offset).collect();
     assert_eq!(
@@ -285,11 +193,7 @@ async fn history_since(kind: Kind) {
         "an epoch the room no longer has: the current one from its start (docs/protocol.md section 3.2), \
          whatever the limit"
     );
-    let ahead = h
-        .bus
-        .history(&room("r"), since(9, &epoch))
-        .await
-        .expect("history");
+    let ahead = history(&*h.bus, "r", since(9, &epoch)).await;
     assert!(!ahead.recovered);
     h.bus.close().await;
 }
@@ -303,16 +207,10 @@ async fn history_of_a_lost_epoch_is_capped(kind: Kind) {
     };
     let h = harness(kind, cfg).await;
     for i in 1..=5 {
-        h.bus.publish(req("r", json!(i))).await.expect("publish");
+        publish(&*h.bus, "r", json!(i)).await;
     }
-    let q = HistoryQuery {
-        since: Some(StreamPosition {
-            offset: 9,
-            epoch: "gone".into(),
-        }),
-        limit: 0,
-    };
-    let got = h.bus.history(&room("r"), q).await.expect("history");
+    let q = query_since(9, "gone", 0);
+    let got = history(&*h.bus, "r", q).await;
     assert!(!got.recovered);
     assert_eq!(got.offset, 5);
     let offsets: Vec<_> = got.messages.iter().map(|p| p.offset).collect();
@@ -329,25 +227,14 @@ async fn history_trimmed(kind: Kind) {
     let h = harness(kind, cfg).await;
     let mut epoch = String::new();
     for i in 1..=8 {
-        epoch = h
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        epoch = publish(&*h.bus, "r", json!(i)).await.epoch;
     }
-    let q = |offset: u64| HistoryQuery {
-        since: Some(StreamPosition {
-            offset,
-            epoch: epoch.clone(),
-        }),
-        limit: 10,
-    };
+    let q = |offset: u64| query_since(offset, &epoch, 10);
     // 6, 7, 8 are held
-    let ok = h.bus.history(&room("r"), q(5)).await.expect("history");
+    let ok = history(&*h.bus, "r", q(5)).await;
     assert!(ok.recovered);
     assert_eq!(ok.messages.len(), 3);
-    let trimmed = h.bus.history(&room("r"), q(3)).await.expect("history");
+    let trimmed = history(&*h.bus, "r", q(3)).await;
     assert!(!trimmed.recovered, "4 and 5 were trimmed");
     let offsets: Vec<_> = trimmed.messages.iter().map(|p| p.offset).collect();
     assert_eq!(
@@ -366,28 +253,11 @@ async fn history_max_recover(kind: Kind) {
     let h = harness(kind, cfg).await;
     let mut epoch = String::new();
     for i in 1..=5 {
-        epoch = h
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        epoch = publish(&*h.bus, "r", json!(i)).await.epoch;
     }
-    let q = |offset: u64| HistoryQuery {
-        since: Some(StreamPosition {
-            offset,
-            epoch: epoch.clone(),
-        }),
-        limit: 1,
-    };
-    assert!(
-        h.bus
-            .history(&room("r"), q(3))
-            .await
-            .expect("history")
-            .recovered
-    );
-    let far = h.bus.history(&room("r"), q(2)).await.expect("history");
+    let q = |offset: u64| query_since(offset, &epoch, 1);
+    assert!(history(&*h.bus, "r", q(3)).await.recovered);
+    let far = history(&*h.bus, "r", q(2)).await;
     assert!(!far.recovered, "3 missing > max_recover 2");
     assert_eq!(far.messages.len(), 1);
     h.bus.close().await;
@@ -397,46 +267,25 @@ async fn presence_events_are_per_user(kind: Kind) {
     let mut h = harness(kind, config("n1")).await;
     let r = room("r");
     h.bus.watch_room(&r);
-    h.bus
-        .presence_join(&r, &user("alice"), "c1")
-        .await
-        .expect("join");
+    join_presence(&*h.bus, &r, "alice", "c1").await;
     assert_eq!(h.events.member().await, ("joined", "alice".into()));
-    h.bus
-        .presence_join(&r, &user("alice"), "c2")
-        .await
-        .expect("second tab");
-    h.bus
-        .presence_join(&r, &user("bob"), "c3")
-        .await
-        .expect("join");
+    join_presence(&*h.bus, &r, "alice", "c2").await;
+    join_presence(&*h.bus, &r, "bob", "c3").await;
     assert_eq!(
         h.events.member().await,
         ("joined", "bob".into()),
         "alice's second tab is not an event"
     );
-    h.bus
-        .presence_leave(&r, &user("alice"), "c1")
-        .await
-        .expect("leave");
-    h.bus
-        .presence_leave(&r, &user("alice"), "c2")
-        .await
-        .expect("leave");
+    leave_presence(&*h.bus, &r, "alice", "c1").await;
+    leave_presence(&*h.bus, &r, "alice", "c2").await;
     assert_eq!(
         h.events.member().await,
         ("left", "alice".into()),
         "only the last tab leaving is"
     );
     // leaving twice is harmless and silent
-    h.bus
-        .presence_leave(&r, &user("alice"), "c2")
-        .await
-        .expect("leave again");
-    h.bus
-        .presence_leave(&r, &user("bob"), "c3")
-        .await
-        .expect("leave");
+    leave_presence(&*h.bus, &r, "alice", "c2").await;
+    leave_presence(&*h.bus, &r, "bob", "c3").await;
     assert_eq!(h.events.member().await, ("left", "bob".into()));
     h.bus.close().await;
 }

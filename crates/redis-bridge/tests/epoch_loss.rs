@@ -6,20 +6,13 @@
 
 mod support;
 
-use roomcast_protocol::StreamPosition;
 use roomcast_redis_bridge::{Bus, BusEvent, HistoryQuery};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use support::*;
 
 fn since(offset: u64, epoch: &str) -> HistoryQuery {
-    HistoryQuery {
-        since: Some(StreamPosition {
-            offset,
-            epoch: epoch.to_string(),
-        }),
-        limit: 0,
-    }
+    query_since(offset, epoch, 0)
 }
 
 /// Redis restarts empty; messages are acknowledged in the new epoch; a client of the old
@@ -31,12 +24,7 @@ async fn a_since_in_a_lost_epoch_gets_the_new_epoch_from_its_start() {
     let r = room("r");
     let mut old = String::new();
     for i in 1..=3 {
-        old = a
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        old = publish(&*a.bus, "r", json!(i)).await.epoch;
     }
     server.restart();
     a.events
@@ -82,25 +70,13 @@ async fn a_flush_is_signalled_before_any_message_of_the_new_epoch() {
     a.bus.watch_room(&r);
     let mut old = String::new();
     for i in 1..=3 {
-        old = b
-            .bus
-            .publish(req("r", json!(i)))
-            .await
-            .expect("publish")
-            .epoch;
+        old = publish(&*b.bus, "r", json!(i)).await.epoch;
     }
     assert_eq!(a.events.messages(3).await.len(), 3);
     let mut raw = server.conn().await;
-    let _: String = redis::cmd("FLUSHALL")
-        .query_async(&mut raw)
-        .await
-        .expect("flushall");
+    let _: String = redis_query!(&mut raw, "FLUSHALL");
     for i in 1..=3 {
-        let res = b
-            .bus
-            .publish(req("r", json!(format!("new {i}"))))
-            .await
-            .expect("publish");
+        let res = publish(&*b.bus, "r", json!(format!("new {i}"))).await;
         assert_ne!(res.epoch, old);
     }
     a.events
@@ -171,11 +147,7 @@ async fn an_epoch_lost_before_any_message_is_signalled_too() {
         gap,
         "the lost epoch is signalled before the bus says it is up"
     );
-    let after = a
-        .bus
-        .publish(req("quiet", json!("after")))
-        .await
-        .expect("publish");
+    let after = publish(&*a.bus, "quiet", json!("after")).await;
     assert_ne!(after.epoch, joined.epoch);
     a.bus.close().await;
 }

@@ -23,6 +23,12 @@ async fn bus(kind: &str, server: Option<&RedisServer>, cfg: BusConfig) -> Arc<dy
     bus
 }
 
+/// The ids of the nodes `bus` lists, in its order.
+async fn node_ids(bus: &dyn Bus) -> Vec<String> {
+    let nodes = bus.nodes().await.expect("nodes");
+    nodes.into_iter().map(|n| n.node_id).collect()
+}
+
 fn stats(connections: u64) -> NodeStats {
     NodeStats {
         // Whatever the caller says, the bus names the node itself.
@@ -135,48 +141,33 @@ async fn redis_lists_every_node_of_its_cluster_only() {
     // Garbage in the hash (something else wrote it) is skipped, and a field without an
     // expiry is dropped.
     let mut c = server.conn().await;
-    let _: i64 = redis::cmd("HSET")
-        .arg("rc:nodes")
-        .arg("junk")
-        .arg("99999999999999|not json")
-        .arg("no-expiry")
-        .arg("{}")
-        .query_async(&mut c)
-        .await
-        .expect("hset");
+    let _: i64 = redis_query!(
+        &mut c,
+        "HSET",
+        "rc:nodes",
+        "junk",
+        "99999999999999|not json",
+        "no-expiry",
+        "{}"
+    );
     for bus in [&a, &b] {
-        let ids: Vec<String> = bus
-            .nodes()
-            .await
-            .expect("nodes")
-            .into_iter()
-            .map(|n| n.node_id)
-            .collect();
         assert_eq!(
-            ids,
+            node_ids(&**bus).await,
             ["node-a", "node-b"],
             "both nodes, sorted, nothing else"
         );
     }
-    let exists: i64 = redis::cmd("HEXISTS")
-        .arg("rc:nodes")
-        .arg("no-expiry")
-        .query_async(&mut c)
-        .await
-        .expect("hexists");
+    let exists: i64 = redis_query!(&mut c, "HEXISTS", "rc:nodes", "no-expiry");
     assert_eq!(
         exists, 0,
         "a field without an expiry is removed by a reader"
     );
     a.remove_node().await.expect("remove a");
-    let ids: Vec<String> = b
-        .nodes()
-        .await
-        .expect("nodes")
-        .into_iter()
-        .map(|n| n.node_id)
-        .collect();
-    assert_eq!(ids, ["node-b"], "a removed node is gone for the others");
+    assert_eq!(
+        node_ids(&*b).await,
+        ["node-b"],
+        "a removed node is gone for the others"
+    );
     for bus in [a, b, other] {
         bus.close().await;
     }

@@ -6,22 +6,13 @@ mod support;
 
 use roomcast_protocol::{BusMessage, Envelope, EventName};
 use roomcast_redis_bridge::{
-    Bus, BusConfig, BusError, BusEvent, HistoryQuery, PublishRequest, RedisBus, SendRequest,
+    Bus, BusConfig, BusError, BusEvent, HistoryQuery, RedisBus, SendRequest,
 };
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
-
-fn req(room: &str, from: &str, data: serde_json::Value) -> PublishRequest {
-    PublishRequest {
-        publication: publication(room, from, data),
-        volatile: false,
-        idempotency_key: None,
-        skip: None,
-    }
-}
 
 fn offsets(ms: &[Arc<roomcast_protocol::Publication>]) -> Vec<u64> {
     ms.iter().map(|p| p.offset.unwrap_or(0)).collect()
@@ -38,11 +29,7 @@ async fn concurrent_publishers_on_two_nodes_see_one_order() {
         tasks.push(tokio::spawn(async move {
             let pubs = (0..EACH).map(|i| {
                 let bus = bus.clone();
-                async move {
-                    bus.publish(req("r", name, json!(format!("{name}{i}"))))
-                        .await
-                        .expect("publish")
-                }
+                async move { publish_from(&*bus, "r", name, json!(format!("{name}{i}"))).await }
             });
             futures_util::future::join_all(pubs).await
         }));
@@ -85,7 +72,7 @@ async fn a_burst_of_mixed_publishes_keeps_offsets_dedupe_and_order() {
         let room = format!("m{}", i % ROOMS);
         let n = i / ROOMS;
         async move {
-            let mut r = req(&room, "alice", json!(n));
+            let mut r = req_from(&room, "alice", json!(n));
             // every 5th is volatile; some ids are sent twice (n / 6 is shared by n and n + 3)
             r.volatile = n % 5 == 4;
             if !r.volatile && n.is_multiple_of(3) {
@@ -144,7 +131,7 @@ async fn dedupe_is_cluster_wide() {
     let server = RedisServer::start();
     let mut a = node(&server, config("a")).await;
     let b = node(&server, config("b")).await;
-    let mut first = req("r", "alice", json!("once"));
+    let mut first = req_from("r", "alice", json!("once"));
     first.idempotency_key = Some("alice:42".into());
     let original = a.bus.publish(first.clone()).await.expect("publish");
     let retry = b.bus.publish(first).await.expect("retry on another node");
@@ -153,10 +140,7 @@ async fn dedupe_is_cluster_wide() {
         (retry.offset, retry.epoch.clone()),
         (original.offset, original.epoch.clone())
     );
-    b.bus
-        .publish(req("r", "alice", json!("marker")))
-        .await
-        .expect("publish");
+    publish_from(&*b.bus, "r", "alice", json!("marker")).await;
     let got = a.events.messages(2).await;
     assert_eq!(got[1].data, json!("marker"), "the retry was not delivered");
     a.bus.close().await;
@@ -200,12 +184,7 @@ async fn direct_disconnect_and_emitter_reach_every_node() {
     // the emitter path: a backend writes an envelope (no offset) to the room channel;
     // garbage before it is counted and skipped
     let mut raw = server.conn().await;
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("rc:room:r")
-        .arg(b"\x01garbage".as_slice())
-        .query_async(&mut raw)
-        .await
-        .expect("publish");
+    let _: i64 = redis_query!(&mut raw, "PUBLISH", "rc:room:r", b"\x01garbage".as_slice());
     let env = Envelope::new(
         "backend",
         BusMessage::Message {
@@ -220,12 +199,7 @@ async fn direct_disconnect_and_emitter_reach_every_node() {
         },
     );
     let bytes = env.to_msgpack().expect("encode");
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("rc:room:r")
-        .arg(bytes)
-        .query_async(&mut raw)
-        .await
-        .expect("publish");
+    let _: i64 = redis_query!(&mut raw, "PUBLISH", "rc:room:r", bytes);
     let (p, _) = a.events.message().await;
     assert_eq!(p.offset, None);
     assert_eq!(p.data, json!({ "from": "backend" }));
@@ -237,11 +211,7 @@ async fn direct_disconnect_and_emitter_reach_every_node() {
 /// How many times Redis ran `cmd` (scripts' calls included), from INFO commandstats.
 async fn command_calls(server: &RedisServer, cmd: &str) -> u64 {
     let mut raw = server.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut raw)
-        .await
-        .expect("info");
+    let info: String = redis_query!(&mut raw, "INFO", "commandstats");
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
         .and_then(|rest| rest.split(',').next())
@@ -301,18 +271,9 @@ async fn presence_is_cluster_wide_and_per_user() {
     let r = room("r");
     a.bus.watch_room(&r);
     b.bus.watch_room(&r);
-    a.bus
-        .presence_join(&r, &user("alice"), "a1")
-        .await
-        .expect("join");
-    b.bus
-        .presence_join(&r, &user("alice"), "b1")
-        .await
-        .expect("join");
-    b.bus
-        .presence_join(&r, &user("bob"), "b2")
-        .await
-        .expect("join");
+    join_presence(&*a.bus, &r, "alice", "a1").await;
+    join_presence(&*b.bus, &r, "alice", "b1").await;
+    join_presence(&*b.bus, &r, "bob", "b2").await;
     for n in [&mut a, &mut b] {
         assert_eq!(n.events.member().await, ("joined", "alice".into()));
         assert_eq!(
@@ -324,14 +285,8 @@ async fn presence_is_cluster_wide_and_per_user() {
     let p = a.bus.presence(&r, 10).await.expect("presence");
     assert_eq!((p.count.users, p.count.connections), (2, 3));
     assert_eq!(p.members[0].connections, 2);
-    a.bus
-        .presence_leave(&r, &user("alice"), "a1")
-        .await
-        .expect("leave");
-    b.bus
-        .presence_leave(&r, &user("alice"), "b1")
-        .await
-        .expect("leave");
+    leave_presence(&*a.bus, &r, "alice", "a1").await;
+    leave_presence(&*b.bus, &r, "alice", "b1").await;
     for n in [&mut a, &mut b] {
         assert_eq!(n.events.member().await, ("left", "alice".into()));
     }
@@ -373,13 +328,7 @@ async fn inject_lost_message(
     in_stream: bool,
 ) {
     let mut raw = server.conn().await;
-    let _: i64 = redis::cmd("HINCRBY")
-        .arg(format!("rc:meta:{room_name}"))
-        .arg("s")
-        .arg(1)
-        .query_async(&mut raw)
-        .await
-        .expect("hincrby");
+    let _: i64 = redis_query!(&mut raw, "HINCRBY", format!("rc:meta:{room_name}"), "s", 1);
     if in_stream {
         let env = room_envelope(
             "a",
@@ -389,14 +338,14 @@ async fn inject_lost_message(
             1,
             json!(format!("lost {offset}")),
         );
-        let _: String = redis::cmd("XADD")
-            .arg(format!("rc:history:{room_name}"))
-            .arg(format!("{offset}-0"))
-            .arg("d")
-            .arg(env.to_msgpack().expect("encode"))
-            .query_async(&mut raw)
-            .await
-            .expect("xadd");
+        let _: String = redis_query!(
+            &mut raw,
+            "XADD",
+            format!("rc:history:{room_name}"),
+            format!("{offset}-0"),
+            "d",
+            env.to_msgpack().expect("encode")
+        );
     }
 }
 
@@ -407,18 +356,11 @@ async fn a_lost_message_is_repaired_from_the_stream() {
     let b = node(&server, config("b")).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    let first = b
-        .bus
-        .publish(req("r", "bob", json!(1)))
-        .await
-        .expect("publish");
+    let first = publish_from(&*b.bus, "r", "bob", json!(1)).await;
     assert_eq!(a.events.message().await.0.offset, Some(1));
     inject_lost_message(&server, "r", 2, &first.epoch, true).await;
     inject_lost_message(&server, "r", 3, &first.epoch, true).await;
-    b.bus
-        .publish(req("r", "bob", json!(4)))
-        .await
-        .expect("publish");
+    publish_from(&*b.bus, "r", "bob", json!(4)).await;
     let got = a.events.messages(3).await;
     assert_eq!(offsets(&got), vec![2, 3, 4]);
     assert_eq!(got[0].data, json!("lost 2"));
@@ -435,17 +377,10 @@ async fn a_gap_history_no_longer_holds_is_reported() {
     let mut a = node(&server, config("a")).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    let first = a
-        .bus
-        .publish(req("r", "bob", json!(1)))
-        .await
-        .expect("publish");
+    let first = publish_from(&*a.bus, "r", "bob", json!(1)).await;
     assert_eq!(a.events.message().await.0.offset, Some(1));
     inject_lost_message(&server, "r", 2, &first.epoch, false).await;
-    a.bus
-        .publish(req("r", "bob", json!(3)))
-        .await
-        .expect("publish");
+    publish_from(&*a.bus, "r", "bob", json!(3)).await;
     let gap = a
         .events
         .until(|e| match e {
@@ -474,29 +409,13 @@ async fn a_history_lost_while_subscribed_is_signalled_before_the_new_epoch() {
     let mut a = node(&server, config("a")).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    let first = a
-        .bus
-        .publish(req("r", "bob", json!(1)))
-        .await
-        .expect("publish");
-    a.bus
-        .publish(req("r", "bob", json!(2)))
-        .await
-        .expect("publish");
+    let first = publish_from(&*a.bus, "r", "bob", json!(1)).await;
+    publish_from(&*a.bus, "r", "bob", json!(2)).await;
     assert_eq!(offsets(&a.events.messages(2).await), vec![1, 2]);
     // the history expires (as after history_ttl without publishes)
     let mut raw = server.conn().await;
-    let _: i64 = redis::cmd("DEL")
-        .arg("rc:meta:r")
-        .arg("rc:history:r")
-        .query_async(&mut raw)
-        .await
-        .expect("del");
-    let next = a
-        .bus
-        .publish(req("r", "bob", json!("new")))
-        .await
-        .expect("publish");
+    let _: i64 = redis_query!(&mut raw, "DEL", "rc:meta:r", "rc:history:r");
+    let next = publish_from(&*a.bus, "r", "bob", json!("new")).await;
     assert_ne!(next.epoch, first.epoch);
     assert_eq!(next.offset, Some(1));
     let gap = a
@@ -510,10 +429,7 @@ async fn a_history_lost_while_subscribed_is_signalled_before_the_new_epoch() {
     assert_eq!(gap, "r");
     let got = a.events.message().await.0;
     assert_eq!((got.offset, got.data.clone()), (Some(1), json!("new")));
-    a.bus
-        .publish(req("r", "bob", json!("new 2")))
-        .await
-        .expect("publish");
+    publish_from(&*a.bus, "r", "bob", json!("new 2")).await;
     assert_eq!(
         a.events.message().await.0.offset,
         Some(2),
@@ -542,9 +458,7 @@ async fn killed_pubsub_connection_still_delivers_every_offset_in_order() {
         let bus = b.bus.clone();
         tokio::spawn(async move {
             for i in 1..=N {
-                bus.publish(req("r", "bob", json!(i)))
-                    .await
-                    .expect("publish");
+                publish_from(&*bus, "r", "bob", json!(i)).await;
             }
         })
     };
@@ -554,13 +468,7 @@ async fn killed_pubsub_connection_still_delivers_every_offset_in_order() {
         seen.push(a.events.message().await.0.offset.unwrap_or(0));
     }
     let mut raw = server.conn().await;
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut raw)
-        .await
-        .expect("client kill");
+    let killed: i64 = redis_query!(&mut raw, "CLIENT", "KILL", "TYPE", "pubsub");
     assert!(killed >= 2, "both nodes' subscriptions were cut");
     let mut states = Vec::new();
     while seen.last().copied() != Some(N) {
@@ -598,37 +506,28 @@ async fn a_subscriber_cut_for_its_output_buffer_recovers_what_it_missed() {
     let b = node(&server, cfg("b")).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    b.bus
-        .publish(req("r", "bob", json!("small")))
-        .await
-        .expect("publish");
+    publish_from(&*b.bus, "r", "bob", json!("small")).await;
     assert_eq!(a.events.message().await.0.offset, Some(1));
     // a message bigger than the pub/sub hard limit makes Redis cut every subscriber
     let mut raw = server.conn().await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("client-output-buffer-limit")
-        .arg("pubsub 16kb 0 0")
-        .query_async(&mut raw)
-        .await
-        .expect("config set");
+    let _: () = redis_query!(
+        &mut raw,
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 16kb 0 0"
+    );
     let big = "x".repeat(64 * 1024);
-    b.bus
-        .publish(req("r", "bob", json!(big)))
-        .await
-        .expect("publish");
+    publish_from(&*b.bus, "r", "bob", json!(big)).await;
     assert!(!a.events.state().await, "cut by Redis: down");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("client-output-buffer-limit")
-        .arg("pubsub 32mb 8mb 60")
-        .query_async(&mut raw)
-        .await
-        .expect("config set");
-    b.bus
-        .publish(req("r", "bob", json!("after")))
-        .await
-        .expect("publish");
+    let _: () = redis_query!(
+        &mut raw,
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 32mb 8mb 60"
+    );
+    publish_from(&*b.bus, "r", "bob", json!("after")).await;
     let mut seen = Vec::new();
     while seen.len() < 2 {
         match a.events.next().await {
@@ -669,11 +568,7 @@ async fn a_subscription_that_fell_behind_is_dropped_and_resynchronised() {
     .await;
     let r = room("r");
     a.bus.watch_room(&r);
-    let first = b
-        .bus
-        .publish(req("r", "bob", json!(1)))
-        .await
-        .expect("publish");
+    let first = publish_from(&*b.bus, "r", "bob", json!(1)).await;
     assert_eq!(a.events.message().await.0.offset, Some(1));
     assert_eq!(b.events.message().await.0.offset, Some(1));
     // Message 2 is in the room's meta and stream, and its live copy (the same bytes, as
@@ -690,27 +585,12 @@ async fn a_subscription_that_fell_behind_is_dropped_and_resynchronised() {
     );
     let bytes = stale.to_msgpack().expect("encode");
     let mut raw = server.conn().await;
-    let _: String = redis::cmd("XADD")
-        .arg("rc:history:r")
-        .arg("2-0")
-        .arg("d")
-        .arg(&bytes)
-        .query_async(&mut raw)
-        .await
-        .expect("xadd");
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("rc:room:r")
-        .arg(&bytes)
-        .query_async(&mut raw)
-        .await
-        .expect("publish raw");
+    let _: String = redis_query!(&mut raw, "XADD", "rc:history:r", "2-0", "d", &bytes);
+    let _: i64 = redis_query!(&mut raw, "PUBLISH", "rc:room:r", &bytes);
     // a delivers it, then lets its subscription go and comes back; 3 reaches it live or
     // from the stream, once
     assert_eq!(a.events.message().await.0.offset, Some(2));
-    b.bus
-        .publish(req("r", "bob", json!(3)))
-        .await
-        .expect("publish");
+    publish_from(&*b.bus, "r", "bob", json!(3)).await;
     let (mut seen, mut states) = (Vec::new(), Vec::new());
     while seen.last().copied() != Some(3) || states.len() < 2 {
         match a.events.next().await {
@@ -743,10 +623,7 @@ async fn redis_restart_fails_fast_then_recovers() {
     let mut b = node(&server, cfg("b")).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    a.bus
-        .publish(req("r", "alice", json!("before")))
-        .await
-        .expect("publish");
+    publish_from(&*a.bus, "r", "alice", json!("before")).await;
     assert_eq!(a.events.message().await.0.offset, Some(1));
 
     server.kill();
@@ -756,7 +633,7 @@ async fn redis_restart_fails_fast_then_recovers() {
     );
     assert!(!a.bus.is_ready());
     // it answers (bounded by op_timeout: never hangs until Redis is back)
-    let err = tokio::time::timeout(WAIT, a.bus.publish(req("r", "alice", json!("during"))))
+    let err = tokio::time::timeout(WAIT, a.bus.publish(req_from("r", "alice", json!("during"))))
         .await
         .expect("a publish while Redis is down does not hang")
         .expect_err("Redis is down");
@@ -801,7 +678,7 @@ async fn redis_restart_fails_fast_then_recovers() {
     assert!(a.bus.is_ready());
     let r2 = b
         .bus
-        .publish(req("r", "bob", json!("after")))
+        .publish(req_from("r", "bob", json!("after")))
         .await
         .expect("publish after restart");
     assert_eq!(r2.offset, Some(1), "a new epoch starts at 1");
@@ -825,15 +702,9 @@ async fn a_dead_nodes_presence_expires() {
     let c = node(&server, cfg("c")).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    b.bus
-        .presence_join(&r, &user("bob"), "b1")
-        .await
-        .expect("join");
+    join_presence(&*b.bus, &r, "bob", "b1").await;
     assert_eq!(a.events.member().await, ("joined", "bob".into()));
-    c.bus
-        .presence_join(&r, &user("carol"), "c1")
-        .await
-        .expect("join");
+    join_presence(&*c.bus, &r, "carol", "c1").await;
     assert_eq!(a.events.member().await, ("joined", "carol".into()));
     let p = a.bus.presence(&r, 10).await.expect("presence");
     assert_eq!(p.count.users, 2);
@@ -864,10 +735,7 @@ async fn presence_survives_refresh_periods() {
     let mut a = node(&server, cfg).await;
     let r = room("r");
     a.bus.watch_room(&r);
-    a.bus
-        .presence_join(&r, &user("alice"), "a1")
-        .await
-        .expect("join");
+    join_presence(&*a.bus, &r, "alice", "a1").await;
     assert_eq!(a.events.member().await, ("joined", "alice".into()));
     // wait on refreshes (observable through the entry's score moving forward) rather
     // than on a clock: after three refreshes the entry must still be present
@@ -877,12 +745,8 @@ async fn presence_survives_refresh_periods() {
     let deadline = Instant::now() + WAIT;
     while moved < 3 {
         assert!(Instant::now() < deadline, "the entry was not refreshed");
-        let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg("rc:presence:r")
-            .arg("alice\x1fa1\x1fa")
-            .query_async(&mut raw)
-            .await
-            .expect("zscore");
+        let score: Option<f64> =
+            redis_query!(&mut raw, "ZSCORE", "rc:presence:r", "alice\x1fa1\x1fa");
         let score = score.expect("the entry is alive");
         if score > last {
             if last > 0.0 {
@@ -906,10 +770,7 @@ async fn presence_survives_refresh_periods() {
 async fn password_auth() {
     let server = RedisServer::start_with_password("s3cret");
     let mut a = node(&server, config("a")).await;
-    a.bus
-        .publish(req("r", "alice", json!("authed")))
-        .await
-        .expect("publish");
+    publish_from(&*a.bus, "r", "alice", json!("authed")).await;
     assert_eq!(a.events.message().await.0.data, json!("authed"));
     a.bus.close().await;
     let anon = format!("redis://127.0.0.1:{}/", server.port);
@@ -934,7 +795,7 @@ async fn not_served(url: &str, cfg: BusConfig) -> BusError {
         panic!("started without Redis")
     };
     assert!(!bus.is_ready());
-    let Err(p) = bus.publish(req("r", "x", json!(1))).await else {
+    let Err(p) = bus.publish(req_from("r", "x", json!(1))).await else {
         panic!("published without Redis")
     };
     assert!(matches!(p, BusError::Unavailable(_)), "{p:?}");
@@ -987,9 +848,7 @@ async fn publish_throughput() {
             tokio::spawn(async move {
                 for i in 0..PER_TASK {
                     let room_name = format!("room{}", t % 64);
-                    bus.publish(req(&room_name, "alice", json!({ "i": i })))
-                        .await
-                        .expect("publish");
+                    publish_from(&*bus, &room_name, "alice", json!({ "i": i })).await;
                 }
             })
         })
@@ -1029,25 +888,13 @@ async fn pinging_the_subscription_keeps_it() {
             })
             .collect()
     };
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut raw)
-        .await
-        .expect("client list");
+    let list: String = redis_query!(&mut raw, "CLIENT", "LIST", "TYPE", "pubsub");
     let first = pubsub_clients(list);
     assert_eq!(first.len(), 1);
     let id = first[0].0.clone();
     let deadline = Instant::now() + WAIT;
     loop {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut raw)
-            .await
-            .expect("client list");
+        let list: String = redis_query!(&mut raw, "CLIENT", "LIST", "TYPE", "pubsub");
         let now = pubsub_clients(list);
         assert_eq!(
             now.first().map(|c| c.0.clone()),
@@ -1064,19 +911,10 @@ async fn pinging_the_subscription_keeps_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // a message after the pong: once it is delivered, the pong has been handled
-    a.bus
-        .publish(req("r", "alice", json!("after ping")))
-        .await
-        .expect("publish");
+    publish_from(&*a.bus, "r", "alice", json!("after ping")).await;
     assert_eq!(a.events.message().await.0.data, json!("after ping"));
     assert_eq!(a.bus.stats().reconnects.load(Ordering::Relaxed), 0);
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut raw)
-        .await
-        .expect("client list");
+    let list: String = redis_query!(&mut raw, "CLIENT", "LIST", "TYPE", "pubsub");
     assert_eq!(pubsub_clients(list)[0].0, id);
     a.bus.close().await;
 }

@@ -21,7 +21,10 @@ pub use child::{roomcast_bin, ChildNode};
 pub use http::{body_of, http};
 pub use redis_server::RedisServer;
 pub use sse::{SseEvent, SseStream};
-pub use ws::{publication, reply_id, Client, Closed};
+pub use ws::{
+    epoch_of, err_code, is_direct, is_error, is_member_event, is_message, publication, replayed,
+    reply_id, Client, Closed,
+};
 
 use std::time::Duration;
 

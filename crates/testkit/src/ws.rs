@@ -166,12 +166,7 @@ impl Client {
 
     /// Joins a room and returns the `joined` reply.
     pub async fn join(&mut self, room: &str) -> ServerMessage {
-        let r = self
-            .request(
-                json!({"type": "join", "room": room}),
-                &format!("join-{room}"),
-            )
-            .await;
+        let r = self.join_reply(room, &format!("join-{room}")).await;
         assert!(
             matches!(r, ServerMessage::Joined { .. }),
             "join failed: {r:?}"
@@ -179,19 +174,113 @@ impl Client {
         r
     }
 
+    /// Publishes `data` as event `e` to `room` with request id `id` and returns the reply,
+    /// whatever it is.
+    pub async fn publish(&mut self, room: &str, data: Value, id: &str) -> ServerMessage {
+        self.request(
+            json!({"type": "publish", "room": room, "event": "e", "data": data}),
+            id,
+        )
+        .await
+    }
+
     /// Publishes `data` as event `e` to `room` with request id `id` and returns the
     /// acknowledged offset (`None` for a volatile publish); panics on anything but an ack.
     pub async fn publish_acked(&mut self, room: &str, data: Value, id: &str) -> Option<u64> {
-        let r = self
-            .request(
-                json!({"type": "publish", "room": room, "event": "e", "data": data}),
-                id,
-            )
-            .await;
-        match r {
+        match self.publish(room, data, id).await {
             ServerMessage::Ack { offset, .. } => offset,
             other => panic!("publish to {room} not acknowledged: {other:?}"),
         }
+    }
+
+    /// Sends any request (`publish` with other fields, `send`) with `id` and returns the
+    /// acknowledged offset; panics on anything but an ack.
+    pub async fn acked(&mut self, v: Value, id: &str) -> Option<u64> {
+        match self.request(v, id).await {
+            ServerMessage::Ack { offset, .. } => offset,
+            other => panic!("request {id} not acknowledged: {other:?}"),
+        }
+    }
+
+    /// Publishes the numbers `offsets` one after the other (each number is the data and
+    /// the request id), asserting that each is acknowledged with itself as its offset.
+    pub async fn publish_numbered(&mut self, room: &str, offsets: std::ops::RangeInclusive<u64>) {
+        for i in offsets {
+            assert_eq!(
+                self.publish_acked(room, json!(i), &i.to_string()).await,
+                Some(i),
+                "publish {i} to {room}"
+            );
+        }
+    }
+
+    /// Sends a plain `join` of `room` with `id` and returns the reply, whatever it is.
+    pub async fn join_reply(&mut self, room: &str, id: &str) -> ServerMessage {
+        self.request(json!({"type": "join", "room": room}), id)
+            .await
+    }
+
+    /// Joins `room` asking to recover from `offset` in `epoch`; returns the reply.
+    pub async fn join_since(
+        &mut self,
+        room: &str,
+        offset: u64,
+        epoch: &str,
+        id: &str,
+    ) -> ServerMessage {
+        self.request(
+            json!({"type": "join", "room": room, "since": {"offset": offset, "epoch": epoch}}),
+            id,
+        )
+        .await
+    }
+
+    /// Asks for `room`'s presence; returns the reply.
+    pub async fn presence(&mut self, room: &str, id: &str) -> ServerMessage {
+        self.request(json!({"type": "presence", "room": room}), id)
+            .await
+    }
+
+    /// Whether a ping with `id` is answered with a pong.
+    pub async fn pongs(&mut self, id: &str) -> bool {
+        matches!(
+            self.request(json!({"type": "ping"}), id).await,
+            ServerMessage::Pong { .. }
+        )
+    }
+
+    /// The next room message (others are kept for later).
+    pub async fn next_message(&mut self) -> roomcast_protocol::Publication {
+        publication(&self.recv_match(is_message).await).clone()
+    }
+
+    /// The next `n` room messages (others are kept for later).
+    pub async fn publications(&mut self, n: usize) -> Vec<roomcast_protocol::Publication> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(self.next_message().await);
+        }
+        out
+    }
+
+    /// The next `n` durable room messages as (offset, from, data).
+    pub async fn messages(&mut self, n: usize) -> Vec<(u64, String, Value)> {
+        self.publications(n)
+            .await
+            .into_iter()
+            .map(|p| {
+                (
+                    p.offset.expect("durable message has an offset"),
+                    p.from.to_string(),
+                    p.data,
+                )
+            })
+            .collect()
+    }
+
+    /// The offsets of the next `n` durable room messages.
+    pub async fn offsets(&mut self, n: usize) -> Vec<u64> {
+        self.messages(n).await.into_iter().map(|m| m.0).collect()
     }
 
     /// Reads until the connection closes; returns how.
@@ -226,5 +315,59 @@ pub fn publication(m: &ServerMessage) -> &roomcast_protocol::Publication {
     match m {
         ServerMessage::Message(p) => p,
         other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Whether `m` is a room message.
+pub fn is_message(m: &ServerMessage) -> bool {
+    matches!(m, ServerMessage::Message(_))
+}
+
+/// Whether `m` is a direct message.
+pub fn is_direct(m: &ServerMessage) -> bool {
+    matches!(m, ServerMessage::Direct(_))
+}
+
+/// Whether `m` is an error.
+pub fn is_error(m: &ServerMessage) -> bool {
+    matches!(m, ServerMessage::Error { .. })
+}
+
+/// Whether `m` is a member event (`member_joined` or `member_left`).
+pub fn is_member_event(m: &ServerMessage) -> bool {
+    matches!(
+        m,
+        ServerMessage::MemberJoined { .. } | ServerMessage::MemberLeft { .. }
+    )
+}
+
+/// The epoch of a `joined` reply, or panic.
+pub fn epoch_of(j: &ServerMessage) -> String {
+    match j {
+        ServerMessage::Joined { epoch, .. } => epoch.clone(),
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+/// The code of an error reply, or panic.
+pub fn err_code(m: &ServerMessage) -> roomcast_protocol::ErrorCode {
+    match m {
+        ServerMessage::Error { code, .. } => *code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// The (recovered, offsets of the replayed messages) of a `joined` reply, or panic.
+pub fn replayed(j: &ServerMessage) -> (bool, Vec<u64>) {
+    match j {
+        ServerMessage::Joined {
+            recovered,
+            messages,
+            ..
+        } => (
+            *recovered,
+            messages.iter().filter_map(|m| m.offset).collect(),
+        ),
+        other => panic!("expected joined, got {other:?}"),
     }
 }

@@ -132,19 +132,199 @@ pub const JWT_UNLIMITED: &[&str] = &[
     "100000",
 ];
 
+/// Starts `n` nodes named n1..nN on `redis`, each with the flags `common` and `extra`.
+pub async fn cluster(
+    redis: &RedisServer,
+    n: usize,
+    common: &[&str],
+    extra: &[&str],
+) -> Vec<TestNode> {
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let id = format!("n{i}");
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend_from_slice(&["--redis-url", &url, "--node-id", &id]);
+        args.extend_from_slice(extra);
+        nodes.push(TestNode::start(&args).await);
+    }
+    nodes
+}
+
+/// Stops every node, one after the other.
+pub async fn stop_all(nodes: Vec<TestNode>) {
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// The WebSocket URL `ws_url` with a token of `user` (the tests' secret).
+pub fn user_url(ws_url: &str, user: &str) -> String {
+    format!("{ws_url}?token={}", token(user, json!({})))
+}
+
+/// A welcomed client of `user` (a token of the tests' secret) on the node at `ws_url`.
+pub async fn connect_user(ws_url: &str, user: &str, enc: roomcast_protocol::Encoding) -> Client {
+    Client::welcomed(&user_url(ws_url, user), enc).await.0
+}
+
+/// Flags of a node without auth and no rate limit in the way of a test's bursts.
+pub const OPEN_UNLIMITED: &[&str] = &[
+    "--auth",
+    "none",
+    "--rate-limit",
+    "100000",
+    "--rate-burst",
+    "100000",
+];
+
+/// A node without auth whose clients may send `burst` requests at once and then `rate` a
+/// second, and are closed after `strikes` refusals.
+pub async fn rate_limited_node(rate: &str, burst: &str, strikes: &str) -> TestNode {
+    TestNode::start(&[
+        "--auth",
+        "none",
+        "--rate-limit",
+        rate,
+        "--rate-burst",
+        burst,
+        "--rate-limit-strikes",
+        strikes,
+    ])
+    .await
+}
+
+/// A node `id` on the Redis Cluster of `seeds_flag` (its `--redis-cluster-urls` value),
+/// with [`JWT_UNLIMITED`] and `extra` flags.
+pub async fn cluster_mode_node(seeds_flag: &str, id: &str, extra: &[&str]) -> TestNode {
+    let mut args = JWT_UNLIMITED.to_vec();
+    args.extend_from_slice(&["--redis-cluster-urls", seeds_flag, "--node-id", id]);
+    args.extend_from_slice(extra);
+    TestNode::start(&args).await
+}
+
+/// What an emitter (any backend process, docs/protocol.md section 6) publishes to a room
+/// channel: the MessagePack envelope of a message without an offset, from `source`.
+pub fn emitter_envelope(source: &str, room: &str, event: &str, from: &str, data: Value) -> Vec<u8> {
+    use roomcast_protocol::{BusMessage, Envelope, EventName, RoomName, UserId};
+    Envelope::new(
+        source,
+        BusMessage::Message {
+            room: RoomName::new(room).expect("room"),
+            event: EventName::new(event).expect("event"),
+            data,
+            from: UserId::new(from).expect("user"),
+            offset: None,
+            ts: 0,
+            epoch: None,
+            skip: None,
+        },
+    )
+    .to_msgpack()
+    .expect("encode")
+}
+
+/// A JSON request to `node` with `bearer` (an API key or a user's token) in
+/// `Authorization`, if any: (status, JSON body or Null).
+pub async fn api_as(
+    node: &TestNode,
+    method: &str,
+    path: &str,
+    body: &str,
+    bearer: Option<&str>,
+) -> (u16, Value) {
+    json_request(node.addr, method, path, bearer, body).await
+}
+
+/// A JSON request to the node at `addr` with `bearer` in `Authorization`, if any:
+/// (status, JSON body or Null).
+pub async fn json_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let auth = bearer.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let (status, text) = http(addr, method, path, &headers, body).await;
+    (
+        status,
+        serde_json::from_str(&body_of(&text)).unwrap_or(Value::Null),
+    )
+}
+
+/// The path of the throwaway test key (or key set) `name` under tests/keys/.
+pub fn key_file(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys")
+        .join(name)
+}
+
+/// The public JWK `name` of tests/keys/jwks_public.json, with `kid`.
+pub fn jwk(name: &str, kid: &str) -> Value {
+    let text = std::fs::read_to_string(key_file("jwks_public.json")).expect("test keys");
+    let all: Value = serde_json::from_str(&text).expect("json");
+    let mut k = all[name].clone();
+    k["kid"] = json!(kid);
+    k
+}
+
+/// Runs `cmd` (the node binary, set to fail at start) until it exits by itself, within
+/// [`WAIT`]; its exit code and stderr.
+pub async fn exit_of(cmd: &mut tokio::process::Command) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(WAIT, cmd.kill_on_drop(true).output())
+        .await
+        .expect("the node refuses to start, and exits, in time")
+        .expect("run roomcast");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A node `n1` on `redis` with JWT auth (the tests' secret) and the backend API key `key`.
+pub async fn api_node(redis: &RedisServer, key: &str) -> TestNode {
+    let url = redis.url();
+    TestNode::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--api-keys",
+        key,
+        "--redis-url",
+        &url,
+        "--node-id",
+        "n1",
+    ])
+    .await
+}
+
+/// `POST /api/publish` with the API key `key` of `data` as event `e` to `room`: (status,
+/// JSON body).
+pub async fn api_publish_with(node: &TestNode, key: &str, room: &str, data: Value) -> (u16, Value) {
+    let body = json!({"room": room, "event": "e", "data": data}).to_string();
+    api_as(node, "POST", "/api/publish", &body, Some(key)).await
+}
+
 /// Connects to `node` as `user` (a token of the tests' secret), JSON, and waits for
 /// `welcome`.
 pub async fn connect_as(node: &TestNode, user: &str) -> Client {
-    let url = format!("{}?token={}", node.ws_url(), token(user, json!({})));
-    Client::welcomed(&url, roomcast_protocol::Encoding::Json)
-        .await
-        .0
+    connect_user(&node.ws_url(), user, roomcast_protocol::Encoding::Json).await
+}
+
+/// The status of `GET /readyz` on the node at `addr`.
+pub async fn ready(addr: SocketAddr) -> u16 {
+    http(addr, "GET", "/readyz", &[], "").await.0
 }
 
 /// The value of an unlabelled metric on the node at `addr` (0 when it is absent).
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let (_, body) = http(addr, "GET", "/metrics", &[], "").await;
-    body.lines()
+    let (_, text) = http(addr, "GET", "/metrics", &[], "").await;
+    body_of(&text)
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
 }

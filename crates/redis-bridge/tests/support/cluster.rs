@@ -176,12 +176,7 @@ impl RedisCluster {
     /// Waits until every live node says `cluster_state:ok`, every live replica's link
     /// to its primary is up, and all agree on who serves every slot.
     pub fn wait_ok(&self) {
-        let live: Vec<u16> = self
-            .nodes
-            .iter()
-            .filter(|n| n.alive())
-            .map(|n| n.port)
-            .collect();
+        let live = self.live_ports();
         wait_until("cluster_state:ok on every node", || {
             live.iter().all(|&p| {
                 cli(p, &["CLUSTER", "INFO"]).is_some_and(|o| o.contains("cluster_state:ok"))
@@ -199,12 +194,7 @@ impl RedisCluster {
     /// says `cluster_state:ok` and none names `dead` as the primary of any slot.
     pub fn wait_promoted(&self, dead: u16) {
         let gone = format!("127.0.0.1:{dead}@");
-        let live: Vec<u16> = self
-            .nodes
-            .iter()
-            .filter(|n| n.alive())
-            .map(|n| n.port)
-            .collect();
+        let live = self.live_ports();
         wait_until("the dead primary's replica promoted", || {
             live.iter().all(|&p| {
                 cli(p, &["CLUSTER", "INFO"]).is_some_and(|o| o.contains("cluster_state:ok"))
@@ -212,6 +202,15 @@ impl RedisCluster {
             })
         });
         self.wait_ok();
+    }
+
+    /// The ports of the nodes that are alive.
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive())
+            .map(|n| n.port)
+            .collect()
     }
 
     /// A node's view of which primary serves which slots (sorted lines), when it serves

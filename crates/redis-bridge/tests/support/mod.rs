@@ -180,12 +180,109 @@ pub async fn node(server: &RedisServer, cfg: BusConfig) -> Node {
 
 /// A room publish of `data` by alice.
 pub fn req(room: &str, data: serde_json::Value) -> roomcast_redis_bridge::PublishRequest {
+    req_from(room, "alice", data)
+}
+
+/// A room publish of `data` by `from`.
+pub fn req_from(
+    room: &str,
+    from: &str,
+    data: serde_json::Value,
+) -> roomcast_redis_bridge::PublishRequest {
     roomcast_redis_bridge::PublishRequest {
-        publication: publication(room, "alice", data),
+        publication: publication(room, from, data),
         volatile: false,
         idempotency_key: None,
         skip: None,
     }
 }
+
+/// Publishes `data` by alice to `room` on `bus`; panics if the bus refuses.
+pub async fn publish(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room: &str,
+    data: serde_json::Value,
+) -> roomcast_redis_bridge::PublishResult {
+    bus.publish(req(room, data)).await.expect("publish")
+}
+
+/// Publishes `data` by `from` to `room` on `bus`; panics if the bus refuses.
+pub async fn publish_from(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room: &str,
+    from: &str,
+    data: serde_json::Value,
+) -> roomcast_redis_bridge::PublishResult {
+    bus.publish(req_from(room, from, data))
+        .await
+        .expect("publish")
+}
+
+/// A history query for what follows (`offset`, `epoch`), or at most `limit` recent
+/// messages when that cannot be recovered.
+pub fn query_since(offset: u64, epoch: &str, limit: usize) -> roomcast_redis_bridge::HistoryQuery {
+    roomcast_redis_bridge::HistoryQuery {
+        since: Some(roomcast_protocol::StreamPosition {
+            offset,
+            epoch: epoch.to_string(),
+        }),
+        limit,
+    }
+}
+
+/// A history query for the `limit` most recent messages.
+pub fn query_recent(limit: usize) -> roomcast_redis_bridge::HistoryQuery {
+    roomcast_redis_bridge::HistoryQuery { since: None, limit }
+}
+
+/// `room`'s history on `bus` for `query`; panics if the bus refuses.
+pub async fn history(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room_name: &str,
+    query: roomcast_redis_bridge::HistoryQuery,
+) -> roomcast_redis_bridge::History {
+    bus.history(&room(room_name), query).await.expect("history")
+}
+
+/// Adds connection `conn` of `user_name` to `room`'s presence on `bus`; panics if the
+/// bus refuses.
+pub async fn join_presence(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room: &RoomName,
+    user_name: &str,
+    conn: &str,
+) {
+    bus.presence_join(room, &user(user_name), conn)
+        .await
+        .expect("presence join");
+}
+
+/// Removes connection `conn` of `user_name` from `room`'s presence on `bus`; panics if
+/// the bus refuses.
+pub async fn leave_presence(
+    bus: &(impl roomcast_redis_bridge::Bus + ?Sized),
+    room: &RoomName,
+    user_name: &str,
+    conn: &str,
+) {
+    bus.presence_leave(room, &user(user_name), conn)
+        .await
+        .expect("presence leave");
+}
+
+/// Runs one raw command on a connection and returns its reply as the caller's type;
+/// panics (naming the command) if Redis refuses: `redis_query!(&mut conn, "CLIENT",
+/// "KILL", "TYPE", "pubsub")`.
+#[allow(unused_macros)]
+macro_rules! redis_query {
+    ($conn:expr, $name:expr $(, $arg:expr)* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut cmd = redis::cmd($name);
+        $(cmd.arg($arg);)*
+        cmd.query_async($conn).await.expect($name)
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use redis_query;
 
 pub mod cluster;

@@ -98,14 +98,7 @@ pub async fn publish(
     conn: Option<&str>,
     p: Publish,
 ) -> Option<ServerMessage> {
-    let Publish {
-        room,
-        event,
-        data,
-        id,
-        volatile,
-        echo,
-    } = p;
+    let (room, event, id) = (p.room, p.event, p.id);
     if let Some(refusal) = refuse_publish(who, &id) {
         return Some(refusal);
     }
@@ -116,7 +109,7 @@ pub async fn publish(
             id,
         ));
     }
-    let mut data = data;
+    let mut data = p.data;
     if let Some(hooks) = node.hooks.as_ref().filter(|h| h.asks_publish(&room)) {
         match hooks.publish(&who.user, &room, event.as_str(), &data).await {
             Ok(crate::hooks::RoomDecision::Allow(replaced)) => {
@@ -149,9 +142,13 @@ pub async fn publish(
             offset: None,
             ts: now_ms(),
         },
-        volatile,
+        volatile: p.volatile,
         idempotency_key: idempotency_key(&who.user, &id),
-        skip: if echo { None } else { conn.map(str::to_string) },
+        skip: if p.echo {
+            None
+        } else {
+            conn.map(str::to_string)
+        },
     };
     match node.bus.publish(req).await {
         Ok(res) => id.map(|id| ServerMessage::Ack {
@@ -266,6 +263,21 @@ pub enum Command {
     },
 }
 
+/// A `join` command, as a client sent it.
+#[derive(Debug)]
+pub struct Join {
+    /// The room.
+    pub room: RoomName,
+    /// Messages of history to replay.
+    pub history: Option<u32>,
+    /// Where the client left off (recovery).
+    pub since: Option<StreamPosition>,
+    /// The request id.
+    pub id: Option<ReqId>,
+    /// Whether the connection hears the room's member events.
+    pub member_events: bool,
+}
+
 /// A client message that changes a connection's state: only a connection runs it
 /// ([`crate::conn::Conn::handle`]), never the HTTP fallback.
 #[derive(Debug)]
@@ -278,18 +290,7 @@ pub enum ConnectionCommand {
         id: Option<ReqId>,
     },
     /// `join`.
-    Join {
-        /// The room.
-        room: RoomName,
-        /// Messages of history to replay.
-        history: Option<u32>,
-        /// Where the client left off (recovery).
-        since: Option<StreamPosition>,
-        /// The request id.
-        id: Option<ReqId>,
-        /// Whether the connection hears the room's member events.
-        member_events: bool,
-    },
+    Join(Join),
     /// `leave`.
     Leave {
         /// The room.
@@ -304,7 +305,7 @@ impl ConnectionCommand {
     pub fn kind(&self) -> &'static str {
         match self {
             ConnectionCommand::Auth { .. } => "auth",
-            ConnectionCommand::Join { .. } => "join",
+            ConnectionCommand::Join(_) => "join",
             ConnectionCommand::Leave { .. } => "leave",
         }
     }
@@ -313,7 +314,7 @@ impl ConnectionCommand {
     pub fn id(&self) -> Option<&ReqId> {
         match self {
             ConnectionCommand::Auth { id, .. }
-            | ConnectionCommand::Join { id, .. }
+            | ConnectionCommand::Join(Join { id, .. })
             | ConnectionCommand::Leave { id, .. } => id.as_ref(),
         }
     }
@@ -366,9 +367,7 @@ impl TryFrom<ClientMessage> for Command {
             },
             ClientMessage::Presence { room, limit, id } => Command::Presence { room, limit, id },
             ClientMessage::Ping { id } => Command::Ping { id },
-            ClientMessage::Auth { token, id } => {
-                return Err(ConnectionCommand::Auth { token, id })
-            }
+            ClientMessage::Auth { token, id } => return Err(ConnectionCommand::Auth { token, id }),
             ClientMessage::Join {
                 room,
                 history,
@@ -376,13 +375,13 @@ impl TryFrom<ClientMessage> for Command {
                 id,
                 member_events,
             } => {
-                return Err(ConnectionCommand::Join {
+                return Err(ConnectionCommand::Join(Join {
                     room,
                     history,
                     since,
                     id,
                     member_events,
-                })
+                }))
             }
             ClientMessage::Leave { room, id } => return Err(ConnectionCommand::Leave { room, id }),
         })

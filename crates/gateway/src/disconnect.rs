@@ -50,11 +50,27 @@ pub const CODES: &[(u16, Reconnect, &str)] = &[
     (close::TOO_BIG, Reconnect::Backoff, "message too big"),
     (close::INTERNAL, Reconnect::Backoff, "internal error"),
     (close::OVERLOADED, Reconnect::Throttled, "try again later"),
-    (close::AUTH_TIMEOUT, Reconnect::Backoff, "authentication timeout"),
-    (close::INVALID_TOKEN, Reconnect::FreshToken, "invalid or expired token"),
-    (close::NOT_AUTHENTICATED, Reconnect::Backoff, "not authenticated"),
+    (
+        close::AUTH_TIMEOUT,
+        Reconnect::Backoff,
+        "authentication timeout",
+    ),
+    (
+        close::INVALID_TOKEN,
+        Reconnect::FreshToken,
+        "invalid or expired token",
+    ),
+    (
+        close::NOT_AUTHENTICATED,
+        Reconnect::Backoff,
+        "not authenticated",
+    ),
     (close::SLOW_CONSUMER, Reconnect::Backoff, "slow consumer"),
-    (close::RATE_LIMIT_ABUSE, Reconnect::Throttled, "rate limit abused"),
+    (
+        close::RATE_LIMIT_ABUSE,
+        Reconnect::Throttled,
+        "rate limit abused",
+    ),
 ];
 
 /// Why the node closes a connection: the code and reason of its Close frame (SSE streams
@@ -73,7 +89,8 @@ impl Disconnect {
     }
 
     /// The node is draining (1001).
-    pub const DRAINING: Disconnect = Disconnect::new(close::GOING_AWAY, "node is draining; reconnect");
+    pub const DRAINING: Disconnect =
+        Disconnect::new(close::GOING_AWAY, "node is draining; reconnect");
     /// A frame broke RFC 6455's framing (1002).
     pub const PROTOCOL_ERROR: Disconnect = Disconnect::new(close::PROTOCOL_ERROR, "protocol error");
     /// Text that is not UTF-8 (1007).
@@ -88,20 +105,24 @@ impl Disconnect {
     pub const AUTH_UNAVAILABLE: Disconnect =
         Disconnect::new(close::OVERLOADED, "authentication unavailable; try later");
     /// No `auth` within `--auth-timeout` (4001).
-    pub const AUTH_TIMEOUT: Disconnect = Disconnect::new(close::AUTH_TIMEOUT, "authentication timeout");
+    pub const AUTH_TIMEOUT: Disconnect =
+        Disconnect::new(close::AUTH_TIMEOUT, "authentication timeout");
     /// A token that does not verify, or a refresh naming another user (4002).
-    pub const INVALID_TOKEN: Disconnect = Disconnect::new(close::INVALID_TOKEN, "invalid or expired token");
+    pub const INVALID_TOKEN: Disconnect =
+        Disconnect::new(close::INVALID_TOKEN, "invalid or expired token");
     /// The token's `exp` (plus leeway) passed without a refresh (4002).
     pub const TOKEN_EXPIRED: Disconnect = Disconnect::new(close::INVALID_TOKEN, "token expired");
     /// A frame other than a valid `auth` before authentication (4003).
-    pub const NOT_AUTHENTICATED: Disconnect = Disconnect::new(close::NOT_AUTHENTICATED, "authenticate first");
+    pub const NOT_AUTHENTICATED: Disconnect =
+        Disconnect::new(close::NOT_AUTHENTICATED, "authenticate first");
     /// The socket took no bytes for `--write-timeout` while data waited (4008).
     pub const STALLED: Disconnect = Disconnect::new(
         close::SLOW_CONSUMER,
         "slow consumer: the socket accepted nothing for the write timeout",
     );
     /// Too many `rate_limited` answers in a row (4029).
-    pub const RATE_LIMIT_ABUSE: Disconnect = Disconnect::new(close::RATE_LIMIT_ABUSE, "rate limit abused");
+    pub const RATE_LIMIT_ABUSE: Disconnect =
+        Disconnect::new(close::RATE_LIMIT_ABUSE, "rate limit abused");
 
     /// A close asked through the connection's mailbox (a drain, a full queue, lost
     /// messages, a backend's disconnect with any code).

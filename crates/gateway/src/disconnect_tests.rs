@@ -5,14 +5,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 fn repo_file(rel: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
 /// `CloseCodes` of clients/js/src/protocol.ts: name -> code.
 fn js_close_codes() -> BTreeMap<String, u16> {
     let src = repo_file("clients/js/src/protocol.ts");
-    let start = src.find("export const CloseCodes = {").expect("CloseCodes in protocol.ts");
+    let start = src
+        .find("export const CloseCodes = {")
+        .expect("CloseCodes in protocol.ts");
     let body = &src[start..];
     let body = &body[body.find('{').expect("{") + 1..body.find('}').expect("}")];
     body.lines()
@@ -27,20 +31,29 @@ fn js_close_codes() -> BTreeMap<String, u16> {
 fn js_set(name: &str, codes: &BTreeMap<String, u16>) -> BTreeSet<u16> {
     let src = repo_file("clients/js/src/client.ts");
     let decl = format!("const {name} = new Set<number>([");
-    let start = src.find(&decl).unwrap_or_else(|| panic!("{decl} in client.ts")) + decl.len();
+    let start = src
+        .find(&decl)
+        .unwrap_or_else(|| panic!("{decl} in client.ts"))
+        + decl.len();
     let list = &src[start..start + src[start..].find(']').expect("]")];
     list.split(',')
         .map(str::trim)
         .filter(|x| !x.is_empty())
         .map(|x| {
             let n = x.trim_start_matches("CloseCodes.");
-            *codes.get(n).unwrap_or_else(|| panic!("CloseCodes.{n} in protocol.ts"))
+            *codes
+                .get(n)
+                .unwrap_or_else(|| panic!("CloseCodes.{n} in protocol.ts"))
         })
         .collect()
 }
 
 fn advised(r: Reconnect) -> BTreeSet<u16> {
-    CODES.iter().filter(|(_, a, _)| *a == r).map(|(c, _, _)| *c).collect()
+    CODES
+        .iter()
+        .filter(|(_, a, _)| *a == r)
+        .map(|(c, _, _)| *c)
+        .collect()
 }
 
 #[test]
@@ -70,8 +83,14 @@ fn the_js_client_reconnects_as_the_table_advises() {
 #[test]
 fn the_docs_table_is_the_one_the_type_renders() {
     let docs = repo_file("docs/protocol.md");
-    let (start, end) = ("<!-- disconnect-table:start -->\n", "<!-- disconnect-table:end -->");
-    let from = docs.find(start).expect("the table's start marker in docs/protocol.md") + start.len();
+    let (start, end) = (
+        "<!-- disconnect-table:start -->\n",
+        "<!-- disconnect-table:end -->",
+    );
+    let from = docs
+        .find(start)
+        .expect("the table's start marker in docs/protocol.md")
+        + start.len();
     let to = docs.find(end).expect("the table's end marker");
     assert_eq!(
         &docs[from..to],
@@ -104,7 +123,10 @@ fn every_close_the_node_sends_is_in_the_table() {
     for d in sent {
         assert!(CODES.iter().any(|(c, _, _)| *c == d.code), "{d:?}");
         assert!(close::sendable(d.code), "{d:?}");
-        assert!(d.reason.len() <= 123, "a Close reason fits a control frame: {d:?}");
+        assert!(
+            d.reason.len() <= 123,
+            "a Close reason fits a control frame: {d:?}"
+        );
     }
     assert_eq!(Disconnect::kicked(close::GOING_AWAY), Disconnect::DRAINING);
     assert_eq!(Disconnect::kicked(4100).reason, "closed by the server");

@@ -142,8 +142,7 @@ impl Conn {
                 // When a position cannot be recovered (history trimmed, or lost and
                 // restarted: an offset past the room's end), replay what history holds.
                 Recover::After(offset) => {
-                    crate::commands::history_after(node, room, *offset, node.cfg.max_recover)
-                        .await
+                    crate::commands::history_after(node, room, *offset, node.cfg.max_recover).await
                 }
             }
         };

@@ -203,19 +203,16 @@ impl Conn {
                 Ok(replies) => Handled::Replies(replies),
                 Err(end) => Handled::End(end),
             },
-            ConnectionCommand::Join {
-                room,
-                history,
-                since,
-                id,
-                member_events,
-            } => {
+            ConnectionCommand::Join(j) => {
                 let args = JoinArgs {
-                    room,
-                    recover: Recover::Since { since, history },
-                    id,
+                    room: j.room,
+                    recover: Recover::Since {
+                        since: j.since,
+                        history: j.history,
+                    },
+                    id: j.id,
                     at_connect: false,
-                    member_events,
+                    member_events: j.member_events,
                 };
                 Handled::Reply(self.join_reply(active, args).await)
             }
@@ -307,10 +304,11 @@ impl Conn {
     /// timeout; an entry that cannot be removed expires).
     pub async fn leave_presence(&self, active: Option<&Active>) {
         let Some(active) = active else { return };
-        let leaves = active
-            .rooms
-            .names()
-            .map(|room| self.node.bus.presence_leave(room, &active.who.user, &self.id));
+        let leaves = active.rooms.names().map(|room| {
+            self.node
+                .bus
+                .presence_leave(room, &active.who.user, &self.id)
+        });
         for r in futures_util::future::join_all(leaves).await {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "presence leave failed at close; the entry will expire");

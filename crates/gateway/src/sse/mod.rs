@@ -6,8 +6,7 @@
 mod params;
 
 pub use params::{
-    max_query_len, parse_last_event_id, parse_positions, parse_rooms, parse_ws_since,
-    SseParamError,
+    max_query_len, parse_last_event_id, parse_positions, parse_rooms, parse_ws_since, SseParamError,
 };
 
 use crate::auth::Identity;

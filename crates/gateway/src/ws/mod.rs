@@ -168,4 +168,3 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Res
     node.sessions.spawn(fut);
     resp
 }
-

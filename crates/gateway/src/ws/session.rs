@@ -197,13 +197,20 @@ where
     }
 
     /// Authenticates as `who` and says `welcome`.
-    async fn authenticate(&mut self, who: crate::auth::Identity, id: Option<ReqId>) -> Result<Active, End> {
+    async fn authenticate(
+        &mut self,
+        who: crate::auth::Identity,
+        id: Option<ReqId>,
+    ) -> Result<Active, End> {
         let active = self.conn.activate(who).await;
         let welcome = self.conn.welcome(&active, id);
         if self.reply(&welcome).await.is_err() {
             // Undo what authentication registered; `finish` sees an Active state only
             // when this returns Ok.
-            self.conn.node.hub.remove_user(&self.conn.member(&active.who));
+            self.conn
+                .node
+                .hub
+                .remove_user(&self.conn.member(&active.who));
             return Err(End::Abandon);
         }
         Ok(active)
@@ -523,4 +530,3 @@ enum Due {
     AuthTimeout,
     Expired,
 }
-

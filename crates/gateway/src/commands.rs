@@ -419,4 +419,42 @@ mod tests {
         assert_eq!(presence_limit(Some(5)), 5);
         assert_eq!(presence_limit(Some(4_000_000_000)), 1000);
     }
+
+    /// Every client message goes one of two ways: the connection-free commands to
+    /// [`run`], the others (with their kind and id) to a connection, or refused by the
+    /// HTTP fallback as `invalid_message`.
+    #[test]
+    fn client_messages_split_into_commands_and_connection_commands() {
+        let decode = |s: &str| {
+            roomcast_protocol::Encoding::Json
+                .decode_client(s.as_bytes())
+                .expect("a valid client message")
+        };
+        for (json, connection) in [
+            (r#"{"type":"auth","token":"t","id":1}"#, true),
+            (r#"{"type":"join","room":"r","id":1}"#, true),
+            (r#"{"type":"leave","room":"r","id":1}"#, true),
+            (r#"{"type":"publish","room":"r","event":"e","id":1}"#, false),
+            (r#"{"type":"send","to":"u","event":"e","id":1}"#, false),
+            (r#"{"type":"presence","room":"r","id":1}"#, false),
+            (r#"{"type":"ping","id":1}"#, false),
+        ] {
+            let msg = decode(json);
+            let (kind, id) = (msg.kind(), msg.id().cloned());
+            match Command::try_from(msg) {
+                Ok(_) => assert!(!connection, "{json} needs a connection"),
+                Err(c) => {
+                    assert!(connection, "{json} needs no connection");
+                    assert_eq!((c.kind(), c.id().cloned()), (kind, id.clone()));
+                    match c.refusal() {
+                        ServerMessage::Error { code, id: rid, .. } => {
+                            assert_eq!(code, ErrorCode::InvalidMessage);
+                            assert_eq!(rid, id);
+                        }
+                        other => panic!("not an error: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
 }

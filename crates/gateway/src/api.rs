@@ -511,16 +511,9 @@ async fn client_commands(node: &Node, peer: SocketAddr, req: Request<Incoming>) 
         }
         // Without a connection there is nothing to skip: the publisher's own SSE stream
         // receives its messages whatever `echo` says.
-        let reply = match commands::run(node, &who, None, cmd).await {
-            Ok(reply) => reply,
-            Err(other) => Some(ServerMessage::error(
-                ErrorCode::InvalidMessage,
-                format!(
-                    "{} is not available over HTTP: receive with /sse?rooms=",
-                    other.kind()
-                ),
-                other.id().cloned(),
-            )),
+        let reply = match commands::Command::try_from(cmd) {
+            Ok(cmd) => commands::run(node, &who, None, cmd).await,
+            Err(needs_connection) => Some(needs_connection.refusal()),
         };
         if let Some(r) = reply {
             if let ServerMessage::Error { code, .. } = &r {

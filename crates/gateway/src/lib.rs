@@ -32,7 +32,7 @@ use crate::socket::Watched;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus, RedisBus, SubscribeMode};
+use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus, RedisBus, RoomInterest, SubscribeMode};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +85,6 @@ pub async fn run(
     let auth = Authenticator::from_config(&cfg).map_err(RunError::Config)?;
     let trusted_proxies = parse_cidrs(&cfg.trusted_proxies).map_err(RunError::Config)?;
     let metrics = Arc::new(Metrics::new());
-    let hub = Hub::new(metrics.clone());
     let hooks = crate::hooks::Hooks::from_config(&cfg, metrics.clone(), shutdown.clone())
         .map_err(|e| RunError::Config(e.to_string()))?;
     let bus_cfg = bus_config(&cfg, &node_id);
@@ -95,12 +94,9 @@ pub async fn run(
         None if !seeds.is_empty() => Arc::new(RedisBus::connect_cluster(&seeds, bus_cfg).await?),
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
-    hub.attach_bus(bus.clone());
+    let hub = Hub::new(metrics.clone(), RoomInterest::new(&bus));
     hub.start_member_events(cfg.member_events_max, shutdown.clone());
-    // The bus's events reach the hub through a counter of room messages (the heartbeat's
-    // messages/s).
-    let rates = heartbeat::RoomRates::new(hub.clone());
-    match bus.start(rates.clone()).await {
+    match bus.start(hub.clone()).await {
         Ok(()) => {}
         // Redis is down or slow at startup: serve local clients with /readyz 503; the
         // bus keeps trying and reports when it is up (a wrong URL still fails here).
@@ -146,7 +142,7 @@ pub async fn run(
         shutdown.clone(),
     );
     // Ends on shutdown, removing this node's heartbeat; waited for before the bus closes.
-    let heartbeat = tokio::spawn(heartbeat::run(node.clone(), rates, shutdown.clone()));
+    let heartbeat = tokio::spawn(heartbeat::run(node.clone(), shutdown.clone()));
     let addr = listener.local_addr()?;
     let mode = if node.cfg.has_redis() {
         "cluster"

@@ -61,15 +61,7 @@ proptest! {
                 Op::Publish(r, skip_first) => {
                     offset += 1;
                     let skip = if skip_first { model.get(&r).and_then(|s| s.iter().next().copied()) } else { None };
-                    let p = Publication {
-                        room: room(r),
-                        event: EventName::new("e").expect("valid event"),
-                        data: serde_json::json!(offset),
-                        from: UserId::new("x").expect("valid user"),
-                        offset: Some(offset),
-                        ts: 0,
-                    };
-                    hub.deliver(BusEvent::Message { publication: Arc::new(p), skip: skip.map(|c| members[c].id.to_string()) });
+                    hub.deliver(message(r, offset, skip.map(|c| members[c].id.to_string())));
                     for c in model.get(&r).into_iter().flatten() {
                         if Some(*c) != skip {
                             expected[*c].push(offset);
@@ -85,7 +77,8 @@ proptest! {
     }
 }
 
-fn publication(r: usize, offset: u64) -> BusEvent {
+/// A room message of room `r` with `offset`, not for connection `skip`.
+fn message(r: usize, offset: u64, skip: Option<String>) -> BusEvent {
     BusEvent::Message {
         publication: Arc::new(Publication {
             room: room(r),
@@ -95,7 +88,7 @@ fn publication(r: usize, offset: u64) -> BusEvent {
             offset: Some(offset),
             ts: 0,
         }),
-        skip: None,
+        skip,
     }
 }
 
@@ -109,10 +102,10 @@ fn room_messages_are_counted_for_the_heartbeat_with_or_without_local_members() {
         mailbox: Mailbox::new(100),
     };
     hub.join(&room(0), &m);
-    hub.deliver(publication(0, 1));
-    hub.deliver(publication(0, 2));
+    hub.deliver(message(0, 1, None));
+    hub.deliver(message(0, 2, None));
     // No local member: still counted (pattern mode delivers every room).
-    hub.deliver(publication(1, 1));
+    hub.deliver(message(1, 1, None));
     assert_eq!(hub.messages_total(), 3);
     let counts = hub.take_message_counts();
     assert_eq!(counts.get(&room(0)), Some(&2));
@@ -120,9 +113,9 @@ fn room_messages_are_counted_for_the_heartbeat_with_or_without_local_members() {
     assert!(hub.take_message_counts().is_empty(), "taken once");
 
     // A room whose last member leaves keeps what it counted until the next take.
-    hub.deliver(publication(0, 3));
+    hub.deliver(message(0, 3, None));
     hub.leave(&room(0), &m.id);
-    hub.deliver(publication(0, 4));
+    hub.deliver(message(0, 4, None));
     assert_eq!(hub.take_message_counts().get(&room(0)), Some(&2));
     assert_eq!(hub.messages_total(), 5);
 }

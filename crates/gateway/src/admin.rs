@@ -11,7 +11,7 @@
 //!
 //! The key is never read from the URL and never logged; it is compared in constant time.
 
-use crate::http::{full, json, Body};
+use crate::http::util::{bearer, full, json, key_matches, query_param, text, Body};
 use crate::node::Node;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -87,7 +87,7 @@ pub fn serves(node: &Node, path: &str) -> bool {
 pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let keys = node.cfg.admin_key_list();
     if keys.is_empty() {
-        return crate::http::text(StatusCode::NOT_FOUND, "not found\n");
+        return text(StatusCode::NOT_FOUND, "not found\n");
     }
     let path = req.uri().path().to_string();
     let mut resp = match (req.method(), path.as_str()) {
@@ -124,7 +124,7 @@ pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
                 },
             }
         }
-        _ => crate::http::text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -155,12 +155,12 @@ fn asset(body: &'static [u8], ctype: &'static str) -> Response<Body> {
 /// time taken does not tell how much of a key matched.
 fn authorize(keys: &[String], req: &Request<Incoming>) -> Result<(), AdminError> {
     let unauthorized = |m: &str| AdminError(StatusCode::UNAUTHORIZED, "unauthorized", m.into());
-    let Some(given) = crate::http::bearer(req) else {
+    let Some(given) = bearer(req) else {
         return Err(unauthorized(
             "Authorization: Bearer <admin key> is required",
         ));
     };
-    if crate::http::key_matches(keys, &given) {
+    if key_matches(keys, &given) {
         Ok(())
     } else {
         Err(unauthorized("wrong admin key"))
@@ -182,7 +182,7 @@ async fn api(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Admi
             Ok(json(StatusCode::OK, &busiest(&nodes)))
         }
         (Method::GET, "/admin/api/room") => {
-            let name = crate::http::query_param(&req, "name")
+            let name = query_param(&req, "name")
                 .ok_or_else(|| AdminError::bad("name: missing; expected a room name"))?;
             let room = RoomName::new(&name).map_err(|e| AdminError::bad(format!("name: {e}")))?;
             let presence = node.bus.presence(&room, PRESENCE_LIMIT).await?;

@@ -3,13 +3,14 @@
 //! 4xx/5xx status; the OpenAPI document is docs/openapi.json.
 
 use crate::commands;
-use crate::http::{json, Body};
+use crate::http::route::Api;
+use crate::http::util::{bearer, json, key_matches, percent_decode, query_param, Body};
 use crate::node::Node;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use roomcast_protocol::{
     close, Encoding, ErrorCode, EventName, Publication, RoomName, ServerMessage, UserId,
     SERVER_USER,
@@ -59,99 +60,76 @@ impl From<BusError> for ApiError {
 
 type ApiResult = Result<Response<Body>, ApiError>;
 
-/// Routes `/api/*` and `/client/commands`; anything else is 404. Each of these requests
-/// holds one of its client IP's `--max-http-per-ip` slots until it is answered, and must
-/// send its body within `--http-body-timeout`, so that half-sent bodies cannot pile up.
-pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    let method = req.method().clone();
-    let _slot = if path == "/client/commands" || path.starts_with("/api/") {
-        let xff = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let ip = crate::limits::client_ip(peer.ip(), xff, &node.trusted_proxies);
-        match node
-            .ip_limiter
-            .acquire_request(ip, node.cfg.max_http_per_ip)
-        {
-            Some(slot) => Some(slot),
-            None => {
-                node.metrics
-                    .errors
-                    .with_label_values(&[ErrorCode::RateLimited.as_str()])
-                    .inc();
-                let label = if path == "/client/commands" {
-                    "client_commands"
-                } else {
-                    api_label(&method, &path)
-                };
-                node.metrics
-                    .api_requests
-                    .with_label_values(&[label, StatusCode::TOO_MANY_REQUESTS.as_str()])
-                    .inc();
-                let mut resp = ApiError(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::RateLimited.as_str(),
-                    format!(
-                        "more than {} requests in progress from this address",
-                        node.cfg.max_http_per_ip
-                    ),
-                )
-                .response();
-                // The body was not read: this connection cannot carry another request.
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return resp;
-            }
-        }
-    } else {
-        None
+/// The 404 of a path no route serves (`{"error": {"code": "not_found", ...}}`).
+pub fn not_found(path: &str) -> Response<Body> {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {path}"),
+    )
+    .response()
+}
+
+/// Answers `/api/*` and `/client/commands`. Each of these requests holds one of its
+/// client IP's `--max-http-per-ip` slots until it is answered, and must send its body
+/// within `--http-body-timeout`, so that half-sent bodies cannot pile up.
+pub async fn route(
+    node: Arc<Node>,
+    peer: SocketAddr,
+    route: Api<'_>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let label = route.label();
+    let xff = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let ip = crate::limits::client_ip(peer.ip(), xff, &node.trusted_proxies);
+    let Some(_slot) = node
+        .ip_limiter
+        .acquire_request(ip, node.cfg.max_http_per_ip)
+    else {
+        node.metrics
+            .errors
+            .with_label_values(&[ErrorCode::RateLimited.as_str()])
+            .inc();
+        node.metrics
+            .api_requests
+            .with_label_values(&[label, StatusCode::TOO_MANY_REQUESTS.as_str()])
+            .inc();
+        let mut resp = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited.as_str(),
+            format!(
+                "more than {} requests in progress from this address",
+                node.cfg.max_http_per_ip
+            ),
+        )
+        .response();
+        // The body was not read: this connection cannot carry another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
     };
-    let (label, result): (&'static str, ApiResult) = match (method.clone(), path.as_str()) {
-        (Method::POST, "/client/commands") => {
-            ("client_commands", client_commands(&node, peer, req).await)
-        }
-        (_, p) if p.starts_with("/api/") => {
-            let label = api_label(&method, p);
-            if let Err(e) = check_key(&node, &req) {
-                (label, Err(e))
-            } else {
-                (label, api(&node, method, p, req).await)
-            }
-        }
-        _ => (
-            "other",
-            Err(ApiError(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route {path}"),
-            )),
-        ),
+    let result = match route {
+        Api::ClientCommands => client_commands(&node, peer, req).await,
+        // Not a route: answered like any unknown path, and not counted.
+        Api::ClientCommandsOther => return not_found(req.uri().path()),
+        api_route => match check_key(&node, &req) {
+            Err(e) => Err(e),
+            Ok(()) => api(&node, api_route, req).await,
+        },
     };
     let mut resp = result.unwrap_or_else(ApiError::response);
     if resp.status() == StatusCode::REQUEST_TIMEOUT {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if label != "other" {
-        node.metrics
-            .api_requests
-            .with_label_values(&[label, resp.status().as_str()])
-            .inc();
-    }
+    node.metrics
+        .api_requests
+        .with_label_values(&[label, resp.status().as_str()])
+        .inc();
     resp
-}
-
-fn api_label(method: &Method, path: &str) -> &'static str {
-    match (method, path) {
-        (_, "/api/publish") => "publish",
-        (_, "/api/send") => "send",
-        (_, "/api/disconnect") => "disconnect",
-        (_, p) if p.ends_with("/presence") => "presence",
-        (_, p) if p.ends_with("/history") => "history",
-        _ => "unknown",
-    }
 }
 
 fn check_key(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -161,10 +139,10 @@ fn check_key(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
             "the backend API is disabled: no --api-keys configured",
         ));
     }
-    let Some(key) = crate::http::bearer(req) else {
+    let Some(key) = bearer(req) else {
         return Err(unauthorized("Authorization: Bearer <api key> is required"));
     };
-    if crate::http::key_matches(&node.api_keys, &key) {
+    if key_matches(&node.api_keys, &key) {
         Ok(())
     } else {
         Err(unauthorized("unknown api key"))
@@ -332,9 +310,12 @@ async fn publish_one(node: &Node, v: Value) -> Result<Value, ApiError> {
     })
 }
 
-async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) -> ApiResult {
-    match (method, path) {
-        (Method::POST, "/api/publish") => {
+async fn api(node: &Node, route: Api<'_>, req: Request<Incoming>) -> ApiResult {
+    let no_route = || ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into());
+    let room =
+        |raw: &str| RoomName::new(&percent_decode(raw)).map_err(|e| ApiError::bad(e.to_string()));
+    match route {
+        Api::Publish => {
             let body = read_json(node, req).await?;
             match body {
                 // The batch form: a list in, a list of results out, in order.
@@ -351,7 +332,7 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
                 v => Ok(json(StatusCode::OK, &publish_one(node, v).await?)),
             }
         }
-        (Method::POST, "/api/send") => {
+        Api::Send => {
             let b: SendBody = body("send", &read_json(node, req).await?)?;
             let req = SendRequest {
                 to: b.user,
@@ -370,7 +351,7 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
             // subscribes). docs/openapi.json says so.
             Ok(json(StatusCode::OK, &json!({})))
         }
-        (Method::POST, "/api/disconnect") => {
+        Api::Disconnect => {
             let b: DisconnectBody = body("disconnect", &read_json(node, req).await?)?;
             node.bus
                 .disconnect_user(&b.user, close::INVALID_TOKEN)
@@ -378,70 +359,56 @@ async fn api(node: &Node, method: Method, path: &str, req: Request<Incoming>) ->
             // `{}` for the reason given under /api/send.
             Ok(json(StatusCode::OK, &json!({})))
         }
-        (Method::GET, p) if p.starts_with("/api/rooms/") => {
-            let rest = &p["/api/rooms/".len()..];
-            let (room, what) = rest.rsplit_once('/').ok_or_else(|| {
-                ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into())
-            })?;
-            let room = RoomName::new(&crate::http::percent_decode(room))
-                .map_err(|e| ApiError::bad(e.to_string()))?;
-            match what {
-                "presence" => {
-                    let limit = commands::presence_limit(
-                        crate::http::query_param(&req, "limit").and_then(|l| l.parse().ok()),
-                    );
-                    let p = node.bus.presence(&room, limit).await?;
-                    Ok(json(
-                        StatusCode::OK,
-                        &json!({"room": room, "members": p.members, "count": p.count}),
-                    ))
-                }
-                "history" => {
-                    let limit = crate::http::query_param(&req, "limit")
-                        .and_then(|l| l.parse::<usize>().ok())
-                        .unwrap_or(100)
-                        .min(node.cfg.max_recover);
-                    let since = match crate::http::query_param(&req, "since") {
-                        Some(s) => Some(
-                            s.parse::<u64>()
-                                .map_err(|_| ApiError::bad("since must be an offset (integer)"))?,
-                        ),
-                        None => None,
-                    };
-                    let h = match since {
-                        Some(offset) => {
-                            let mut h = commands::history_after(node, &room, offset, 0).await?;
-                            h.messages.truncate(limit);
-                            h
-                        }
-                        None => {
-                            node.bus
-                                .history(&room, HistoryQuery { since: None, limit })
-                                .await?
-                        }
-                    };
-                    Ok(json(
-                        StatusCode::OK,
-                        &json!({"room": room, "epoch": h.epoch, "offset": h.offset, "recovered": h.recovered, "messages": h.messages}),
-                    ))
-                }
-                _ => Err(ApiError(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such route".into(),
-                )),
-            }
+        Api::Presence(raw) => {
+            let room = room(raw)?;
+            let limit =
+                commands::presence_limit(query_param(&req, "limit").and_then(|l| l.parse().ok()));
+            let p = node.bus.presence(&room, limit).await?;
+            Ok(json(
+                StatusCode::OK,
+                &json!({"room": room, "members": p.members, "count": p.count}),
+            ))
         }
-        (_, "/api/publish" | "/api/send" | "/api/disconnect") => Err(ApiError(
+        Api::History(raw) => {
+            let room = room(raw)?;
+            let limit = query_param(&req, "limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .unwrap_or(100)
+                .min(node.cfg.max_recover);
+            let since = match query_param(&req, "since") {
+                Some(s) => Some(
+                    s.parse::<u64>()
+                        .map_err(|_| ApiError::bad("since must be an offset (integer)"))?,
+                ),
+                None => None,
+            };
+            let h = match since {
+                Some(offset) => {
+                    let mut h = commands::history_after(node, &room, offset, 0).await?;
+                    h.messages.truncate(limit);
+                    h
+                }
+                None => {
+                    node.bus
+                        .history(&room, HistoryQuery { since: None, limit })
+                        .await?
+                }
+            };
+            Ok(json(
+                StatusCode::OK,
+                &json!({"room": room, "epoch": h.epoch, "offset": h.offset, "recovered": h.recovered, "messages": h.messages}),
+            ))
+        }
+        Api::RoomOther(raw) => {
+            room(raw)?;
+            Err(no_route())
+        }
+        Api::NotPost(_) => Err(ApiError(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "use POST".into(),
         )),
-        _ => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such route".into(),
-        )),
+        Api::Unknown(_) | Api::ClientCommands | Api::ClientCommandsOther => Err(no_route()),
     }
 }
 

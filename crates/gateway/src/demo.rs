@@ -1,7 +1,7 @@
 //! The demo chat served at `/demo`: static files built from clients/js/demo and
 //! compiled into the binary, so that a fresh node shows something in a browser at once.
 
-use crate::http::{full, Body};
+use crate::http::util::{full, Body};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 

@@ -4,74 +4,22 @@
 //! lives three intervals, so a crashed node drops out by itself; a draining node
 //! removes its own.
 //!
-//! Messages/s come from [`RoomRates`], which sits between the bus and the hub and counts
-//! the room messages the bus delivers (one lock and one map update per message, not per
-//! recipient).
+//! Messages/s come from the hub, which counts the room messages the bus delivers in its
+//! room entries, under the lock it takes for the room's members anyway (no lock of its
+//! own on the way from the bus to the members).
 
-use crate::hub::{now_ms, Hub};
+use crate::hub::now_ms;
 use crate::node::Node;
 use roomcast_protocol::RoomName;
-use roomcast_redis_bridge::{BusEvent, Delivery, NodeStats, RoomStats};
+use roomcast_redis_bridge::{NodeStats, RoomStats};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Rooms a heartbeat names, by local members and (as many again) by messages/s.
 pub const TOP_ROOMS: usize = 10;
-/// Distinct rooms counted per interval; beyond, messages still count for the node only.
-const MAX_COUNTED_ROOMS: usize = 100_000;
-
-/// Counts the room messages the bus delivers, in total and per room, and hands every
-/// event on to the hub.
-pub struct RoomRates {
-    hub: Arc<Hub>,
-    total: AtomicU64,
-    /// Messages per room since the last heartbeat. Std mutex: held for one map update,
-    /// or to swap the map out; never across an await.
-    rooms: Mutex<HashMap<RoomName, u64>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl RoomRates {
-    /// A counter in front of `hub`.
-    pub fn new(hub: Arc<Hub>) -> Arc<Self> {
-        Arc::new(RoomRates {
-            hub,
-            total: AtomicU64::new(0),
-            rooms: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Room messages delivered since start.
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Takes the per-room counts since the last call.
-    fn take(&self) -> HashMap<RoomName, u64> {
-        std::mem::take(&mut *lock(&self.rooms))
-    }
-}
-
-impl Delivery for RoomRates {
-    fn deliver(&self, event: BusEvent) {
-        if let BusEvent::Message { publication, .. } = &event {
-            self.total.fetch_add(1, Ordering::Relaxed);
-            let mut rooms = lock(&self.rooms);
-            if let Some(n) = rooms.get_mut(&publication.room) {
-                *n += 1;
-            } else if rooms.len() < MAX_COUNTED_ROOMS {
-                rooms.insert(publication.room.clone(), 1);
-            }
-        }
-        self.hub.deliver(event);
-    }
-}
 
 /// What one heartbeat needs to remember from the last.
 struct Last {
@@ -96,13 +44,13 @@ fn top<K: Ord, V: Ord + Copy>(items: impl Iterator<Item = (K, V)>, n: usize) -> 
 }
 
 /// The node's stats now; `last` is moved on to now.
-fn collect(node: &Node, rates: &RoomRates, started_ms: u64, last: &mut Last) -> NodeStats {
+fn collect(node: &Node, started_ms: u64, last: &mut Last) -> NodeStats {
     let now = Instant::now();
     let secs = now.duration_since(last.at).as_secs_f64().max(0.001);
-    let total = rates.total();
+    let total = node.hub.messages_total();
     let per_sec = |n: u64| (n as f64 / secs * 10.0).round() / 10.0;
     let messages_per_sec = per_sec(total.saturating_sub(last.total));
-    let counts = rates.take();
+    let counts = node.hub.take_message_counts();
     *last = Last { at: now, total };
 
     // The busiest by messages/s, then (in one pass over the hub's rooms, keeping only a
@@ -161,13 +109,13 @@ fn collect(node: &Node, rates: &RoomRates, started_ms: u64, last: &mut Last) -> 
 
 /// Writes the node's heartbeat every `--node-stats-interval` until `shutdown`, then
 /// removes it. A failed write is logged and tried again at the next tick.
-pub async fn run(node: Arc<Node>, rates: Arc<RoomRates>, shutdown: CancellationToken) {
+pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
     let every = node.cfg.node_stats_interval.max(Duration::from_secs(1));
     let ttl = every * 3;
     let started_ms = now_ms();
     let mut last = Last {
         at: Instant::now(),
-        total: rates.total(),
+        total: node.hub.messages_total(),
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,7 +125,7 @@ pub async fn run(node: Arc<Node>, rates: Arc<RoomRates>, shutdown: CancellationT
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let stats = collect(&node, &rates, started_ms, &mut last);
+        let stats = collect(&node, started_ms, &mut last);
         let r = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = node.bus.report_node(&stats, ttl) => r,

@@ -36,7 +36,7 @@ use crate::socket::Watched;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus, RedisBus, SubscribeMode};
+use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus, RedisBus, RoomInterest, SubscribeMode};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +111,6 @@ async fn start(cfg: Config, tasks: Lifecycle) -> Result<Arc<Node>, RunError> {
     let node_id = cfg.node_id();
     let auth = Authenticator::from_config(&cfg).map_err(RunError::Config)?;
     let metrics = Arc::new(Metrics::new());
-    let hub = Hub::new(metrics.clone());
     let hooks = crate::hooks::Hooks::from_config(&cfg.hooks(), metrics.clone(), &tasks);
     let bus_cfg = bus_config(&cfg, &node_id);
     let seeds = cfg.redis_cluster_url_list();
@@ -120,12 +119,9 @@ async fn start(cfg: Config, tasks: Lifecycle) -> Result<Arc<Node>, RunError> {
         None if !seeds.is_empty() => Arc::new(RedisBus::connect_cluster(&seeds, bus_cfg).await?),
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
-    hub.attach_bus(bus.clone());
+    let hub = Hub::new(metrics.clone(), RoomInterest::new(&bus));
     hub.start_member_events(cfg.member_events_max, tasks.draining());
-    // The bus's events reach the hub through a counter of room messages (the heartbeat's
-    // messages/s).
-    let rates = heartbeat::RoomRates::new(hub.clone());
-    match bus.start(rates.clone()).await {
+    match bus.start(hub.clone()).await {
         Ok(()) => {}
         // Redis is down or slow at startup: serve local clients with /readyz 503; the
         // bus keeps trying and reports when it is up (a wrong URL still fails here).
@@ -170,7 +166,7 @@ async fn start(cfg: Config, tasks: Lifecycle) -> Result<Arc<Node>, RunError> {
     // bus closes.
     let stop = node.tasks.draining();
     node.tasks
-        .spawn("heartbeat", heartbeat::run(node.clone(), rates, stop));
+        .spawn("heartbeat", heartbeat::run(node.clone(), stop));
     Ok(node)
 }
 

@@ -5,7 +5,7 @@ use roomcast_protocol::{
     Count, DirectMessage, Member, Publication, RoomName, StreamPosition, UserId,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Settings every bus implementation honours.
@@ -259,6 +259,82 @@ pub enum BusEvent {
 pub trait Delivery: Send + Sync + 'static {
     /// Handles one event.
     fn deliver(&self, event: BusEvent);
+}
+
+/// The narrow handle a node's hub holds on the bus: it tells the bus which rooms and
+/// users have local members and counts a room's presence, and nothing else (the hub
+/// never publishes or reads history). It holds the bus weakly: the bus holds the node's
+/// receiver of events (the hub) strongly, so a strong handle back would be a cycle that
+/// keeps both alive. Once the bus is dropped, watching does nothing and a count fails
+/// as [`BusError::Unavailable`].
+#[derive(Clone)]
+pub struct RoomInterest {
+    bus: Weak<dyn Bus>,
+}
+
+impl std::fmt::Debug for RoomInterest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomInterest")
+            .field("attached", &(self.bus.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl RoomInterest {
+    /// A handle on `bus`.
+    pub fn new(bus: &Arc<dyn Bus>) -> Self {
+        RoomInterest {
+            bus: Arc::downgrade(bus),
+        }
+    }
+
+    /// A handle on no bus (a hub on its own, in tests).
+    pub fn detached() -> Self {
+        let bus: Weak<dyn Bus> = Weak::<crate::MemoryBus>::new();
+        RoomInterest { bus }
+    }
+
+    /// See [`Bus::watch_room`].
+    pub fn watch_room(&self, room: &RoomName) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.watch_room(room);
+        }
+    }
+
+    /// See [`Bus::unwatch_room`].
+    pub fn unwatch_room(&self, room: &RoomName) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.unwatch_room(room);
+        }
+    }
+
+    /// See [`Bus::watch_user`].
+    pub fn watch_user(&self, user: &UserId) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.watch_user(user);
+        }
+    }
+
+    /// See [`Bus::unwatch_user`].
+    pub fn unwatch_user(&self, user: &UserId) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.unwatch_user(user);
+        }
+    }
+
+    /// How many users and connections `room` has cluster-wide (its presence, uncut).
+    pub async fn count(&self, room: &RoomName) -> Result<Count, BusError> {
+        let bus = self
+            .bus
+            .upgrade()
+            .ok_or_else(|| BusError::Unavailable("the bus is closed".into()))?;
+        Ok(bus.presence(room, 1).await?.count)
+    }
+
+    /// Whether the bus is there and can serve (see [`Bus::is_ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.bus.upgrade().is_some_and(|b| b.is_ready())
+    }
 }
 
 /// Counters a bus keeps for the node's metrics.

@@ -15,7 +15,7 @@ pub use self::redis::stream::{dead_letter_key, StreamEntry, StreamReader, Stream
 pub use self::redis::RedisBus;
 pub use bus::{
     Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery, NodeStats,
-    PresenceSnapshot, PublishRequest, PublishResult, RoomStats, SendRequest, SendResult,
-    ShardState, SubscribeMode,
+    PresenceSnapshot, PublishRequest, PublishResult, RoomInterest, RoomStats, SendRequest,
+    SendResult, ShardState, SubscribeMode,
 };
 pub use memory::MemoryBus;

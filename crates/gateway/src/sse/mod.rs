@@ -12,7 +12,7 @@ pub use params::{
 use crate::auth::Identity;
 use crate::conn::{self, Active, Conn, JoinArgs, Recover};
 use crate::disconnect::Disconnect;
-use crate::http::{bearer, query_param, text, Body};
+use crate::http::util::{bearer, query_param, text, Body};
 use crate::hub::{Mail, Payload, Wire};
 use crate::limits::client_ip;
 use crate::node::Node;

@@ -8,7 +8,7 @@ pub mod session;
 pub use session::{AtConnect, Setup};
 
 use crate::conn::{self, Conn};
-use crate::http::{base64_decode, bearer, full, query_param, text, Body};
+use crate::http::util::{base64_decode, bearer, full, query_param, text, Body};
 use crate::node::Node;
 use bytes::Bytes;
 use hyper::body::Incoming;

@@ -1,0 +1,333 @@
+//! The fan-out: what the hub does with each bus event. A room message is encoded once
+//! per wire format and the same bytes go to every local member; member events go to the
+//! members that asked for them while a room is small, and a throttled member count
+//! (read from presence by one counter task) once it is large.
+
+use super::mailbox::kick_spread;
+use super::wire::Encoded;
+use super::{encode_for, lock, now_ms, Frame, Hub, Mailbox, Member, Wire};
+use futures_util::StreamExt;
+use roomcast_protocol::{close, Count, MessageFrame, Publication, RoomName, ServerMessage, UserId};
+use roomcast_redis_bridge::{BusEvent, Delivery};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The least time between two passes of a node's member counter: a room's
+/// `member_count` goes out at most once per this.
+const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Presence counts one pass of the counter reads at once.
+const COUNT_CONCURRENCY: usize = 32;
+
+/// The window over which members of a room with an unrecoverable gap are closed.
+const GAP_KICK_SPREAD: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Hub {
+    /// Sets `--member-events-max` and starts the node's member counter: one task that, at
+    /// most once a second, counts the presence of the rooms whose membership changed and
+    /// that need a count (over or near the max, or never counted on this node), and sends
+    /// `member_count` to the members of those over the max. It sleeps while nothing
+    /// changes and ends with `stop`.
+    pub fn start_member_events(self: &Arc<Self>, max: u64, stop: CancellationToken) {
+        self.member_events_max.store(max, Ordering::Relaxed);
+        let hub = self.clone();
+        tokio::spawn(async move { hub.count_loop(stop).await });
+    }
+
+    async fn count_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut last: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.count_wake.notified() => {}
+            }
+            if let Some(at) = last {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep_until(at + COUNT_EVERY) => {}
+                }
+            }
+            last = Some(tokio::time::Instant::now());
+            let rooms = std::mem::take(&mut *lock(&self.count_queue));
+            {
+                // Events from now on queue the room again: a change during the read is
+                // counted at the next pass, so the last count of a burst is right.
+                let mut all = lock(&self.rooms);
+                for room in &rooms {
+                    if let Some(r) = all.live.get_mut(room) {
+                        r.census.queued = false;
+                    }
+                }
+            }
+            let counted: Vec<_> = futures_util::stream::iter(rooms)
+                .map(|room| {
+                    let bus = &self.bus;
+                    async move {
+                        let r = bus.count(&room).await;
+                        (room, r)
+                    }
+                })
+                .buffer_unordered(COUNT_CONCURRENCY)
+                .collect()
+                .await;
+            for (room, r) in counted {
+                match r {
+                    Ok(count) => self.counted(&room, count),
+                    Err(e) => {
+                        tracing::debug!(%room, error = %e, "member count failed; retrying");
+                        self.ask_count(&room);
+                    }
+                }
+            }
+        }
+        tracing::debug!("member counter stopped");
+    }
+
+    /// Queues `room` for the counter (once).
+    fn ask_count(&self, room: &RoomName) {
+        let mut rooms = lock(&self.rooms);
+        if let Some(r) = rooms.live.get_mut(room) {
+            if !r.census.queued {
+                r.census.queued = true;
+                self.queue_count(room);
+            }
+        }
+    }
+
+    /// Puts `room` in the counter's queue (the caller holds the rooms lock and has
+    /// marked it queued).
+    fn queue_count(&self, room: &RoomName) {
+        lock(&self.count_queue).push(room.clone());
+        self.count_wake.notify_one();
+    }
+
+    /// A presence count of `room` arrived: sends `member_count` to its listeners when the
+    /// room is over the max and the count changed (and once more when it falls back to
+    /// the max, so that the last count they saw is right).
+    fn counted(&self, room: &RoomName, count: Count) {
+        let max = self.member_events_max.load(Ordering::Relaxed);
+        let listeners = {
+            let mut rooms = lock(&self.rooms);
+            let Some(r) = rooms.live.get_mut(room) else {
+                return;
+            };
+            let c = &mut r.census;
+            c.users = count.users;
+            c.counted = true;
+            let over = count.users > max;
+            if c.sent == Some(count) || (!over && c.sent.is_none()) {
+                return;
+            }
+            c.sent = over.then_some(count);
+            r.listeners()
+        };
+        let msg = ServerMessage::MemberCount {
+            room: room.clone(),
+            users: count.users,
+            connections: count.connections,
+        };
+        self.fanout_other(&listeners, &msg, None);
+    }
+
+    /// A user's first connection joined `room` (or its last one left), somewhere in the
+    /// cluster: `member_joined` / `member_left` to the listeners while the room is at most
+    /// `--member-events-max` users, else a count for the counter.
+    fn member_event(&self, room: RoomName, user: UserId, joined: bool) {
+        let max = self.member_events_max.load(Ordering::Relaxed);
+        let (listeners, seed) = {
+            let mut rooms = lock(&self.rooms);
+            let Some(r) = rooms.live.get_mut(&room) else {
+                return;
+            };
+            let c = &mut r.census;
+            c.users = if joined {
+                c.users.saturating_add(1)
+            } else {
+                c.users.saturating_sub(1)
+            };
+            let over = c.users > max;
+            // Near or over the max the counter keeps the number exact; a room never
+            // counted here is counted once (below, only if someone here hears of it).
+            if !c.queued && (over || c.users > max / 2) {
+                c.queued = true;
+                self.queue_count(&room);
+            }
+            let seed = !c.queued && !c.counted;
+            // Over the max nobody hears of it: the list of listeners is not even built
+            // (a storm of joins would rebuild it for every event).
+            ((!over).then(|| r.listeners()), seed)
+        };
+        let Some(listeners) = listeners else {
+            return;
+        };
+        let msg = if joined {
+            ServerMessage::MemberJoined {
+                room: room.clone(),
+                user: user.clone(),
+            }
+        } else {
+            ServerMessage::MemberLeft {
+                room: room.clone(),
+                user: user.clone(),
+            }
+        };
+        // A room of one user (its own event) needs no count: nobody here hears of it.
+        if self.fanout_other(&listeners, &msg, Some(&user)) > 0 && seed {
+            self.ask_count(&room);
+        }
+    }
+
+    fn fanout_message(&self, p: &Publication, skip: Option<&str>) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        // One lock for the room's members and its message count (the heartbeat's
+        // messages/s), none more on the way from the bus to the members.
+        let members = {
+            let mut rooms = lock(&self.rooms);
+            match rooms.live.get_mut(&p.room) {
+                Some(r) => {
+                    r.messages += 1;
+                    r.snapshot()
+                }
+                None => {
+                    rooms.count_passing(&p.room, 1);
+                    return;
+                }
+            }
+        };
+        let start = Instant::now();
+        let sse_id = p.offset.map(|o| format!("{}:{}", p.room, o));
+        let make = |w: Wire| {
+            let payload = encode_for(w, &MessageFrame(p), sse_id.as_deref())?;
+            Some(Arc::new(Frame {
+                room: Some(p.room.clone()),
+                offset: p.offset,
+                payload,
+            }))
+        };
+        let frames = Encoded::new(&make);
+        let volatile = p.offset.is_none();
+        let mut sent = 0u64;
+        let mut bytes = 0u64;
+        for m in members.iter() {
+            if skip == Some(&*m.id) {
+                continue;
+            }
+            let Some(frame) = frames.get(m.wire) else {
+                continue;
+            };
+            bytes += frame.payload.len() as u64;
+            if m.push(frame, volatile, &self.metrics) {
+                sent += 1;
+            }
+        }
+        self.metrics
+            .messages_out
+            .with_label_values(&["message"])
+            .inc_by(sent);
+        self.metrics.bytes_out.inc_by(bytes);
+        self.metrics
+            .fanout_seconds
+            .observe(start.elapsed().as_secs_f64());
+        if p.ts > 0 {
+            self.metrics
+                .bus_delivery_seconds
+                .observe(now_ms().saturating_sub(p.ts) as f64 / 1000.0);
+        }
+    }
+
+    /// Sends `msg` to `targets` (but the connections of `skip_user`); how many got it.
+    fn fanout_other(
+        &self,
+        targets: &[Member],
+        msg: &ServerMessage,
+        skip_user: Option<&UserId>,
+    ) -> u64 {
+        let make = |w: Wire| {
+            let payload = encode_for(w, msg, None)?;
+            Some(Arc::new(Frame {
+                room: None,
+                offset: None,
+                payload,
+            }))
+        };
+        let frames = Encoded::new(&make);
+        let mut sent = 0;
+        for m in targets {
+            if skip_user == Some(&m.user) {
+                continue;
+            }
+            let Some(frame) = frames.get(m.wire) else {
+                continue;
+            };
+            self.metrics.bytes_out.inc_by(frame.payload.len() as u64);
+            if m.push(frame, false, &self.metrics) {
+                sent += 1;
+            }
+        }
+        self.metrics
+            .messages_out
+            .with_label_values(&[msg.kind()])
+            .inc_by(sent);
+        sent
+    }
+}
+
+impl Delivery for Hub {
+    fn deliver(&self, event: BusEvent) {
+        match event {
+            BusEvent::Message { publication, skip } => {
+                self.fanout_message(&publication, skip.as_deref())
+            }
+            BusEvent::MemberJoined { room, user } => self.member_event(room, user, true),
+            BusEvent::MemberLeft { room, user } => self.member_event(room, user, false),
+            BusEvent::Direct { to, message } => {
+                let targets = self.user_members(&to);
+                if !targets.is_empty() {
+                    self.fanout_other(&targets, &ServerMessage::Direct((*message).clone()), None);
+                }
+            }
+            BusEvent::Disconnect { user, code } => self.kick_user(&user, code),
+            BusEvent::Gap { room } => {
+                // Messages were lost for good: the members must re-join to learn it
+                // (`recovered: false`). 1013 asks them to reconnect after a backoff.
+                // After a Redis restart every watched room gaps at once: spread the closes
+                // so that the reconnects do not all land in the same instant.
+                tracing::warn!(%room, "unrecoverable gap on the bus; asking local members to reconnect");
+                // Out of the room now, not when each one's close comes: what the bus
+                // delivers next may be a new epoch's messages, whose offsets no member
+                // of the old epoch may receive. (Under the lock, as in `leave`.)
+                let gone = {
+                    let mut rooms = lock(&self.rooms);
+                    let gone = rooms.remove(&room);
+                    if gone.is_some() {
+                        self.bus.unwatch_room(&room);
+                    }
+                    self.metrics.rooms.set(rooms.live.len() as i64);
+                    gone
+                };
+                if let Some(r) = gone {
+                    let all: Vec<Arc<Mailbox>> =
+                        r.members.values().map(|m| m.mailbox.clone()).collect();
+                    tokio::spawn(async move {
+                        kick_spread(&all, close::OVERLOADED, GAP_KICK_SPREAD).await
+                    });
+                }
+            }
+            BusEvent::State { up } => {
+                self.bus_up.store(up, Ordering::Relaxed);
+                self.metrics.bus_up.set(i64::from(up));
+                if up {
+                    // Member events may have been lost meanwhile: count the rooms again
+                    // before trusting what the events say of their size.
+                    for r in lock(&self.rooms).live.values_mut() {
+                        r.census.counted = false;
+                    }
+                    tracing::info!("bus up");
+                } else {
+                    tracing::warn!("bus down");
+                }
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@
 
 use clap::Parser;
 use roomcast_protocol::{EventName, Publication, RoomName, UserId};
-use roomcast_redis_bridge::{Bus, BusConfig, BusEvent, Delivery, PublishRequest, RedisBus};
+use roomcast_redis_bridge::{Bus, BusConfig, BusEvent, EventSink, PublishRequest, RedisBus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ struct Counter {
     done: Notify,
 }
 
-impl Delivery for Counter {
+impl EventSink for Counter {
     fn deliver(&self, event: BusEvent) {
         if let BusEvent::Message { .. } = event {
             if self.n.fetch_add(1, Ordering::Relaxed) + 1 == self.target {

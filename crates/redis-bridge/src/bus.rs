@@ -210,8 +210,9 @@ pub enum BusEvent {
     Message {
         /// The message.
         publication: Arc<Publication>,
-        /// A connection not to deliver to.
-        skip: Option<String>,
+        /// The publishing connection, when it asked not to get its own message back
+        /// (echo suppression).
+        except_conn: Option<String>,
     },
     /// A user's first connection in a room, cluster-wide.
     MemberJoined {
@@ -256,7 +257,7 @@ pub enum BusEvent {
 
 /// The node's side of the bus: receives every event, synchronously and in order.
 /// Implementations must not block (they queue work; they never await).
-pub trait Delivery: Send + Sync + 'static {
+pub trait EventSink: Send + Sync + 'static {
     /// Handles one event.
     fn deliver(&self, event: BusEvent);
 }
@@ -413,7 +414,7 @@ impl BusStats {
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Starts delivering events to `delivery`; called once, before any other method.
-    async fn start(&self, delivery: Arc<dyn Delivery>) -> Result<(), BusError>;
+    async fn start(&self, delivery: Arc<dyn EventSink>) -> Result<(), BusError>;
 
     /// Publishes to a room: assigns the next offset (unless volatile) atomically with the
     /// history append, and delivers the message to every node, this one included,

@@ -14,7 +14,7 @@ mod redis;
 pub use self::redis::stream::{dead_letter_key, StreamEntry, StreamReader, StreamReaderConfig};
 pub use self::redis::RedisBus;
 pub use bus::{
-    Bus, BusConfig, BusError, BusEvent, BusStats, Delivery, History, HistoryQuery, NodeStats,
+    Bus, BusConfig, BusError, BusEvent, BusStats, EventSink, History, HistoryQuery, NodeStats,
     PresenceSnapshot, PublishRequest, PublishResult, RoomInterest, RoomStats, SendRequest,
     SendResult, ShardState, SubscribeMode,
 };

@@ -18,7 +18,7 @@ const SWEEP_MIN: usize = 1024;
 /// offset order. The locks are std mutexes: nothing awaits while holding one.
 pub struct MemoryBus {
     cfg: BusConfig,
-    delivery: OnceLock<Arc<dyn Delivery>>,
+    delivery: OnceLock<Arc<dyn EventSink>>,
     rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomLog>>>>,
     /// When the rooms map is swept of rooms whose history expired.
     rooms_sweep: SweepAt,
@@ -158,7 +158,7 @@ impl MemoryBus {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn start(&self, delivery: Arc<dyn Delivery>) -> Result<(), BusError> {
+    async fn start(&self, delivery: Arc<dyn EventSink>) -> Result<(), BusError> {
         if self.delivery.set(delivery).is_err() {
             return Err(BusError::Internal("bus started twice".into()));
         }
@@ -200,7 +200,7 @@ impl Bus for MemoryBus {
             // Delivered under the room's lock: delivery order is offset order.
             self.deliver(BusEvent::Message {
                 publication: p,
-                skip: req.skip,
+                except_conn: req.skip,
             });
             result
         };

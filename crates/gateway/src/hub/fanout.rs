@@ -8,7 +8,7 @@ use super::wire::Encoded;
 use super::{encode_for, lock, now_ms, Frame, Hub, Mailbox, Member, Wire};
 use futures_util::StreamExt;
 use roomcast_protocol::{close, Count, MessageFrame, Publication, RoomName, ServerMessage, UserId};
-use roomcast_redis_bridge::{BusEvent, Delivery};
+use roomcast_redis_bridge::{BusEvent, EventSink};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -178,7 +178,7 @@ impl Hub {
         }
     }
 
-    fn fanout_message(&self, p: &Publication, skip: Option<&str>) {
+    fn fanout_message(&self, p: &Publication, except_conn: Option<&str>) {
         self.messages.fetch_add(1, Ordering::Relaxed);
         // One lock for the room's members and its message count (the heartbeat's
         // messages/s), none more on the way from the bus to the members.
@@ -210,7 +210,7 @@ impl Hub {
         let mut sent = 0u64;
         let mut bytes = 0u64;
         for m in members.iter() {
-            if skip == Some(&*m.id) {
+            if except_conn == Some(&*m.id) {
                 continue;
             }
             let Some(frame) = frames.get(m.wire) else {
@@ -273,12 +273,13 @@ impl Hub {
     }
 }
 
-impl Delivery for Hub {
+impl EventSink for Hub {
     fn deliver(&self, event: BusEvent) {
         match event {
-            BusEvent::Message { publication, skip } => {
-                self.fanout_message(&publication, skip.as_deref())
-            }
+            BusEvent::Message {
+                publication,
+                except_conn,
+            } => self.fanout_message(&publication, except_conn.as_deref()),
             BusEvent::MemberJoined { room, user } => self.member_event(room, user, true),
             BusEvent::MemberLeft { room, user } => self.member_event(room, user, false),
             BusEvent::Direct { to, message } => {

@@ -6,7 +6,7 @@ use super::*;
 use crate::metrics::Metrics;
 use proptest::prelude::*;
 use roomcast_protocol::{EventName, Publication, RoomName, UserId};
-use roomcast_redis_bridge::{BusEvent, Delivery, RoomInterest};
+use roomcast_redis_bridge::{BusEvent, EventSink, RoomInterest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -88,7 +88,7 @@ fn message(r: usize, offset: u64, skip: Option<String>) -> BusEvent {
             offset: Some(offset),
             ts: 0,
         }),
-        skip,
+        except_conn: skip,
     }
 }
 

@@ -91,7 +91,7 @@ pub(crate) struct Shared {
     /// waits for them.
     tasks: TaskTracker,
     /// The node's side, set once by `start`.
-    delivery: OnceLock<Arc<dyn Delivery>>,
+    delivery: OnceLock<Arc<dyn EventSink>>,
     /// Set by `close`: operations fail as unavailable and readiness is false from then on.
     closed: AtomicBool,
     /// The pub/sub connection is subscribed (and repaired).
@@ -248,7 +248,7 @@ impl Shared {
 
 #[async_trait]
 impl Bus for RedisBus {
-    async fn start(&self, delivery: Arc<dyn Delivery>) -> Result<(), BusError> {
+    async fn start(&self, delivery: Arc<dyn EventSink>) -> Result<(), BusError> {
         let shared = &self.shared;
         if shared.delivery.set(delivery.clone()).is_err() {
             return Err(BusError::Internal("bus started twice".into()));

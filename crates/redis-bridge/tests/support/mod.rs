@@ -1,11 +1,11 @@
-//! Test support: a [`Delivery`] that turns bus events into a stream tests can await, and
+//! Test support: a [`EventSink`] that turns bus events into a stream tests can await, and
 //! bus nodes on a real `redis-server` (the kit's [`RedisServer`]).
 #![allow(dead_code, unreachable_pub)]
 
 pub use roomcast_testkit::RedisServer;
 
 use roomcast_protocol::{DirectMessage, EventName, Publication, RoomName, UserId};
-use roomcast_redis_bridge::{BusConfig, BusEvent, Delivery};
+use roomcast_redis_bridge::{BusConfig, BusEvent, EventSink};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 /// How long a test waits for an event before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A [`Delivery`] feeding a channel.
+/// A [`EventSink`] feeding a channel.
 pub struct Collector {
     tx: mpsc::UnboundedSender<BusEvent>,
 }
 
-impl Delivery for Collector {
+impl EventSink for Collector {
     fn deliver(&self, event: BusEvent) {
         let _ = self.tx.send(event);
     }
@@ -65,7 +65,10 @@ impl Events {
     /// The next room message (other kinds of events are skipped).
     pub async fn message(&mut self) -> (Arc<Publication>, Option<String>) {
         self.until(|e| match e {
-            BusEvent::Message { publication, skip } => Some((publication.clone(), skip.clone())),
+            BusEvent::Message {
+                publication,
+                except_conn,
+            } => Some((publication.clone(), except_conn.clone())),
             _ => None,
         })
         .await

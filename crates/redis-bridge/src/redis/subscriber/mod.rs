@@ -3,7 +3,7 @@
 //! One task owns the connection: it PSUBSCRIBEs `<prefix>:room:*` and `<prefix>:user:*`
 //! (pattern mode) or SUBSCRIBEs the channels of the rooms and users the node holds (rooms
 //! mode, see `interest.rs`), SUBSCRIBEs `<prefix>:control`, decodes every envelope and hands events to the node's
-//! [`Delivery`] in the order Redis sent them. Room messages carry offsets, so for every
+//! [`EventSink`] in the order Redis sent them. Room messages carry offsets, so for every
 //! watched room (one with local members) it knows how far it has delivered and repairs
 //! what pub/sub lost (at-most-once: a dropped connection, or Redis cutting a slow
 //! subscriber) from the room's stream before going on (DESIGN-NOTES.md section 3).
@@ -30,7 +30,7 @@ mod resync;
 
 use super::sharded::Incoming;
 use super::Shared;
-use crate::bus::{BusStats, Delivery, SubscribeMode};
+use crate::bus::{BusStats, EventSink, SubscribeMode};
 use lag::{now_ms, Lag};
 use link::{apply_interest, subscribe, Sink, Source};
 use receive::{on_message, Handled};
@@ -56,7 +56,7 @@ enum Exit {
 /// (`false`: Redis is not there yet; the task keeps trying).
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    delivery: Arc<dyn Delivery>,
+    delivery: Arc<dyn EventSink>,
     mut baselines: mpsc::UnboundedReceiver<RoomName>,
     first_up: oneshot::Sender<bool>,
 ) {
@@ -137,7 +137,7 @@ fn backoff(attempt: u32) -> Duration {
 
 async fn connected_loop(
     shared: &Shared,
-    delivery: &dyn Delivery,
+    delivery: &dyn EventSink,
     mut sink: Sink,
     mut stream: Source,
     baselines: &mut mpsc::UnboundedReceiver<RoomName>,

@@ -7,7 +7,7 @@
 //! like one.
 
 use super::repair::{deliver_room, lost, repair, StreamEntry};
-use crate::bus::{BusError, BusEvent, BusStats, Delivery};
+use crate::bus::{BusError, BusEvent, BusStats, EventSink};
 use crate::redis::bad_input::bad;
 use crate::redis::envelope::{self, RoomMessage};
 use crate::redis::keys::Channel;
@@ -97,7 +97,7 @@ pub(super) enum Handled {
 /// it never closes a client.
 pub(super) async fn on_message(
     shared: &Shared,
-    delivery: &dyn Delivery,
+    delivery: &dyn EventSink,
     channel: &str,
     payload: &[u8],
 ) -> Handled {
@@ -197,7 +197,7 @@ pub(super) async fn on_message(
 /// checked (Redis failed), the subscription must re-synchronise.
 async fn on_room_message(
     shared: &Shared,
-    delivery: &dyn Delivery,
+    delivery: &dyn EventSink,
     m: RoomMessage,
     payload: &[u8],
 ) -> Result<bool, &'static str> {

@@ -2,7 +2,7 @@
 //! appends each one there before it publishes it) and delivering them in order, or, when
 //! the stream no longer holds them all, telling the room's members (`BusEvent::Gap`).
 
-use crate::bus::{BusEvent, BusStats, Delivery};
+use crate::bus::{BusEvent, BusStats, EventSink};
 use crate::redis::envelope::{self, RoomMessage};
 use crate::redis::Shared;
 use roomcast_protocol::{Envelope, RoomName};
@@ -11,15 +11,15 @@ use std::sync::Arc;
 /// One XRANGE entry: id and field/value pairs.
 pub(super) type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 /// Delivers one room message to the node.
-pub(super) fn deliver_room(delivery: &dyn Delivery, m: RoomMessage) {
+pub(super) fn deliver_room(delivery: &dyn EventSink, m: RoomMessage) {
     delivery.deliver(BusEvent::Message {
         publication: Arc::new(m.publication),
-        skip: m.skip,
+        except_conn: m.skip,
     });
 }
 
 /// Counts and logs a loss that cannot be repaired and tells the room's members.
-pub(super) fn lost(shared: &Shared, delivery: &dyn Delivery, room: &RoomName, why: &str) {
+pub(super) fn lost(shared: &Shared, delivery: &dyn EventSink, room: &RoomName, why: &str) {
     BusStats::incr(&shared.stats.gaps_lost);
     tracing::warn!(%room, why, "messages lost on the bus cannot be recovered");
     delivery.deliver(BusEvent::Gap { room: room.clone() });
@@ -28,7 +28,7 @@ pub(super) fn lost(shared: &Shared, delivery: &dyn Delivery, room: &RoomName, wh
 /// Reads `from..=to` of `epoch` from the room's stream and delivers it, or reports a gap.
 pub(super) async fn repair(
     shared: &Shared,
-    delivery: &dyn Delivery,
+    delivery: &dyn EventSink,
     room: &RoomName,
     from: u64,
     to: u64,

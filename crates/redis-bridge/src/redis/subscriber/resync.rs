@@ -5,7 +5,7 @@
 //! cluster-wide. Also reads the baselines of newly watched rooms.
 
 use super::repair::{lost, repair, StreamEntry};
-use crate::bus::{BusError, BusStats, Delivery};
+use crate::bus::{BusError, BusStats, EventSink};
 use crate::common::random_epoch;
 use crate::redis::tracking::{signature, Track};
 use crate::redis::{OpError, Shared};
@@ -80,7 +80,7 @@ pub(super) async fn read_baselines(shared: &Shared, rooms: Vec<RoomName>) {
 
 /// After (re)subscribing: brings every watched room up to its meta offset, repairing
 /// from history what can be repaired and reporting gaps for the rest.
-pub(super) async fn resync(shared: &Shared, delivery: &dyn Delivery) -> Result<(), BusError> {
+pub(super) async fn resync(shared: &Shared, delivery: &dyn EventSink) -> Result<(), BusError> {
     let rooms = shared.tracking.rooms();
     for chunk in rooms.chunks(META_BATCH) {
         let metas = read_metas(shared, chunk).await?;

@@ -119,8 +119,8 @@ async fn start(cfg: Config, tasks: Lifecycle) -> Result<Arc<Node>, RunError> {
         None if !seeds.is_empty() => Arc::new(RedisBus::connect_cluster(&seeds, bus_cfg).await?),
         None => Arc::new(MemoryBus::new(bus_cfg)),
     };
-    let hub = Hub::new(metrics.clone(), RoomInterest::new(&bus));
-    hub.start_member_events(cfg.member_events_max, tasks.draining());
+    let hub = Hub::new(metrics.clone(), RoomInterest::new(&bus), tasks.clone());
+    hub.start_member_events(cfg.member_events_max);
     match bus.start(hub.clone()).await {
         Ok(()) => {}
         // Redis is down or slow at startup: serve local clients with /readyz 503; the

@@ -28,11 +28,12 @@ impl Hub {
     /// most once a second, counts the presence of the rooms whose membership changed and
     /// that need a count (over or near the max, or never counted on this node), and sends
     /// `member_count` to the members of those over the max. It sleeps while nothing
-    /// changes and ends with `stop`.
-    pub fn start_member_events(self: &Arc<Self>, max: u64, stop: CancellationToken) {
+    /// changes and ends when the drain starts.
+    pub fn start_member_events(self: &Arc<Self>, max: u64) {
         self.member_events_max.store(max, Ordering::Relaxed);
-        let hub = self.clone();
-        tokio::spawn(async move { hub.count_loop(stop).await });
+        let (hub, stop) = (self.clone(), self.tasks.draining());
+        self.tasks
+            .spawn("member-counter", async move { hub.count_loop(stop).await });
     }
 
     async fn count_loop(self: Arc<Self>, stop: CancellationToken) {
@@ -310,7 +311,7 @@ impl EventSink for Hub {
                 if let Some(r) = gone {
                     let all: Vec<Arc<Mailbox>> =
                         r.members.values().map(|m| m.mailbox.clone()).collect();
-                    tokio::spawn(async move {
+                    self.tasks.spawn("gap-closes", async move {
                         kick_spread(&all, close::OVERLOADED, GAP_KICK_SPREAD).await
                     });
                 }

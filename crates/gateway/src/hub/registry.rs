@@ -5,6 +5,7 @@
 
 use super::mailbox::kick_spread;
 use super::{lock, Mailbox, Member};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use roomcast_protocol::{close, Count, RoomName, UserId};
 use roomcast_redis_bridge::RoomInterest;
@@ -115,7 +116,9 @@ impl Rooms {
 
 /// Local membership and fan-out.
 pub struct Hub {
-    pub(super) draining: AtomicBool,
+    /// The node's lifecycle: the hub's tasks are spawned on it, and a connection that
+    /// registers once the drain has started is closed at once.
+    pub(super) tasks: Lifecycle,
     pub(super) conns: Mutex<HashMap<Arc<str>, Arc<Mailbox>>>,
     pub(super) rooms: Mutex<Rooms>,
     pub(super) users: Mutex<HashMap<UserId, Vec<Member>>>,
@@ -136,9 +139,9 @@ pub struct Hub {
 
 impl Hub {
     /// An empty hub that tells `bus` which rooms and users have local members.
-    pub fn new(metrics: Arc<Metrics>, bus: RoomInterest) -> Arc<Self> {
+    pub fn new(metrics: Arc<Metrics>, bus: RoomInterest, tasks: Lifecycle) -> Arc<Self> {
         Arc::new(Hub {
-            draining: AtomicBool::new(false),
+            tasks,
             conns: Mutex::new(HashMap::new()),
             rooms: Mutex::new(Rooms::default()),
             users: Mutex::new(HashMap::new()),
@@ -179,7 +182,7 @@ impl Hub {
     pub fn register(&self, id: &Arc<str>, mailbox: &Arc<Mailbox>) {
         lock(&self.conns).insert(id.clone(), mailbox.clone());
         // A connection that slipped in while the drain took its snapshot goes too.
-        if self.draining.load(Ordering::Acquire) {
+        if self.tasks.is_draining() {
             mailbox.kick(close::GOING_AWAY);
         }
     }
@@ -192,9 +195,10 @@ impl Hub {
     }
 
     /// Closes every connection with 1001, spread evenly over `spread` so that the other
-    /// nodes are not hit by every reconnect at once.
+    /// nodes are not hit by every reconnect at once. Called once the lifecycle's drain has
+    /// started, so that a connection registering after this snapshot is closed by
+    /// `register`.
     pub async fn drain(&self, spread: std::time::Duration) {
-        self.draining.store(true, Ordering::Release);
         let all: Vec<Arc<Mailbox>> = lock(&self.conns).values().cloned().collect();
         kick_spread(&all, close::GOING_AWAY, spread).await;
     }

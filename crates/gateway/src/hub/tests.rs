@@ -36,7 +36,7 @@ fn drain(m: &Mailbox) -> Vec<Outbound> {
 proptest! {
     #[test]
     fn fanout_matches_the_model(ops in prop::collection::vec(op(), 1..60)) {
-        let hub = Hub::new(Arc::new(Metrics::new()), RoomInterest::detached());
+        let hub = Hub::new(Arc::new(Metrics::new()), RoomInterest::detached(), test_lifecycle());
         let members: Vec<Member> = (0..6)
             .map(|i| Member {
                 id: Arc::from(format!("c{i}")),
@@ -94,7 +94,11 @@ fn message(r: usize, offset: u64, skip: Option<String>) -> BusEvent {
 
 #[test]
 fn room_messages_are_counted_for_the_heartbeat_with_or_without_local_members() {
-    let hub = Hub::new(Arc::new(Metrics::new()), RoomInterest::detached());
+    let hub = Hub::new(
+        Arc::new(Metrics::new()),
+        RoomInterest::detached(),
+        test_lifecycle(),
+    );
     let m = Member {
         id: Arc::from("c0"),
         user: UserId::new("u0").expect("valid user"),
@@ -124,7 +128,11 @@ fn room_messages_are_counted_for_the_heartbeat_with_or_without_local_members() {
 async fn the_hub_does_not_keep_its_bus_alive() {
     use roomcast_redis_bridge::{Bus, BusConfig, MemoryBus};
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BusConfig::default()));
-    let hub = Hub::new(Arc::new(Metrics::new()), RoomInterest::new(&bus));
+    let hub = Hub::new(
+        Arc::new(Metrics::new()),
+        RoomInterest::new(&bus),
+        test_lifecycle(),
+    );
     bus.start(hub.clone()).await.expect("memory bus starts");
     let weak = Arc::downgrade(&bus);
     drop(bus);
@@ -132,4 +140,9 @@ async fn the_hub_does_not_keep_its_bus_alive() {
     // the bus must free it (and with it the hub), not leak both.
     assert!(weak.upgrade().is_none(), "the bus is freed");
     assert_eq!(Arc::strong_count(&hub), 1, "and lets go of the hub");
+}
+
+/// A lifecycle that never drains, for a hub on its own.
+fn test_lifecycle() -> crate::lifecycle::Lifecycle {
+    crate::lifecycle::Lifecycle::new(tokio_util::sync::CancellationToken::new())
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use roomcast_protocol::{
-    Count, DirectMessage, Member, Publication, RoomName, StreamPosition, UserId,
+    Count, DirectMessage, Member, MemberChange, Publication, RoomName, StreamPosition, UserId,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -214,15 +214,11 @@ pub enum BusEvent {
         /// (echo suppression).
         except_conn: Option<String>,
     },
-    /// A user's first connection in a room, cluster-wide.
-    MemberJoined {
-        /// The room.
-        room: RoomName,
-        /// The user.
-        user: UserId,
-    },
-    /// A user's last connection in a room, cluster-wide, left or expired.
-    MemberLeft {
+    /// A user's first connection in a room joined, or its last one left or expired,
+    /// cluster-wide.
+    Member {
+        /// Joined or left.
+        change: MemberChange,
         /// The room.
         room: RoomName,
         /// The user.

@@ -4,7 +4,7 @@
 use crate::bus::*;
 use crate::common::{check_disconnect_code, lock, random_epoch};
 use async_trait::async_trait;
-use roomcast_protocol::{Count, Member, Publication, RoomName, UserId};
+use roomcast_protocol::{Count, Member, MemberChange, Publication, RoomName, UserId};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -301,7 +301,8 @@ impl Bus for MemoryBus {
             first
         };
         if first {
-            self.deliver(BusEvent::MemberJoined {
+            self.deliver(BusEvent::Member {
+                change: MemberChange::Joined,
                 room: room.clone(),
                 user: user.clone(),
             });
@@ -334,7 +335,8 @@ impl Bus for MemoryBus {
             last
         };
         if last {
-            self.deliver(BusEvent::MemberLeft {
+            self.deliver(BusEvent::Member {
+                change: MemberChange::Left,
                 room: room.clone(),
                 user: user.clone(),
             });

@@ -4,7 +4,7 @@
 
 mod support;
 
-use roomcast_protocol::{BusMessage, Envelope, EventName};
+use roomcast_protocol::{BusMessage, Envelope, EventName, MemberChange};
 use roomcast_redis_bridge::{
     Bus, BusConfig, BusError, BusEvent, HistoryQuery, RedisBus, SendRequest,
 };
@@ -758,11 +758,13 @@ async fn presence_survives_refresh_periods() {
     }
     let p = a.bus.presence(&r, 10).await.expect("presence");
     assert_eq!(p.count.users, 1);
-    assert!(a
-        .events
-        .drain()
-        .iter()
-        .all(|e| !matches!(e, BusEvent::MemberLeft { .. })));
+    assert!(a.events.drain().iter().all(|e| !matches!(
+        e,
+        BusEvent::Member {
+            change: MemberChange::Left,
+            ..
+        }
+    )));
     a.bus.close().await;
 }
 

@@ -7,7 +7,9 @@ use super::mailbox::kick_spread;
 use super::wire::Encoded;
 use super::{encode_for, lock, now_ms, Frame, Hub, Mailbox, Member, Wire};
 use futures_util::StreamExt;
-use roomcast_protocol::{close, Count, MessageFrame, Publication, RoomName, ServerMessage, UserId};
+use roomcast_protocol::{
+    close, Count, MemberChange, MessageFrame, Publication, RoomName, ServerMessage, UserId,
+};
 use roomcast_redis_bridge::{BusEvent, EventSink};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -134,7 +136,7 @@ impl Hub {
     /// A user's first connection joined `room` (or its last one left), somewhere in the
     /// cluster: `member_joined` / `member_left` to the listeners while the room is at most
     /// `--member-events-max` users, else a count for the counter.
-    fn member_event(&self, room: RoomName, user: UserId, joined: bool) {
+    fn member_event(&self, room: RoomName, user: UserId, change: MemberChange) {
         let max = self.member_events_max.load(Ordering::Relaxed);
         let (listeners, seed) = {
             let mut rooms = lock(&self.rooms);
@@ -142,7 +144,7 @@ impl Hub {
                 return;
             };
             let c = &mut r.census;
-            c.users = if joined {
+            c.users = if change == MemberChange::Joined {
                 c.users.saturating_add(1)
             } else {
                 c.users.saturating_sub(1)
@@ -162,17 +164,7 @@ impl Hub {
         let Some(listeners) = listeners else {
             return;
         };
-        let msg = if joined {
-            ServerMessage::MemberJoined {
-                room: room.clone(),
-                user: user.clone(),
-            }
-        } else {
-            ServerMessage::MemberLeft {
-                room: room.clone(),
-                user: user.clone(),
-            }
-        };
+        let msg = ServerMessage::member(change, room.clone(), user.clone());
         // A room of one user (its own event) needs no count: nobody here hears of it.
         if self.fanout_other(&listeners, &msg, Some(&user)) > 0 && seed {
             self.ask_count(&room);
@@ -281,8 +273,7 @@ impl EventSink for Hub {
                 publication,
                 except_conn,
             } => self.fanout_message(&publication, except_conn.as_deref()),
-            BusEvent::MemberJoined { room, user } => self.member_event(room, user, true),
-            BusEvent::MemberLeft { room, user } => self.member_event(room, user, false),
+            BusEvent::Member { change, room, user } => self.member_event(room, user, change),
             BusEvent::Direct { to, message } => {
                 let targets = self.user_members(&to);
                 if !targets.is_empty() {

@@ -14,7 +14,7 @@ use super::{envelope, OpError, Shared};
 use crate::bus::{BusError, PresenceSnapshot};
 use crate::common::lock;
 use futures_util::future::join_all;
-use roomcast_protocol::{BusMessage, Count, Member, RoomName, UserId};
+use roomcast_protocol::{BusMessage, Count, Member, MemberChange, RoomName, UserId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,22 +88,11 @@ async fn run_script(
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), OpError> {
-    let (script, event) = match change {
-        Change::Join => (
-            &shared.scripts.presence_join,
-            BusMessage::MemberJoined {
-                room: room.clone(),
-                user: user.clone(),
-            },
-        ),
-        Change::Leave => (
-            &shared.scripts.presence_leave,
-            BusMessage::MemberLeft {
-                room: room.clone(),
-                user: user.clone(),
-            },
-        ),
+    let (script, member) = match change {
+        Change::Join => (&shared.scripts.presence_join, MemberChange::Joined),
+        Change::Leave => (&shared.scripts.presence_leave, MemberChange::Left),
     };
+    let event = BusMessage::member(member, room.clone(), user.clone());
     let payload =
         envelope::encode(&shared.cfg.node_id, event).map_err(|e| OpError::Bad(e.to_string()))?;
     let mut inv = invocation(shared, script, room);

@@ -4,7 +4,7 @@
 
 pub use roomcast_testkit::RedisServer;
 
-use roomcast_protocol::{DirectMessage, EventName, Publication, RoomName, UserId};
+use roomcast_protocol::{DirectMessage, EventName, MemberChange, Publication, RoomName, UserId};
 use roomcast_redis_bridge::{BusConfig, BusEvent, EventSink};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,8 +86,16 @@ impl Events {
     /// The next member event, as ("joined"|"left", user).
     pub async fn member(&mut self) -> (&'static str, String) {
         self.until(|e| match e {
-            BusEvent::MemberJoined { user, .. } => Some(("joined", user.to_string())),
-            BusEvent::MemberLeft { user, .. } => Some(("left", user.to_string())),
+            BusEvent::Member {
+                change: MemberChange::Joined,
+                user,
+                ..
+            } => Some(("joined", user.to_string())),
+            BusEvent::Member {
+                change: MemberChange::Left,
+                user,
+                ..
+            } => Some(("left", user.to_string())),
             _ => None,
         })
         .await

@@ -13,7 +13,7 @@ use crate::redis::envelope::{self, RoomMessage};
 use crate::redis::keys::Channel;
 use crate::redis::tracking::Track;
 use crate::redis::{OpError, Shared};
-use roomcast_protocol::{close, BusMessage, Envelope, RoomName};
+use roomcast_protocol::{close, BusMessage, Envelope, MemberChange, RoomName};
 use std::sync::Arc;
 
 /// What to do with a room message.
@@ -135,11 +135,19 @@ pub(super) async fn on_message(
             }
         }
         (Channel::Room(name), BusMessage::MemberJoined { room, user }) if room.as_str() == name => {
-            delivery.deliver(BusEvent::MemberJoined { room, user });
+            delivery.deliver(BusEvent::Member {
+                change: MemberChange::Joined,
+                room,
+                user,
+            });
             Handled::Done(None)
         }
         (Channel::Room(name), BusMessage::MemberLeft { room, user }) if room.as_str() == name => {
-            delivery.deliver(BusEvent::MemberLeft { room, user });
+            delivery.deliver(BusEvent::Member {
+                change: MemberChange::Left,
+                room,
+                user,
+            });
             Handled::Done(None)
         }
         (Channel::User(name), msg @ BusMessage::Direct { .. }) => {

@@ -424,7 +424,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn history(&self, room: &RoomName, query: HistoryQuery) -> Result<History, BusError>;
 
     /// Adds a connection of `user` to a room's presence; when it is the user's first
-    /// connection there, cluster-wide, a `MemberJoined` event goes to every node.
+    /// connection there, cluster-wide, a `BusEvent::Member` (joined) goes to every node.
     async fn presence_join(
         &self,
         room: &RoomName,
@@ -433,7 +433,7 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<(), BusError>;
 
     /// Removes a connection from a room's presence; when it was the user's last one,
-    /// a `MemberLeft` event goes to every node.
+    /// a `BusEvent::Member` (left) goes to every node.
     async fn presence_leave(
         &self,
         room: &RoomName,

@@ -22,14 +22,29 @@ pub fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// A whole number of seconds (flags named in seconds).
-pub fn secs(s: &str) -> Result<Duration, ParseIntError> {
-    s.parse().map(Duration::from_secs)
+/// The longest duration any setting takes: ten years. A longer one is refused at start
+/// rather than overflowing a deadline (`Instant + Duration` panics) on a request path.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A whole number of seconds (flags named in seconds), at most [`MAX_DURATION`].
+pub fn secs(s: &str) -> Result<Duration, String> {
+    bounded(s.parse().map(Duration::from_secs))
 }
 
-/// A whole number of milliseconds (flags ending in `-ms`).
-pub fn millis(s: &str) -> Result<Duration, ParseIntError> {
-    s.parse().map(Duration::from_millis)
+/// A whole number of milliseconds (flags ending in `-ms`), at most [`MAX_DURATION`].
+pub fn millis(s: &str) -> Result<Duration, String> {
+    bounded(s.parse().map(Duration::from_millis))
+}
+
+fn bounded(d: Result<Duration, ParseIntError>) -> Result<Duration, String> {
+    match d {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(format!(
+            "at most {} seconds (ten years)",
+            MAX_DURATION.as_secs()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// One item of a comma-separated list, without the spaces around it.
@@ -244,6 +259,15 @@ mod tests {
         assert_eq!(millis("25"), Ok(Duration::from_millis(25)));
         assert!(secs("-1").is_err());
         assert!(secs("1.5").is_err());
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_deadline_are_refused() {
+        assert_eq!(secs("315360000"), Ok(MAX_DURATION));
+        assert!(secs("315360001").is_err());
+        assert!(secs("18446744073709551615").is_err());
+        assert!(millis("18446744073709551615").is_err());
+        assert_eq!(millis("1000"), Ok(Duration::from_secs(1)));
     }
 
     #[test]

@@ -415,7 +415,7 @@ async fn api(node: &Node, route: Api<'_>, req: Request<Incoming>) -> ApiResult {
 /// `POST /client/commands`: one client message or a list, as the user of the JWT,
 /// under the same room rules and rate limits as /ws; answers the list of replies.
 async fn client_commands(node: &Node, peer: SocketAddr, req: Request<Incoming>) -> ApiResult {
-    let who = match crate::sse::http_identity(node, peer, "http", &req).await {
+    let who = match crate::conn::http_identity(node, peer, "http", &req).await {
         Ok(w) => w,
         Err(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
             return Err(ApiError(

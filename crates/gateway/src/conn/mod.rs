@@ -9,7 +9,7 @@ mod admission;
 mod join;
 mod joined;
 
-pub use admission::{admit, client_addr, gate, Admission, Refused};
+pub use admission::{admit, client_addr, gate, http_identity, Admission, Refused};
 pub use join::{ask_join_hook, may_join, JoinArgs, JoinRefused, Recover};
 pub use joined::Joined;
 

@@ -9,12 +9,10 @@ pub use params::{
     max_query_len, parse_last_event_id, parse_positions, parse_rooms, parse_ws_since, SseParamError,
 };
 
-use crate::auth::Identity;
 use crate::conn::{self, Active, Conn, JoinArgs, Recover};
 use crate::disconnect::Disconnect;
-use crate::http::util::{bearer, query_param, text, Body};
+use crate::http::util::{query_param, text, Body};
 use crate::hub::{Mail, Payload, Wire};
-use crate::limits::client_ip;
 use crate::node::Node;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -26,80 +24,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The identity of an HTTP client: its JWT (query `token` or Authorization), the connect
-/// hook's answer (a request without a token, or any with `--auth hook`: cookies and the
-/// forwarded headers go to the hook), or with `--auth none` the `user` query parameter or
-/// a fresh id. `transport` is `sse` or `http`.
-#[allow(clippy::result_large_err)] // the error is the response itself, built once per refused request
-pub async fn http_identity(
-    node: &Node,
-    peer: SocketAddr,
-    transport: &'static str,
-    req: &Request<Incoming>,
-) -> Result<Identity, Response<Body>> {
-    if !node.auth.enabled() {
-        let user = query_param(req, "user")
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| node.new_conn_id().to_string());
-        return node
-            .auth
-            .anonymous(&user)
-            .ok_or_else(|| text(StatusCode::BAD_REQUEST, "invalid user\n"));
-    }
-    let token = query_param(req, "token")
-        .filter(|t| !t.is_empty())
-        .or_else(|| bearer(req));
-    let xff = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let ip = client_ip(peer.ip(), xff, &node.trusted_proxies);
-    if let (Some(hook_req), Some(hooks)) = (
-        node.connect_request(transport, ip, req.headers(), token.as_deref()),
-        node.hooks.as_ref(),
-    ) {
-        return match hooks.connect(&hook_req).await {
-            Ok(crate::hooks::ConnectDecision::Allow(mut who)) => {
-                who.join = node.server_rooms(&who);
-                Ok(who)
-            }
-            Ok(crate::hooks::ConnectDecision::Deny { code, .. }) => {
-                node.metrics
-                    .auth_failures
-                    .with_label_values(&["hook_denied"])
-                    .inc();
-                let status = if code == roomcast_protocol::close::POLICY {
-                    StatusCode::FORBIDDEN
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                Err(text(status, "refused by the connect hook\n"))
-            }
-            Err(e) => Err(text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))),
-        };
-    }
-    let Some(token) = token else {
-        return Err(text(
-            StatusCode::UNAUTHORIZED,
-            "a token is required (token query parameter or Authorization: Bearer)\n",
-        ));
-    };
-    node.auth
-        .verify_token(&token)
-        .await
-        .map(|mut who| {
-            who.join = node.server_rooms(&who);
-            who
-        })
-        .map_err(|e| {
-            node.metrics
-                .auth_failures
-                .with_label_values(&[e.reason()])
-                .inc();
-            text(StatusCode::UNAUTHORIZED, format!("{e}\n"))
-        })
-}
 
 /// Opens an event stream.
 pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
@@ -117,7 +41,7 @@ pub async fn open(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> 
             format!("the query is longer than {max_query} bytes\n"),
         );
     }
-    let who = match http_identity(&node, peer, "sse", &req).await {
+    let who = match conn::http_identity(&node, peer, "sse", &req).await {
         Ok(w) => w,
         Err(r) => return r,
     };

@@ -58,6 +58,15 @@ def _send(client, channel: str, envelope: dict, cluster: bool) -> int:
     return client.publish(channel, payload)
 
 
+def _emit(url: str, cluster: bool, channel: str, envelope: dict) -> int:
+    """Connects, publishes one envelope on `channel`, and closes."""
+    client = connect(url, cluster)
+    try:
+        return _send(client, channel, envelope, cluster)
+    finally:
+        client.close()
+
+
 def emit(url: str, room: str, event: str, data, prefix: str = "roomcast", cluster: bool = False) -> int:
     """A `message` to every member of `room`."""
     envelope = {
@@ -72,11 +81,7 @@ def emit(url: str, room: str, event: str, data, prefix: str = "roomcast", cluste
             "ts": int(time.time() * 1000),
         },
     }
-    client = connect(url, cluster)
-    try:
-        return _send(client, room_channel(prefix, room, cluster), envelope, cluster)
-    finally:
-        client.close()
+    return _emit(url, cluster, room_channel(prefix, room, cluster), envelope)
 
 
 def emit_to_user(url: str, user: str, event: str, data, prefix: str = "roomcast", cluster: bool = False) -> int:
@@ -93,11 +98,7 @@ def emit_to_user(url: str, user: str, event: str, data, prefix: str = "roomcast"
             "ts": int(time.time() * 1000),
         },
     }
-    client = connect(url, cluster)
-    try:
-        return _send(client, user_channel(prefix, user, cluster), envelope, cluster)
-    finally:
-        client.close()
+    return _emit(url, cluster, user_channel(prefix, user, cluster), envelope)
 
 
 if __name__ == "__main__":

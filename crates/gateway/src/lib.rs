@@ -32,7 +32,7 @@ use crate::lifecycle::Lifecycle;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::socket::Watched;
+use crate::socket::{Lane, LaneIo, Watched};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -197,15 +197,22 @@ async fn serve(listener: TcpListener, node: &Arc<Node>) {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(node.cfg.send_buffer);
         }
         let node = node.clone();
+        let lane = Lane::new(stream);
+        let io = Watched::new(LaneIo(lane.clone()), write_timeout);
         node.tasks.clone().spawn_connection(|stop| async move {
-            let svc = service_fn(move |req| http::route(node.clone(), peer, req));
+            // Each request carries its socket's lane: an upgrade to a WebSocket hands it
+            // to the hub for express writes.
+            let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(lane.clone());
+                http::route(node.clone(), peer, req)
+            });
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .keep_alive(true);
             let conn = builder
-                .serve_connection(TokioIo::new(Watched::new(stream, write_timeout)), svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// Connections closed because their outbound queue overflowed.
     pub slow_consumer_closes: IntCounter,
+    /// Frames the fan-out wrote straight to an idle WebSocket (no queue, no wake-up).
+    pub express_writes: IntCounter,
     /// Refused tokens, by reason.
     pub auth_failures: IntCounterVec,
     /// Time to hand one room message to every local member.
@@ -182,6 +184,11 @@ impl Metrics {
                 &r,
                 "roomcast_slow_consumer_closes_total",
                 "Connections closed because their outbound queue overflowed",
+            ),
+            express_writes: counter(
+                &r,
+                "roomcast_express_writes_total",
+                "Frames the fan-out wrote straight to an idle WebSocket's socket instead of its queue",
             ),
             auth_failures: counter_vec(
                 &r,

@@ -1,14 +1,177 @@
-//! A client socket that notices when it stops taking bytes: the write timeout of
-//! docs/protocol.md section 4.5. A client that stops reading is found by time, not only by the
-//! length of its outbound queue, because the kernel's buffers would otherwise hide it.
+//! A client socket: [`Lane`], one TCP connection that its session reads and writes as a
+//! stream and that the fan-out may also write whole frames to directly (an "express"
+//! write: no queue, no wake-up of the session) while nothing else is waiting to go out;
+//! and [`Watched`], which notices when a socket stops taking bytes (the write timeout of
+//! docs/protocol.md section 4.5). A client that stops reading is found by time, not only by
+//! the length of its outbound queue, because the kernel's buffers would otherwise hide it.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
+
+/// One accepted TCP connection, shared by its stream ([`LaneIo`], what HTTP and then the
+/// WebSocket session read and write) and by express writes ([`Lane::try_send`]). One small
+/// lock orders the two: an express write goes out only at a frame boundary of the stream
+/// (nothing of the stream's is half written or waiting), and when the socket takes only
+/// part of it, the rest goes out before any later byte of the stream.
+#[derive(Debug)]
+pub struct Lane {
+    tcp: TcpStream,
+    gate: Mutex<Gate>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    /// The stream's last write was refused or taken only in part: its writer holds bytes
+    /// that must go out before anything else.
+    held: bool,
+    /// The rest of an express write the socket took only in part (empty: none).
+    backlog: Box<[u8]>,
+}
+
+/// What an express write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The socket took all of it.
+    All,
+    /// The socket took part of it; the rest goes out at the stream's next write or flush,
+    /// which the caller must cause (the session's flush).
+    Part,
+    /// Nothing was written: the stream holds bytes, or the socket is full or failed. The
+    /// caller queues the frame for the session as usual.
+    Not,
+}
+
+impl Lane {
+    /// Shares an accepted socket.
+    pub fn new(tcp: TcpStream) -> Arc<Self> {
+        Arc::new(Lane {
+            tcp,
+            gate: Mutex::new(Gate::default()),
+        })
+    }
+
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `parts` (one frame) now if the socket is at a frame boundary and takes bytes;
+    /// never waits.
+    pub fn try_send(&self, parts: &[&[u8]]) -> Sent {
+        let mut g = self.gate();
+        if g.held || !g.backlog.is_empty() {
+            return Sent::Not;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let slices: [io::IoSlice<'_>; 2] = match parts {
+            [a] => [io::IoSlice::new(a), io::IoSlice::new(&[])],
+            [a, b] => [io::IoSlice::new(a), io::IoSlice::new(b)],
+            _ => return Sent::Not,
+        };
+        match self.tcp.try_write_vectored(&slices) {
+            Ok(n) if n >= total => Sent::All,
+            Ok(0) | Err(_) => Sent::Not,
+            Ok(n) => {
+                let mut rest = Vec::with_capacity(total - n);
+                let mut skip = n;
+                for p in parts {
+                    let k = skip.min(p.len());
+                    rest.extend_from_slice(&p[k..]);
+                    skip -= k;
+                }
+                g.backlog = rest.into_boxed_slice();
+                Sent::Part
+            }
+        }
+    }
+
+    /// Writes what is left of an express write; ready when none is left.
+    fn poll_backlog(&self, g: &mut Gate, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !g.backlog.is_empty() {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tcp.try_write(&g.backlog) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => g.backlog = g.backlog[n..].into(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The stream side of a [`Lane`]: what hyper serves and the WebSocket session reads and
+/// writes.
+#[derive(Debug)]
+pub struct LaneIo(pub Arc<Lane>);
+
+impl AsyncRead for LaneIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let tcp = &self.0.tcp;
+        loop {
+            ready!(tcp.poll_read_ready(cx))?;
+            match tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for LaneIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let lane = &*self.0;
+        let mut g = lane.gate();
+        // Whatever this returns but "all of it", the writer above keeps bytes for later:
+        // no express write may go out before them.
+        g.held = true;
+        ready!(lane.poll_backlog(&mut g, cx))?;
+        loop {
+            ready!(lane.tcp.poll_write_ready(cx))?;
+            match lane.tcp.try_write(buf) {
+                Ok(n) => {
+                    g.held = n < buf.len();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let lane = &*self.0;
+        let mut g = lane.gate();
+        lane.poll_backlog(&mut g, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let lane = &*self.0;
+        {
+            let mut g = lane.gate();
+            ready!(lane.poll_backlog(&mut g, cx))?;
+        }
+        Poll::Ready(socket2::SockRef::from(&lane.tcp).shutdown(std::net::Shutdown::Write))
+    }
+}
 
 /// A socket whose writes fail with [`Stalled`] once it has accepted no bytes for the
 /// write timeout while a write waits. The timer exists only while the socket is full, so
@@ -118,7 +281,57 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Express writes fill a real socket until one goes out in part; from then on no
+    /// express write is taken, and the stream's next bytes go out only after the rest of
+    /// that frame: the reader sees every express byte before any stream byte.
+    #[tokio::test]
+    async fn a_partial_express_write_goes_out_whole_before_the_stream() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let _ = socket2::SockRef::from(&server).set_send_buffer_size(4096);
+        let lane = Lane::new(server);
+        let chunk = [b'a'; 1000];
+        let mut express = 0usize;
+        loop {
+            match lane.try_send(&[&chunk[..10], &chunk[10..]]) {
+                Sent::All => express += chunk.len(),
+                Sent::Part => {
+                    express += chunk.len();
+                    break;
+                }
+                Sent::Not => panic!("a socket with room refused an express write"),
+            }
+            assert!(express < 64 << 20, "the socket never filled");
+        }
+        assert_eq!(
+            lane.try_send(&[b"x"]),
+            Sent::Not,
+            "the rest of a frame waits first"
+        );
+        let mut io = LaneIo(lane.clone());
+        let stream_bytes = vec![b'b'; 5000];
+        let writer = tokio::spawn(async move {
+            io.write_all(&stream_bytes).await.expect("stream write");
+            io.flush().await.expect("flush");
+            io
+        });
+        let mut got = vec![0u8; express + 5000];
+        client.read_exact(&mut got).await.expect("read all");
+        let firsts = got.iter().take_while(|b| **b == b'a').count();
+        assert_eq!(
+            firsts, express,
+            "every express byte comes before the stream's"
+        );
+        assert!(got[express..].iter().all(|b| *b == b'b'));
+        let _io = writer.await.expect("writer");
+        assert_eq!(lane.try_send(&[b"x"]), Sent::All, "at a boundary again");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_socket_that_takes_nothing_fails_after_the_limit_and_one_that_reads_does_not() {

@@ -105,16 +105,16 @@ impl Conn {
     /// Joins a room (again: a re-join replays and is otherwise a no-op): live delivery
     /// starts first, into the mailbox, which the caller does not read until the join is
     /// answered; presence and history are read after, at once; what both hold is dropped
-    /// by offset ([`super::Joined::admit`]). A first join that fails is undone.
+    /// by offset ([`crate::hub::Joined::admit`]). A first join that fails is undone.
     pub async fn join(&self, active: &mut Active, args: &JoinArgs) -> Result<History, JoinRefused> {
         let node = &self.node;
         let room = &args.room;
-        let rejoin = active.rooms.get(room).is_some();
+        let rejoin = self.joined(room);
         if !args.at_connect {
             may_join(node, &active.who, room)?;
             ask_join_hook(node, &active.who, room, rejoin).await?;
         }
-        if !rejoin && active.rooms.len() >= node.cfg.max_rooms {
+        if !rejoin && self.mailbox.floors(|f| f.len()) >= node.cfg.max_rooms {
             return Err(JoinRefused::RoomLimit(node.cfg.max_rooms));
         }
         if !rejoin {
@@ -154,7 +154,7 @@ impl Conn {
         }
         match read {
             Ok(h) => {
-                active.rooms.raise(room, h.offset);
+                self.mailbox.floors(|f| f.raise(room, h.offset));
                 Ok(h)
             }
             Err(e) => {
@@ -184,7 +184,7 @@ impl Conn {
 
     /// Leaves a room this connection had joined: live delivery and presence.
     pub async fn leave(&self, active: &mut Active, room: &RoomName) {
-        active.rooms.remove(room);
+        self.mailbox.floors(|f| f.remove(room));
         self.node.hub.leave(room, &self.id);
         if let Err(e) = self
             .node

@@ -1,5 +1,5 @@
 //! The connection core, free of any transport: who a connection is ([`Active`]), the
-//! rooms it joined and their floors ([`Joined`]), admission, the connect hook and the
+//! rooms it joins (their floors live in its mailbox, [`crate::hub::Joined`]), admission, the connect hook and the
 //! rooms joined at connect, join/leave, token refresh and expiry, the one dispatch of a
 //! client's messages ([`Conn::handle`]), and the cleanup when it ends (hub, presence,
 //! metrics, its place in the counts). The WebSocket session ([`crate::ws`]) and the SSE
@@ -7,11 +7,9 @@
 
 mod admission;
 mod join;
-mod joined;
 
 pub use admission::{admit, client_addr, gate, http_identity, Admission, Refused};
 pub use join::{ask_join_hook, may_join, JoinArgs, JoinRefused, Recover};
-pub use joined::Joined;
 
 use crate::auth::{AuthError, Identity};
 use crate::commands::{self, Command, ConnectionCommand};
@@ -46,8 +44,6 @@ pub struct Conn {
 pub struct Active {
     /// Who it is; shared with the requests in flight.
     pub who: Arc<Identity>,
-    /// Joined rooms and the last offset delivered in each.
-    pub rooms: Joined,
     /// When the token stops being valid (exp plus leeway).
     pub expires: Option<Instant>,
 }
@@ -166,7 +162,6 @@ impl Conn {
         Active {
             expires: self.expiry_deadline(&who),
             who: Arc::new(who),
-            rooms: Joined::default(),
         }
     }
 
@@ -217,7 +212,7 @@ impl Conn {
                 Handled::Reply(self.join_reply(active, args).await)
             }
             ConnectionCommand::Leave { room, id } => {
-                if active.rooms.get(&room).is_none() {
+                if !self.joined(&room) {
                     Handled::Reply(ServerMessage::error(
                         roomcast_protocol::ErrorCode::NotJoined,
                         format!("not in room {room}"),
@@ -268,12 +263,12 @@ impl Conn {
         active.expires = self.expiry_deadline(&who);
         let exp = who.exp.unwrap_or(0);
         active.who = Arc::new(who);
-        let lost: Vec<RoomName> = active
-            .rooms
-            .names()
-            .filter(|r| !active.who.may_join(r, node.auth.default_policy))
-            .cloned()
-            .collect();
+        let lost: Vec<RoomName> = self.mailbox.floors(|f| {
+            f.names()
+                .filter(|r| !active.who.may_join(r, node.auth.default_policy))
+                .cloned()
+                .collect()
+        });
         let mut replies = Vec::with_capacity(lost.len() + 1);
         for room in lost {
             self.leave(active, &room).await;
@@ -292,8 +287,8 @@ impl Conn {
         self.mailbox.close();
         let Some(active) = active else { return };
         self.node.hub.remove_user(&self.member(&active.who));
-        for room in active.rooms.names() {
-            self.node.hub.leave(room, &self.id);
+        for room in self.rooms() {
+            self.node.hub.leave(&room, &self.id);
         }
         if let Some(d) = end.filter(|d| d.is_slow_consumer()) {
             tracing::warn!(session = %self.id, user = %active.who.user, reason = d.reason, "slow consumer closed (4008)");
@@ -304,7 +299,8 @@ impl Conn {
     /// timeout; an entry that cannot be removed expires).
     pub async fn leave_presence(&self, active: Option<&Active>) {
         let Some(active) = active else { return };
-        let leaves = active.rooms.names().map(|room| {
+        let rooms = self.rooms();
+        let leaves = rooms.iter().map(|room| {
             self.node
                 .bus
                 .presence_leave(room, &active.who.user, &self.id)
@@ -319,7 +315,7 @@ impl Conn {
     /// [`Conn::leave_presence`] for a transport that ends in a `Drop` (SSE): the rooms are
     /// taken from `active` and left in a task of the node's, bounded by the bus timeout.
     pub fn leave_presence_later(&self, active: &mut Active) {
-        let rooms = std::mem::take(&mut active.rooms);
+        let rooms = self.mailbox.floors(std::mem::take);
         if rooms.is_empty() {
             return;
         }
@@ -329,6 +325,16 @@ impl Conn {
                 let _ = node.bus.presence_leave(room, &user, &conn).await;
             }
         });
+    }
+
+    /// Whether this connection is in `room`.
+    pub fn joined(&self, room: &RoomName) -> bool {
+        self.mailbox.floors(|f| f.get(room).is_some())
+    }
+
+    /// The rooms this connection is in, in name order.
+    pub fn rooms(&self) -> Vec<RoomName> {
+        self.mailbox.floors(|f| f.names().cloned().collect())
     }
 
     /// Counts a close the node asked for in the `closes` metric.

@@ -1,8 +1,13 @@
-//! A connection's mailbox: its bounded queue of encoded frames and its close request,
-//! read by the connection's one task and filled by the hub's fan-out without waiting.
+//! A connection's mailbox: what the node has for it and what it was sent. Its bounded
+//! queue of encoded frames, its close request, the rooms it joined with the last offset
+//! delivered in each (its floors, [`Joined`]), and, for a WebSocket, an express lane: the
+//! fan-out writes a frame straight to the socket when the connection's task waits with
+//! nothing queued, instead of queueing it and waking the task. Read by the connection's
+//! one task and filled by the hub's fan-out without waiting.
 
-use super::{lock, Outbound, Wire};
+use super::{lock, Joined, Outbound, Payload, Wire};
 use crate::metrics::Metrics;
+use crate::socket::Sent;
 use futures_util::task::AtomicWaker;
 use roomcast_protocol::{close, UserId};
 use std::collections::VecDeque;
@@ -10,11 +15,19 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-/// A connection's inbox: its bounded queue of frames and a close request, behind one
-/// small lock and one wake-up, so that an idle connection waits on a single future.
+/// A socket a frame can be written to at once, never waiting: the WebSocket's lane.
+pub trait Express: Send + Sync + std::fmt::Debug {
+    /// Writes one frame now, all of it, part of it (the rest then waits in the socket for
+    /// the next flush) or none of it.
+    fn send(&self, payload: &Payload) -> Sent;
+}
+
+/// A connection's inbox: its bounded queue of frames, its floors and a close request,
+/// behind one small lock and one wake-up, so that an idle connection waits on a single
+/// future.
 #[derive(Debug)]
 pub struct Mailbox {
-    queue: Mutex<VecDeque<Outbound>>,
+    inbox: Mutex<Inbox>,
     cap: usize,
     /// The one reader's waker (its session or SSE stream): lighter than a `Notify`, and
     /// the reader's future stays a pointer wide (it is in every idle connection).
@@ -23,11 +36,26 @@ pub struct Mailbox {
     closed: AtomicBool,
 }
 
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: VecDeque<Outbound>,
+    /// The rooms joined and the last offset delivered in each: the one copy, read by the
+    /// reader when it takes a frame and by an express write.
+    rooms: Joined,
+    /// The reader waits with nothing to do: a frame may go out express.
+    idle: bool,
+    /// An express write went out in part: the reader must flush the socket.
+    flush: bool,
+    express: Option<Arc<dyn Express>>,
+}
+
 /// What a connection's task takes from its mailbox.
 #[derive(Debug)]
 pub enum Mail {
-    /// A frame to write.
+    /// A frame to write (already admitted by the floors).
     Frame(Outbound),
+    /// An express write left bytes in the socket: flush it.
+    Flush,
     /// Close with this code.
     Kick(u16),
 }
@@ -36,12 +64,34 @@ impl Mailbox {
     /// An empty mailbox holding at most `cap` frames.
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Mailbox {
-            queue: Mutex::new(VecDeque::new()),
+            inbox: Mutex::new(Inbox::default()),
             cap: cap.max(1),
             waker: AtomicWaker::new(),
             kick: AtomicU16::new(0),
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// Gives the mailbox a socket for express writes (a WebSocket session, once upgraded).
+    pub fn attach(&self, express: Arc<dyn Express>) {
+        lock(&self.inbox).express = Some(express);
+    }
+
+    /// The reader is about to wait: from now until [`Mailbox::busy`], frames may go out
+    /// express, unless something is queued.
+    pub fn idle(&self) {
+        let mut g = lock(&self.inbox);
+        g.idle = g.queue.is_empty() && !g.flush;
+    }
+
+    /// The reader has work (and may write to the socket itself): frames are queued.
+    pub fn busy(&self) {
+        lock(&self.inbox).idle = false;
+    }
+
+    /// Reads or changes the floors (see [`Joined`]).
+    pub fn floors<R>(&self, f: impl FnOnce(&mut Joined) -> R) -> R {
+        f(&mut lock(&self.inbox).rooms)
     }
 
     /// Asks the connection to close with `code` (the first code asked wins).
@@ -55,35 +105,63 @@ impl Mailbox {
         }
     }
 
-    /// Queues a frame without waiting. A full queue drops a volatile frame and closes the
-    /// connection (4008) for anything else. Returns whether it was queued.
+    /// Delivers a frame without waiting: express when the reader is idle with nothing
+    /// queued and the socket takes it, else queued. A full queue drops a volatile frame
+    /// and closes the connection (4008) for anything else. Returns whether it was
+    /// delivered (a frame the floors refuse counts as delivered: the reader would have
+    /// dropped it the same way).
     pub(super) fn push(&self, item: Outbound, volatile: bool, metrics: &Metrics) -> bool {
         if self.closed.load(Ordering::Relaxed) || self.kick.load(Ordering::Relaxed) != 0 {
             return false;
         }
         {
-            let mut q = lock(&self.queue);
-            if q.len() >= self.cap {
-                drop(q);
+            let mut g = lock(&self.inbox);
+            if g.idle && g.queue.is_empty() {
+                if let Some(x) = &g.express {
+                    if !g.rooms.admits(&item) {
+                        return true;
+                    }
+                    match x.send(&item.payload) {
+                        Sent::All => {
+                            g.rooms.admit(&item);
+                            metrics.express_writes.inc();
+                            return true;
+                        }
+                        Sent::Part => {
+                            g.rooms.admit(&item);
+                            g.idle = false;
+                            g.flush = true;
+                            drop(g);
+                            metrics.express_writes.inc();
+                            self.waker.wake();
+                            return true;
+                        }
+                        Sent::Not => {}
+                    }
+                }
+            }
+            if g.queue.len() >= self.cap {
+                drop(g);
                 if !volatile {
                     metrics.slow_consumer_closes.inc();
                     self.kick(close::SLOW_CONSUMER);
                 }
                 return false;
             }
-            q.push_back(item);
+            g.queue.push_back(item);
+            g.idle = false;
         }
         self.waker.wake();
         true
     }
 
-    /// The next frame, or the close request; waits until there is one. Only one task
+    /// The next frame, flush or close request; waits until there is one. Only one task
     /// reads a mailbox.
     pub fn next(&self) -> impl std::future::Future<Output = Mail> + '_ {
         std::future::poll_fn(move |cx| self.poll_next(cx))
     }
 
-    /// Polls for the next frame or close request, waking the reader when one comes.
+    /// Polls for the next frame, flush or close request, waking the reader when one comes.
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Mail> {
         if let Some(m) = self.ready() {
             return Poll::Ready(m);
@@ -120,18 +198,43 @@ impl Mailbox {
         if code != 0 {
             return Some(Mail::Kick(code));
         }
-        self.try_next().map(Mail::Frame)
+        let mut g = lock(&self.inbox);
+        if std::mem::take(&mut g.flush) {
+            return Some(Mail::Flush);
+        }
+        Self::pop(&mut g).map(Mail::Frame)
     }
 
-    /// The next frame if one is queued.
+    /// The next queued frame the floors admit (raising them), dropping those they refuse:
+    /// messages of rooms left since, and repeats of what a recovering join replayed.
+    fn pop(g: &mut Inbox) -> Option<Outbound> {
+        while let Some(f) = g.queue.pop_front() {
+            if g.rooms.admit(&f) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    /// The next frame if one is queued (see [`Mailbox::next`]).
     pub fn try_next(&self) -> Option<Outbound> {
-        lock(&self.queue).pop_front()
+        Self::pop(&mut lock(&self.inbox))
     }
 
-    /// Refuses further frames and drops the queued ones (the connection is gone).
+    /// Everything queued, as queued (no floors): for tests of the fan-out.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> Vec<Outbound> {
+        lock(&self.inbox).queue.drain(..).collect()
+    }
+
+    /// Refuses further frames and drops the queued ones and the express lane (the
+    /// connection is gone); the floors stay, for the leaves that follow.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        lock(&self.queue).clear();
+        let mut g = lock(&self.inbox);
+        g.queue.clear();
+        g.idle = false;
+        g.express = None;
     }
 }
 
@@ -173,7 +276,7 @@ pub(super) async fn kick_spread(all: &[Arc<Mailbox>], code: u16, spread: std::ti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Frame, Payload};
+    use crate::hub::Frame;
     use bytes::Bytes;
 
     #[test]
@@ -199,6 +302,96 @@ mod tests {
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
     }
 
+    /// A socket that takes what it is told to and records it.
+    #[derive(Debug, Default)]
+    struct Fake {
+        answer: Mutex<Option<Sent>>,
+        got: Mutex<Vec<u64>>,
+    }
+
+    impl Express for Fake {
+        fn send(&self, payload: &Payload) -> Sent {
+            let a = lock(&self.answer).unwrap_or(Sent::All);
+            if a != Sent::Not {
+                let Payload::Binary(b) = payload else {
+                    panic!("binary only")
+                };
+                lock(&self.got).push(u64::from(b[0]));
+            }
+            a
+        }
+    }
+
+    fn msg(room: &str, offset: u64) -> Outbound {
+        Arc::new(Frame {
+            room: Some(roomcast_protocol::RoomName::new(room).expect("room")),
+            offset: Some(offset),
+            payload: Payload::Binary(Bytes::from(vec![offset as u8])),
+        })
+    }
+
+    fn queued_offsets(m: &Mailbox) -> Vec<u64> {
+        std::iter::from_fn(|| m.try_next())
+            .filter_map(|f| f.offset)
+            .collect()
+    }
+
+    /// Express writes go out only while the reader is idle with nothing queued, and only
+    /// what the floors admit (raising them); everything else is queued as before, and a
+    /// partial write asks the reader to flush.
+    #[test]
+    fn express_writes_follow_the_floors_and_the_reader() {
+        let metrics = Metrics::new();
+        let fake = Arc::new(Fake::default());
+        let m = Mailbox::new(8);
+        m.attach(fake.clone());
+        let room = roomcast_protocol::RoomName::new("r").expect("room");
+        m.floors(|f| f.raise(&room, 5));
+
+        // Busy (the default): queued, and the reader's floors drop the repeat.
+        assert!(m.push(msg("r", 5), false, &metrics));
+        assert!(m.push(msg("r", 6), false, &metrics));
+        assert_eq!(queued_offsets(&m), vec![6]);
+        assert!(lock(&fake.got).is_empty());
+
+        // Idle: express, past the floor only; a room not joined is dropped.
+        m.idle();
+        assert!(
+            m.push(msg("r", 6), false, &metrics),
+            "a repeat is dropped quietly"
+        );
+        assert!(m.push(msg("r", 7), false, &metrics));
+        assert!(m.push(msg("other", 1), false, &metrics));
+        assert_eq!(*lock(&fake.got), vec![7]);
+        assert_eq!(m.floors(|f| f.get(&room)), Some(7));
+        assert_eq!(metrics.express_writes.get(), 1);
+        assert!(m.try_next().is_none());
+
+        // The socket refuses: queued, and the floor is not raised by the refusal.
+        *lock(&fake.answer) = Some(Sent::Not);
+        assert!(m.push(msg("r", 8), false, &metrics));
+        // Something queued: nothing goes express until the reader has taken it.
+        *lock(&fake.answer) = None;
+        assert!(m.push(msg("r", 9), false, &metrics));
+        assert_eq!(queued_offsets(&m), vec![8, 9]);
+        assert_eq!(*lock(&fake.got), vec![7]);
+
+        // A partial write: the reader is told to flush, and is no longer idle.
+        m.idle();
+        *lock(&fake.answer) = Some(Sent::Part);
+        assert!(m.push(msg("r", 10), false, &metrics));
+        assert!(matches!(m.ready(), Some(Mail::Flush)));
+        *lock(&fake.answer) = None;
+        assert!(m.push(msg("r", 11), false, &metrics));
+        assert_eq!(queued_offsets(&m), vec![11]);
+
+        // A closed mailbox writes nothing.
+        m.idle();
+        m.close();
+        assert!(!m.push(msg("r", 12), false, &metrics));
+        assert_eq!(*lock(&fake.got), vec![7, 10]);
+    }
+
     #[tokio::test]
     async fn mailbox_wakes_on_push_and_on_kick() {
         let metrics = Arc::new(Metrics::new());
@@ -217,7 +410,7 @@ mod tests {
         });
         match m.next().await {
             Mail::Frame(f) => assert_eq!(f.offset, Some(7)),
-            Mail::Kick(c) => panic!("unexpected kick {c}"),
+            other => panic!("unexpected {other:?}"),
         }
         assert!(pusher.await.expect("pusher"));
         m.kick(close::GOING_AWAY);

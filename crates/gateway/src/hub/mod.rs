@@ -8,13 +8,15 @@
 //! bus's events delivered to members).
 
 mod fanout;
+pub mod joined;
 pub mod mailbox;
 pub mod registry;
 #[cfg(test)]
 mod tests;
 pub mod wire;
 
-pub use mailbox::{Mail, Mailbox, Member};
+pub use joined::Joined;
+pub use mailbox::{Express, Mail, Mailbox, Member};
 pub use registry::Hub;
 pub use wire::{encode_for, Frame, Outbound, Payload, Wire};
 

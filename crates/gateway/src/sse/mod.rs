@@ -195,17 +195,22 @@ impl SseStream {
     /// (`id: a:2,b:7`). Browsers record it as the last event id without firing an event,
     /// so a reconnect's `Last-Event-ID` resumes every room of the stream, not only the
     /// room of the last event.
+    fn rooms_len(&self) -> usize {
+        self.conn.mailbox.floors(|f| f.len())
+    }
+
     fn with_positions(&self, event: &[u8]) -> Bytes {
-        let floors = &self.active.rooms;
-        let mut out = Vec::with_capacity(event.len() + 16 * floors.len() + 8);
+        let mut out = Vec::with_capacity(event.len() + 64);
         out.extend_from_slice(event);
         out.extend_from_slice(b"id: ");
-        for (i, (room, offset)) in floors.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+        self.conn.mailbox.floors(|floors| {
+            for (i, (room, offset)) in floors.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(format!("{room}:{offset}").as_bytes());
             }
-            out.extend_from_slice(format!("{room}:{offset}").as_bytes());
-        }
+        });
         out.extend_from_slice(b"\n\n");
         Bytes::from(out)
     }
@@ -213,7 +218,7 @@ impl SseStream {
     /// The next chunk of the stream, or `None` when it ends (drain and other kicks, expiry).
     async fn next(&mut self) -> Option<Bytes> {
         if let Some(p) = self.prelude.take() {
-            if self.active.rooms.len() > 1 {
+            if self.rooms_len() > 1 {
                 return Some(self.with_positions(p.as_bytes()));
             }
             return Some(Bytes::from(p));
@@ -230,12 +235,11 @@ impl SseStream {
                             return None;
                         }
                         Mail::Frame(f) => f,
+                        // SSE has no express lane: nothing to flush.
+                        Mail::Flush => continue,
                     };
-                    if !self.active.rooms.admit(&frame) {
-                        continue;
-                    }
                     match &frame.payload {
-                        Payload::Text(t) if frame.offset.is_some() && self.active.rooms.len() > 1 => {
+                        Payload::Text(t) if frame.offset.is_some() && self.rooms_len() > 1 => {
                             return Some(self.with_positions(t.as_bytes()));
                         }
                         Payload::Text(t) => return Some(Bytes::from(t.clone())),

@@ -9,7 +9,9 @@ pub use session::{AtConnect, Setup};
 
 use crate::conn::{self, Conn};
 use crate::http::util::{base64_decode, bearer, full, query_param, text, Body};
+use crate::hub::{Express, Payload};
 use crate::node::Node;
+use crate::socket::{Lane, Sent};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -141,6 +143,9 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Res
         .max_write_buffer_size(node.cfg.max_message_size * 4 + 1024 * 1024)
         .max_message_size(Some(node.cfg.max_message_size * 4))
         .max_frame_size(Some(node.cfg.max_message_size * 4));
+    // The accepted socket, for express writes once the session runs (lib.rs puts it on
+    // every request).
+    let lane = req.extensions().get::<Arc<Lane>>().cloned();
     let n = node.clone();
     let fut = async move {
         let upgraded = match hyper::upgrade::on(req).await {
@@ -155,6 +160,9 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Res
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
+        if let Some(lane) = lane {
+            conn.mailbox.attach(lane);
+        }
         let setup = Setup {
             conn,
             encoding,
@@ -167,4 +175,63 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Res
     };
     node.tasks.spawn_session(fut);
     resp
+}
+
+/// A server frame's header (RFC 6455 section 5.2: FIN, the opcode, the payload length,
+/// no mask) in `buf`; returns its length.
+fn frame_header(opcode: u8, len: usize, buf: &mut [u8; 10]) -> usize {
+    buf[0] = 0x80 | opcode;
+    if len < 126 {
+        buf[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        buf[1] = 126;
+        buf[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        buf[1] = 127;
+        buf[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Express writes to a WebSocket: the frame's header and the shared payload, in one
+/// `writev`, straight from the fan-out.
+impl Express for Lane {
+    fn send(&self, payload: &Payload) -> Sent {
+        let (opcode, bytes): (u8, &[u8]) = match payload {
+            Payload::Text(t) => (0x1, t.as_bytes()),
+            Payload::Binary(b) => (0x2, b),
+        };
+        let mut head = [0u8; 10];
+        let n = frame_header(opcode, bytes.len(), &mut head);
+        self.try_send(&[&head[..n], bytes])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_header;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    /// The express header is the one tungstenite writes for the same message, at each of
+    /// the three length encodings.
+    #[test]
+    fn express_headers_match_tungstenite() {
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            for binary in [false, true] {
+                let payload = vec![b'a'; len];
+                let data = if binary { Data::Binary } else { Data::Text };
+                let frame = Frame::message(payload.clone(), OpCode::Data(data), true);
+                let mut want = Vec::new();
+                frame.format(&mut want).expect("format");
+                let mut head = [0u8; 10];
+                let n = frame_header(if binary { 2 } else { 1 }, len, &mut head);
+                let mut got = head[..n].to_vec();
+                got.extend_from_slice(&payload);
+                assert_eq!(got, want, "len {len} binary {binary}");
+            }
+        }
+    }
 }

@@ -68,6 +68,8 @@ enum Event {
     Reply(ServerMessage),
     /// The first of the queued frames.
     Mail(Outbound),
+    /// An express write left bytes in the socket.
+    Flush,
     /// A frame from the client.
     Frame(Message),
 }
@@ -260,6 +262,9 @@ where
             // Each branch either ends the session or names the work to do; the work runs
             // in one boxed future, so that its state (an encoder, a reply, a write in
             // progress) is not part of every idle connection's task.
+            // While the session waits here, the fan-out may write frames to the socket
+            // itself (express) instead of queueing them and waking this task.
+            self.conn.mailbox.idle();
             let event = tokio::select! {
                 biased;
                 _ = &mut timer => match due {
@@ -284,6 +289,7 @@ where
                 mail = self.conn.mailbox.next() => match mail {
                     Mail::Kick(code) => return End::Close(Disconnect::kicked(code)),
                     Mail::Frame(item) => Event::Mail(item),
+                    Mail::Flush => Event::Flush,
                 },
                 frame = self.ws.next(), if self.pending_len() < max_pending => {
                     self.last_seen = Instant::now();
@@ -297,6 +303,7 @@ where
                     }
                 }
             };
+            self.conn.mailbox.busy();
             if let Err(end) = self.work(state, event).await {
                 return end;
             }
@@ -315,6 +322,7 @@ where
             Event::Ping => Box::pin(self.ping()),
             Event::Reply(r) => Box::pin(self.reply_owned(r)),
             Event::Mail(item) => Box::pin(self.write_batch(state, item)),
+            Event::Flush => Box::pin(self.flush()),
             Event::Frame(msg) => Box::pin(self.on_frame(state, msg)),
         }
     }
@@ -359,20 +367,18 @@ where
 
     /// Writes one queued item and whatever else is queued (up to a batch), then flushes once.
     async fn write_batch(&mut self, state: &mut State, first: Outbound) -> Result<(), End> {
-        let State::Active(active) = state else {
+        if !matches!(state, State::Active(_)) {
             return Ok(());
-        };
+        }
         let mut item = Some(first);
         let mut n = 0;
         while let Some(it) = item.take() {
-            if active.rooms.admit(&it) {
-                let msg = match &it.payload {
-                    Payload::Text(t) => Message::Text(t.clone()),
-                    Payload::Binary(b) => Message::Binary(b.clone()),
-                };
-                self.send(msg).await?;
-                n += 1;
-            }
+            let msg = match &it.payload {
+                Payload::Text(t) => Message::Text(t.clone()),
+                Payload::Binary(b) => Message::Binary(b.clone()),
+            };
+            self.send(msg).await?;
+            n += 1;
             if n < 64 {
                 item = self.conn.mailbox.try_next();
             }

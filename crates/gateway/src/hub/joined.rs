@@ -1,13 +1,13 @@
 //! The rooms a connection joined and the last offset delivered in each (its floor), and
 //! the rule that decides whether a queued frame goes out.
 
-use crate::hub::Frame;
+use super::Frame;
 use roomcast_protocol::RoomName;
 
 /// The rooms a connection joined, each with the last offset delivered there: a sorted
 /// vector rather than a map, as most connections join a few rooms (a map's smallest table
 /// is four entries and a control block, in every connection).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Joined(Vec<(RoomName, u64)>);
 
 impl Joined {
@@ -68,6 +68,15 @@ impl Joined {
     /// The joined rooms and their last offsets, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&RoomName, u64)> {
         self.0.iter().map(|(r, o)| (r, *o))
+    }
+
+    /// Whether [`Joined::admit`] would let `frame` out, without raising anything.
+    pub fn admits(&self, frame: &Frame) -> bool {
+        let Some(room) = &frame.room else { return true };
+        match self.get(room) {
+            None => false,
+            Some(last) => frame.offset.is_none_or(|o| o > last),
+        }
     }
 
     /// Decides whether a queued frame goes out: room messages only for joined rooms and

@@ -1,12 +1,18 @@
 //! The rooms a connection joined and the last offset delivered in each (its floor), and
-//! the rule that decides whether a queued frame goes out.
+//! the rule that decides whether a frame goes out (queued or express).
 
 use super::Frame;
 use roomcast_protocol::RoomName;
 
+/// A frame the floors do not let out: its room is not joined, or its offset was
+/// delivered already.
+#[derive(Debug)]
+pub struct Refused;
+
 /// The rooms a connection joined, each with the last offset delivered there: a sorted
 /// vector rather than a map, as most connections join a few rooms (a map's smallest table
-/// is four entries and a control block, in every connection).
+/// is four entries and a control block, in every connection). It lives in the
+/// connection's mailbox, read by the session and by express writes alike.
 #[derive(Debug, Default)]
 pub struct Joined(Vec<(RoomName, u64)>);
 
@@ -70,12 +76,18 @@ impl Joined {
         self.0.iter().map(|(r, o)| (r, *o))
     }
 
-    /// Whether [`Joined::admit`] would let `frame` out, without raising anything.
-    pub fn admits(&self, frame: &Frame) -> bool {
-        let Some(room) = &frame.room else { return true };
-        match self.get(room) {
-            None => false,
-            Some(last) => frame.offset.is_none_or(|o| o > last),
+    /// [`Joined::admit`] in two steps, for a frame that may not go out after all: `Err`
+    /// when the floors refuse it, else the floor to raise to its offset once it went out
+    /// (`None`: nothing to raise).
+    pub fn admission(&mut self, frame: &Frame) -> Result<Option<(&mut u64, u64)>, Refused> {
+        let Some(room) = &frame.room else {
+            return Ok(None);
+        };
+        let last = self.get_mut(room).ok_or(Refused)?;
+        match frame.offset {
+            None => Ok(None),
+            Some(o) if o <= *last => Err(Refused),
+            Some(o) => Ok(Some((last, o))),
         }
     }
 

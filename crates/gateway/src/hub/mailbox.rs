@@ -116,28 +116,29 @@ impl Mailbox {
         }
         {
             let mut g = lock(&self.inbox);
-            if g.idle && g.queue.is_empty() {
-                if let Some(x) = &g.express {
-                    if !g.rooms.admits(&item) {
+            let inbox = &mut *g;
+            if let (true, true, Some(x)) = (inbox.idle, inbox.queue.is_empty(), &inbox.express)
+            {
+                let Ok(raise) = inbox.rooms.admission(&item) else {
+                    return true;
+                };
+                let sent = x.send(&item.payload);
+                if sent != Sent::Not {
+                    if let Some((last, offset)) = raise {
+                        *last = offset;
+                    }
+                    metrics.express_writes.inc();
+                }
+                match sent {
+                    Sent::All => return true,
+                    Sent::Part => {
+                        inbox.idle = false;
+                        inbox.flush = true;
+                        drop(g);
+                        self.waker.wake();
                         return true;
                     }
-                    match x.send(&item.payload) {
-                        Sent::All => {
-                            g.rooms.admit(&item);
-                            metrics.express_writes.inc();
-                            return true;
-                        }
-                        Sent::Part => {
-                            g.rooms.admit(&item);
-                            g.idle = false;
-                            g.flush = true;
-                            drop(g);
-                            metrics.express_writes.inc();
-                            self.waker.wake();
-                            return true;
-                        }
-                        Sent::Not => {}
-                    }
+                    Sent::Not => {}
                 }
             }
             if g.queue.len() >= self.cap {

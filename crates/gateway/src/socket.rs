@@ -91,6 +91,21 @@ impl Lane {
         }
     }
 
+    /// Keeps the rest of a frame the stream's writer gave up on half written (a kick while
+    /// the socket was full): it goes out before any later byte, so that what follows (the
+    /// Close) starts at a frame boundary.
+    pub fn defer(&self, parts: &[&[u8]]) {
+        let mut g = self.gate();
+        let mut rest =
+            Vec::with_capacity(g.backlog.len() + parts.iter().map(|p| p.len()).sum::<usize>());
+        rest.extend_from_slice(&g.backlog);
+        for p in parts {
+            rest.extend_from_slice(p);
+        }
+        g.backlog = rest.into_boxed_slice();
+        g.held = false;
+    }
+
     /// Writes what is left of an express write; ready when none is left.
     fn poll_backlog(&self, g: &mut Gate, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !g.backlog.is_empty() {
@@ -155,6 +170,33 @@ impl AsyncWrite for LaneIo {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let lane = &*self.0;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut g = lane.gate();
+        g.held = true;
+        ready!(lane.poll_backlog(&mut g, cx))?;
+        loop {
+            ready!(lane.tcp.poll_write_ready(cx))?;
+            match lane.tcp.try_write_vectored(bufs) {
+                Ok(n) => {
+                    g.held = n < total;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

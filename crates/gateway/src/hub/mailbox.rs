@@ -20,6 +20,9 @@ pub trait Express: Send + Sync + std::fmt::Debug {
     /// Writes one frame now, all of it, part of it (the rest then waits in the socket for
     /// the next flush) or none of it.
     fn send(&self, payload: &Payload) -> Sent;
+
+    /// Keeps the rest of a frame its session gave up on half written, to go out first.
+    fn defer(&self, rest: &[&[u8]]);
 }
 
 /// A connection's inbox: its bounded queue of frames, its floors and a close request,
@@ -89,6 +92,14 @@ impl Mailbox {
         lock(&self.inbox).idle = false;
     }
 
+    /// Hands the rest of a half-written frame to the socket (see [`Express::defer`]); a
+    /// connection without an express lane has no such writes.
+    pub fn defer(&self, rest: &[&[u8]]) {
+        if let Some(x) = &lock(&self.inbox).express {
+            x.defer(rest);
+        }
+    }
+
     /// Reads or changes the floors (see [`Joined`]).
     pub fn floors<R>(&self, f: impl FnOnce(&mut Joined) -> R) -> R {
         f(&mut lock(&self.inbox).rooms)
@@ -117,8 +128,7 @@ impl Mailbox {
         {
             let mut g = lock(&self.inbox);
             let inbox = &mut *g;
-            if let (true, true, Some(x)) = (inbox.idle, inbox.queue.is_empty(), &inbox.express)
-            {
+            if let (true, true, Some(x)) = (inbox.idle, inbox.queue.is_empty(), &inbox.express) {
                 let Ok(raise) = inbox.rooms.admission(&item) else {
                     return true;
                 };
@@ -321,6 +331,8 @@ mod tests {
             }
             a
         }
+
+        fn defer(&self, _: &[&[u8]]) {}
     }
 
     fn msg(room: &str, offset: u64) -> Outbound {

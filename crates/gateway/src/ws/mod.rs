@@ -207,6 +207,10 @@ impl Express for Lane {
         let n = frame_header(opcode, bytes.len(), &mut head);
         self.try_send(&[&head[..n], bytes])
     }
+
+    fn defer(&self, rest: &[&[u8]]) {
+        Lane::defer(self, rest)
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use roomcast_protocol::{ClientMessage, Encoding, ErrorCode, ReqId, RoomName, ServerMessage};
 use std::future::Future;
 use std::pin::Pin;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -73,6 +73,9 @@ enum Event {
     /// A frame from the client.
     Frame(Message),
 }
+
+/// Data frames written with one `writev` (two slices each: header and payload).
+const WRITE_GROUP: usize = 8;
 
 /// `rate_limited` answers count together toward 4029 while each comes within this many
 /// seconds of the previous one; admitted frames between them do not reset the count.
@@ -365,25 +368,99 @@ where
         self.pending.as_ref().map_or(0, |p| p.len())
     }
 
-    /// Writes one queued item and whatever else is queued (up to a batch), then flushes once.
+    /// Writes one queued frame and whatever else is queued (up to a batch of 64), a few
+    /// frames per `writev`.
     async fn write_batch(&mut self, state: &mut State, first: Outbound) -> Result<(), End> {
         if !matches!(state, State::Active(_)) {
             return Ok(());
         }
-        let mut item = Some(first);
-        let mut n = 0;
-        while let Some(it) = item.take() {
-            let msg = match &it.payload {
-                Payload::Text(t) => Message::Text(t.clone()),
-                Payload::Binary(b) => Message::Binary(b.clone()),
-            };
-            self.send(msg).await?;
-            n += 1;
-            if n < 64 {
-                item = self.conn.mailbox.try_next();
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(f) = next.take() {
+            let mut batch: [Option<Outbound>; WRITE_GROUP] = Default::default();
+            batch[0] = Some(f);
+            let mut n = 1;
+            while n < WRITE_GROUP && written + n < 64 {
+                let Some(f) = self.conn.mailbox.try_next() else {
+                    break;
+                };
+                batch[n] = Some(f);
+                n += 1;
+            }
+            let group: [Option<&Payload>; WRITE_GROUP] =
+                std::array::from_fn(|i| batch[i].as_deref().map(|f| &f.payload));
+            self.write_frames(&group[..n]).await?;
+            written += n;
+            if written < 64 {
+                next = self.conn.mailbox.try_next();
             }
         }
-        self.flush().await
+        Ok(())
+    }
+
+    /// Writes data frames to the socket itself: each frame's header and its shared payload,
+    /// up to [`WRITE_GROUP`] frames in one `writev`. tungstenite's own write buffer is left
+    /// to control frames (ping, pong, close) and flushed first, so that a pong it still
+    /// holds is not cut; a connection that only ever receives data keeps no write buffer.
+    /// Like [`Session::send`], a kick ends the wait and a stalled socket is a slow consumer.
+    async fn write_frames(&mut self, frames: &[Option<&Payload>]) -> Result<(), End> {
+        self.flush().await?;
+        let mut heads = [([0u8; 10], 0usize); WRITE_GROUP];
+        let mut bodies: [&[u8]; WRITE_GROUP] = [&[]; WRITE_GROUP];
+        let mut count = 0;
+        for (p, (head, h)) in frames.iter().flatten().zip(heads.iter_mut()) {
+            let (opcode, body): (u8, &[u8]) = match p {
+                Payload::Text(t) => (0x1, t.as_bytes()),
+                Payload::Binary(b) => (0x2, b),
+            };
+            *h = super::frame_header(opcode, body.len(), head);
+            bodies[count] = body;
+            count += 1;
+        }
+        let mut slices = [std::io::IoSlice::new(&[]); 2 * WRITE_GROUP];
+        for i in 0..count {
+            slices[2 * i] = std::io::IoSlice::new(&heads[i].0[..heads[i].1]);
+            slices[2 * i + 1] = std::io::IoSlice::new(bodies[i]);
+        }
+        let mut rest = &mut slices[..2 * count];
+        let mut done = 0usize;
+        let Session { ws, conn, .. } = self;
+        let end = loop {
+            if rest.is_empty() {
+                return Ok(());
+            }
+            let r = tokio::select! {
+                biased;
+                r = ws.get_mut().write_vectored(rest) => r,
+                code = conn.mailbox.kicked() => break End::Close(Disconnect::kicked(code)),
+            };
+            match r {
+                Ok(0) => break End::Abandon,
+                Ok(n) => {
+                    done += n;
+                    std::io::IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(e) => break self.write_failed(WsError::Io(e)),
+            }
+        };
+        // Given up in the middle of a frame: its rest goes out before the Close.
+        let mut start = 0;
+        for i in 0..count {
+            let head = &heads[i].0[..heads[i].1];
+            let len = head.len() + bodies[i].len();
+            if done > start && done < start + len {
+                let at = done - start;
+                let parts: [&[u8]; 2] = if at < head.len() {
+                    [&head[at..], bodies[i]]
+                } else {
+                    [&[], &bodies[i][at - head.len()..]]
+                };
+                self.conn.mailbox.defer(&parts);
+                break;
+            }
+            start += len;
+        }
+        Err(end)
     }
 
     /// Flushes: a socket that accepts nothing for `--write-timeout` is a slow consumer,
@@ -408,12 +485,7 @@ where
         if let ServerMessage::Error { code, .. } = msg {
             m.errors.with_label_values(&[code.as_str()]).inc();
         }
-        let frame = match payload {
-            Payload::Text(t) => Message::Text(t),
-            Payload::Binary(b) => Message::Binary(b),
-        };
-        self.send(frame).await?;
-        self.flush().await
+        self.write_frames(&[Some(&payload)]).await
     }
 
     async fn on_frame(&mut self, state: &mut State, msg: Message) -> Result<(), End> {

@@ -207,6 +207,11 @@ pub struct Config {
     /// room of N would otherwise cost N² frames).
     #[arg(long, env = "ROOMCAST_MEMBER_EVENTS_MAX", default_value_t = 1000)]
     pub member_events_max: u64,
+    /// Whether the fan-out writes a frame straight to the socket of a WebSocket whose
+    /// session waits with nothing queued (an express write: no queue, no wake-up), when the
+    /// socket takes it at once; `false` queues every frame for the session.
+    #[arg(long, env = "ROOMCAST_EXPRESS_WRITES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub express_writes: bool,
     /// Initial read buffer per WebSocket connection, bytes (grows for larger frames).
     #[arg(long, env = "ROOMCAST_WS_READ_BUFFER", default_value_t = 512)]
     pub ws_read_buffer: usize,

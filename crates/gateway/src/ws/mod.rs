@@ -145,7 +145,11 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Res
         .max_frame_size(Some(node.cfg.max_message_size * 4));
     // The accepted socket, for express writes once the session runs (lib.rs puts it on
     // every request).
-    let lane = req.extensions().get::<Arc<Lane>>().cloned();
+    let lane = req
+        .extensions()
+        .get::<Arc<Lane>>()
+        .filter(|_| node.cfg.express_writes)
+        .cloned();
     let n = node.clone();
     let fut = async move {
         let upgraded = match hyper::upgrade::on(req).await {

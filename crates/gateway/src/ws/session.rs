@@ -89,6 +89,9 @@ pub(super) struct Session<S> {
     /// `rate_limited` answers so far, and when the last one was (seconds, wall clock).
     strikes: u32,
     strike_at: u32,
+    /// tungstenite may hold a control frame it has not written whole (the pong of a
+    /// client's ping): data frames, which the session writes itself, wait for it.
+    control: bool,
     last_seen: Instant,
     /// Requests in flight, answered in the order they came (at most
     /// `--max-pending-requests`; the socket is not read while that many wait). Created
@@ -126,6 +129,7 @@ where
         encoding,
         strikes: 0,
         strike_at: 0,
+        control: false,
         last_seen: now,
         pending: None,
     };
@@ -404,7 +408,10 @@ where
     /// holds is not cut; a connection that only ever receives data keeps no write buffer.
     /// Like [`Session::send`], a kick ends the wait and a stalled socket is a slow consumer.
     async fn write_frames(&mut self, frames: &[Option<&Payload>]) -> Result<(), End> {
-        self.flush().await?;
+        if self.control {
+            self.flush().await?;
+            self.control = false;
+        }
         let mut heads = [([0u8; 10], 0usize); WRITE_GROUP];
         let mut bodies: [&[u8]; WRITE_GROUP] = [&[]; WRITE_GROUP];
         let mut count = 0;
@@ -493,7 +500,11 @@ where
             Message::Text(t) => (t.as_bytes(), false),
             Message::Binary(b) => (b.as_ref(), true),
             Message::Close(_) => return Err(End::Answer),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+            Message::Ping(_) => {
+                self.control = true;
+                return Ok(());
+            }
+            Message::Pong(_) | Message::Frame(_) => return Ok(()),
         };
         let node = self.conn.node.clone();
         node.metrics.bytes_in.inc_by(bytes.len() as u64);

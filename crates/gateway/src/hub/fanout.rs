@@ -22,6 +22,11 @@ const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Presence counts one pass of the counter reads at once.
 const COUNT_CONCURRENCY: usize = 32;
 
+/// How long member events wait in their members' queues before the members are woken:
+/// the events of a burst of joins or leaves reach each member in one write, not one
+/// write per event.
+pub(super) const MEMBER_EVENTS_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The window over which members of a room with an unrecoverable gap are closed.
 const GAP_KICK_SPREAD: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -36,6 +41,38 @@ impl Hub {
         let (hub, stop) = (self.clone(), self.tasks.draining());
         self.tasks
             .spawn("member-counter", async move { hub.count_loop(stop).await });
+        let (hub, stop) = (self.clone(), self.tasks.draining());
+        self.later_on.store(true, Ordering::Relaxed);
+        self.tasks
+            .spawn("member-events", async move { hub.later_loop(stop).await });
+    }
+
+    /// Wakes the members that member events were queued for, [`MEMBER_EVENTS_LINGER`]
+    /// after the first of a burst; at the drain, once more and then never again (events
+    /// from then on wake their members at once).
+    async fn later_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                _ = stop.cancelled() => true,
+                _ = self.later_wake.notified() => false,
+            };
+            if !stopping {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(MEMBER_EVENTS_LINGER) => {}
+                }
+            }
+            if stop.is_cancelled() {
+                self.later_on.store(false, Ordering::Relaxed);
+            }
+            let due = std::mem::take(&mut *lock(&self.later));
+            for m in due {
+                m.wake_later();
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+        }
     }
 
     async fn count_loop(self: Arc<Self>, stop: CancellationToken) {
@@ -130,7 +167,7 @@ impl Hub {
             users: count.users,
             connections: count.connections,
         };
-        self.fanout_other(&listeners, &msg, None);
+        self.fanout_other(&listeners, &msg, None, true);
     }
 
     /// A user's first connection joined `room` (or its last one left), somewhere in the
@@ -166,7 +203,7 @@ impl Hub {
         };
         let msg = ServerMessage::member(change, room.clone(), user.clone());
         // A room of one user (its own event) needs no count: nobody here hears of it.
-        if self.fanout_other(&listeners, &msg, Some(&user)) > 0 && seed {
+        if self.fanout_other(&listeners, &msg, Some(&user), true) > 0 && seed {
             self.ask_count(&room);
         }
     }
@@ -230,12 +267,17 @@ impl Hub {
     }
 
     /// Sends `msg` to `targets` (but the connections of `skip_user`); how many got it.
+    /// `later`: queued without a wake-up, for the member-events task to wake (member
+    /// events and counts).
     fn fanout_other(
         &self,
         targets: &[Member],
         msg: &ServerMessage,
         skip_user: Option<&UserId>,
+        later: bool,
     ) -> u64 {
+        let later = later && self.later_on.load(Ordering::Relaxed);
+        let mut to_wake = Vec::new();
         let make = |w: Wire| {
             let payload = encode_for(w, msg, None)?;
             Some(Arc::new(Frame {
@@ -254,9 +296,19 @@ impl Hub {
                 continue;
             };
             self.metrics.bytes_out.inc_by(frame.payload.len() as u64);
-            if m.push(frame, false, &self.metrics) {
+            if later {
+                let (queued, wake) = m.mailbox.push_later(frame, &self.metrics);
+                if wake {
+                    to_wake.push(m.mailbox.clone());
+                }
+                sent += u64::from(queued);
+            } else if m.push(frame, false, &self.metrics) {
                 sent += 1;
             }
+        }
+        if !to_wake.is_empty() {
+            lock(&self.later).extend(to_wake);
+            self.later_wake.notify_one();
         }
         self.metrics
             .messages_out
@@ -277,7 +329,12 @@ impl EventSink for Hub {
             BusEvent::Direct { to, message } => {
                 let targets = self.user_members(&to);
                 if !targets.is_empty() {
-                    self.fanout_other(&targets, &ServerMessage::Direct((*message).clone()), None);
+                    self.fanout_other(
+                        &targets,
+                        &ServerMessage::Direct((*message).clone()),
+                        None,
+                        false,
+                    );
                 }
             }
             BusEvent::Disconnect { user, code } => self.kick_user(&user, code),

@@ -49,6 +49,9 @@ struct Inbox {
     idle: bool,
     /// An express write went out in part: the reader must flush the socket.
     flush: bool,
+    /// Frames were queued without a wake-up ([`Mailbox::push_later`]) and the hub's
+    /// linger has not woken the reader since.
+    later: bool,
     express: Option<Arc<dyn Express>>,
 }
 
@@ -164,6 +167,32 @@ impl Mailbox {
         }
         self.waker.wake();
         true
+    }
+
+    /// Queues a frame without waking the reader (member events: a burst of joins then
+    /// leaves in one `writev` per member); the same limits as [`Mailbox::push`]. Returns
+    /// whether it was queued and whether the reader now needs a later wake-up
+    /// ([`Mailbox::wake_later`]): the first frame queued this way since the last one.
+    pub(super) fn push_later(&self, item: Outbound, metrics: &Metrics) -> (bool, bool) {
+        if self.closed.load(Ordering::Relaxed) || self.kick.load(Ordering::Relaxed) != 0 {
+            return (false, false);
+        }
+        let mut g = lock(&self.inbox);
+        if g.queue.len() >= self.cap {
+            drop(g);
+            metrics.slow_consumer_closes.inc();
+            self.kick(close::SLOW_CONSUMER);
+            return (false, false);
+        }
+        g.queue.push_back(item);
+        g.idle = false;
+        (true, !std::mem::replace(&mut g.later, true))
+    }
+
+    /// Wakes the reader for what [`Mailbox::push_later`] queued.
+    pub(super) fn wake_later(&self) {
+        lock(&self.inbox).later = false;
+        self.waker.wake();
     }
 
     /// The next frame, flush or close request; waits until there is one. Only one task
@@ -403,6 +432,39 @@ mod tests {
         m.close();
         assert!(!m.push(msg("r", 12), false, &metrics));
         assert_eq!(*lock(&fake.got), vec![7, 10]);
+    }
+
+    /// Frames queued for later ask for one wake-up per burst, and hold express writes
+    /// back until the reader has taken them (they are older).
+    #[test]
+    fn frames_queued_for_later_ask_one_wake_up_and_keep_their_place() {
+        let metrics = Metrics::new();
+        let fake = Arc::new(Fake::default());
+        let m = Mailbox::new(8);
+        m.attach(fake.clone());
+        let room = roomcast_protocol::RoomName::new("r").expect("room");
+        m.floors(|f| f.raise(&room, 0));
+        m.idle();
+        let event = || {
+            Arc::new(Frame {
+                room: None,
+                offset: None,
+                payload: Payload::Binary(Bytes::from_static(b"e")),
+            })
+        };
+        assert_eq!(m.push_later(event(), &metrics), (true, true));
+        assert_eq!(m.push_later(event(), &metrics), (true, false));
+        assert!(m.push(msg("r", 1), false, &metrics));
+        assert!(
+            lock(&fake.got).is_empty(),
+            "nothing overtakes the queued events"
+        );
+        m.wake_later();
+        assert_eq!(m.push_later(event(), &metrics), (true, true));
+        let offsets: Vec<Option<u64>> = std::iter::from_fn(|| m.try_next())
+            .map(|f| f.offset)
+            .collect();
+        assert_eq!(offsets, vec![None, None, Some(1), None]);
     }
 
     #[tokio::test]

@@ -135,6 +135,12 @@ pub struct Hub {
     /// `Census::queued`), and its wake-up.
     pub(super) count_queue: Mutex<Vec<RoomName>>,
     pub(super) count_wake: tokio::sync::Notify,
+    /// Mailboxes holding member events queued without a wake-up, woken together after
+    /// [`super::fanout::MEMBER_EVENTS_LINGER`] by the member counter's sibling task (none
+    /// until it runs: `later_on`).
+    pub(super) later: Mutex<Vec<Arc<Mailbox>>>,
+    pub(super) later_wake: tokio::sync::Notify,
+    pub(super) later_on: AtomicBool,
 }
 
 impl Hub {
@@ -152,6 +158,9 @@ impl Hub {
             member_events_max: AtomicU64::new(1000),
             count_queue: Mutex::new(Vec::new()),
             count_wake: tokio::sync::Notify::new(),
+            later: Mutex::new(Vec::new()),
+            later_wake: tokio::sync::Notify::new(),
+            later_on: AtomicBool::new(false),
         })
     }
 

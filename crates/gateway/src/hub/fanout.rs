@@ -237,6 +237,7 @@ impl Hub {
         };
         let frames = Encoded::new(&make);
         let volatile = p.offset.is_none();
+        let express = self.express.allows();
         let mut sent = 0u64;
         let mut bytes = 0u64;
         for m in members.iter() {
@@ -247,7 +248,7 @@ impl Hub {
                 continue;
             };
             bytes += frame.payload.len() as u64;
-            if m.push(frame, volatile, &self.metrics) {
+            if m.push(frame, volatile, express, &self.metrics) {
                 sent += 1;
             }
         }
@@ -256,9 +257,9 @@ impl Hub {
             .with_label_values(&["message"])
             .inc_by(sent);
         self.metrics.bytes_out.inc_by(bytes);
-        self.metrics
-            .fanout_seconds
-            .observe(start.elapsed().as_secs_f64());
+        let took = start.elapsed();
+        self.express.record(sent, express, took);
+        self.metrics.fanout_seconds.observe(took.as_secs_f64());
         if p.ts > 0 {
             self.metrics
                 .bus_delivery_seconds
@@ -302,7 +303,7 @@ impl Hub {
                     to_wake.push(m.mailbox.clone());
                 }
                 sent += u64::from(queued);
-            } else if m.push(frame, false, &self.metrics) {
+            } else if m.push(frame, false, self.express.allows(), &self.metrics) {
                 sent += 1;
             }
         }

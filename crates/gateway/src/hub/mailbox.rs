@@ -124,14 +124,21 @@ impl Mailbox {
     /// and closes the connection (4008) for anything else. Returns whether it was
     /// delivered (a frame the floors refuse counts as delivered: the reader would have
     /// dropped it the same way).
-    pub(super) fn push(&self, item: Outbound, volatile: bool, metrics: &Metrics) -> bool {
+    pub(super) fn push(
+        &self,
+        item: Outbound,
+        volatile: bool,
+        express: bool,
+        metrics: &Metrics,
+    ) -> bool {
         if self.closed.load(Ordering::Relaxed) || self.kick.load(Ordering::Relaxed) != 0 {
             return false;
         }
         {
             let mut g = lock(&self.inbox);
             let inbox = &mut *g;
-            if let (true, true, Some(x)) = (inbox.idle, inbox.queue.is_empty(), &inbox.express) {
+            let lane = inbox.express.as_ref().filter(|_| express);
+            if let (true, true, Some(x)) = (inbox.idle, inbox.queue.is_empty(), lane) {
                 let Ok(raise) = inbox.rooms.admission(&item) else {
                     return true;
                 };
@@ -292,9 +299,15 @@ pub struct Member {
 }
 
 impl Member {
-    /// Queues a frame; see [`Mailbox::push`].
-    pub(super) fn push(&self, item: Outbound, volatile: bool, metrics: &Metrics) -> bool {
-        self.mailbox.push(item, volatile, metrics)
+    /// Delivers a frame (express when allowed); see [`Mailbox::push`].
+    pub(super) fn push(
+        &self,
+        item: Outbound,
+        volatile: bool,
+        express: bool,
+        metrics: &Metrics,
+    ) -> bool {
+        self.mailbox.push(item, volatile, express, metrics)
     }
 
     /// Asks this connection to close with `code`.
@@ -330,14 +343,14 @@ mod tests {
                 payload: Payload::Binary(Bytes::from_static(b"x")),
             })
         };
-        assert!(m.push(frame(), false, &metrics));
-        assert!(m.push(frame(), false, &metrics));
+        assert!(m.push(frame(), false, true, &metrics));
+        assert!(m.push(frame(), false, true, &metrics));
         assert!(
-            !m.push(frame(), true, &metrics),
+            !m.push(frame(), true, true, &metrics),
             "volatile is dropped when full"
         );
         assert_eq!(m.kick.load(Ordering::Acquire), 0, "and the member stays");
-        assert!(!m.push(frame(), false, &metrics));
+        assert!(!m.push(frame(), false, true, &metrics));
         assert_eq!(m.kick.load(Ordering::Acquire), close::SLOW_CONSUMER);
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
     }
@@ -391,19 +404,19 @@ mod tests {
         m.floors(|f| f.raise(&room, 5));
 
         // Busy (the default): queued, and the reader's floors drop the repeat.
-        assert!(m.push(msg("r", 5), false, &metrics));
-        assert!(m.push(msg("r", 6), false, &metrics));
+        assert!(m.push(msg("r", 5), false, true, &metrics));
+        assert!(m.push(msg("r", 6), false, true, &metrics));
         assert_eq!(queued_offsets(&m), vec![6]);
         assert!(lock(&fake.got).is_empty());
 
         // Idle: express, past the floor only; a room not joined is dropped.
         m.idle();
         assert!(
-            m.push(msg("r", 6), false, &metrics),
+            m.push(msg("r", 6), false, true, &metrics),
             "a repeat is dropped quietly"
         );
-        assert!(m.push(msg("r", 7), false, &metrics));
-        assert!(m.push(msg("other", 1), false, &metrics));
+        assert!(m.push(msg("r", 7), false, true, &metrics));
+        assert!(m.push(msg("other", 1), false, true, &metrics));
         assert_eq!(*lock(&fake.got), vec![7]);
         assert_eq!(m.floors(|f| f.get(&room)), Some(7));
         assert_eq!(metrics.express_writes.get(), 1);
@@ -411,26 +424,26 @@ mod tests {
 
         // The socket refuses: queued, and the floor is not raised by the refusal.
         *lock(&fake.answer) = Some(Sent::Not);
-        assert!(m.push(msg("r", 8), false, &metrics));
+        assert!(m.push(msg("r", 8), false, true, &metrics));
         // Something queued: nothing goes express until the reader has taken it.
         *lock(&fake.answer) = None;
-        assert!(m.push(msg("r", 9), false, &metrics));
+        assert!(m.push(msg("r", 9), false, true, &metrics));
         assert_eq!(queued_offsets(&m), vec![8, 9]);
         assert_eq!(*lock(&fake.got), vec![7]);
 
         // A partial write: the reader is told to flush, and is no longer idle.
         m.idle();
         *lock(&fake.answer) = Some(Sent::Part);
-        assert!(m.push(msg("r", 10), false, &metrics));
+        assert!(m.push(msg("r", 10), false, true, &metrics));
         assert!(matches!(m.ready(), Some(Mail::Flush)));
         *lock(&fake.answer) = None;
-        assert!(m.push(msg("r", 11), false, &metrics));
+        assert!(m.push(msg("r", 11), false, true, &metrics));
         assert_eq!(queued_offsets(&m), vec![11]);
 
         // A closed mailbox writes nothing.
         m.idle();
         m.close();
-        assert!(!m.push(msg("r", 12), false, &metrics));
+        assert!(!m.push(msg("r", 12), false, true, &metrics));
         assert_eq!(*lock(&fake.got), vec![7, 10]);
     }
 
@@ -454,7 +467,7 @@ mod tests {
         };
         assert_eq!(m.push_later(event(), &metrics), (true, true));
         assert_eq!(m.push_later(event(), &metrics), (true, false));
-        assert!(m.push(msg("r", 1), false, &metrics));
+        assert!(m.push(msg("r", 1), false, true, &metrics));
         assert!(
             lock(&fake.got).is_empty(),
             "nothing overtakes the queued events"
@@ -480,6 +493,7 @@ mod tests {
                     payload: Payload::Binary(Bytes::new()),
                 }),
                 false,
+                true,
                 &mt,
             )
         });

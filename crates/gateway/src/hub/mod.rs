@@ -7,6 +7,7 @@
 //! connection's bounded inbox), [`registry`] (rooms, users, the census), `fanout` (the
 //! bus's events delivered to members).
 
+mod budget;
 mod fanout;
 pub mod joined;
 pub mod mailbox;

@@ -141,6 +141,8 @@ pub struct Hub {
     pub(super) later: Mutex<Vec<Arc<Mailbox>>>,
     pub(super) later_wake: tokio::sync::Notify,
     pub(super) later_on: AtomicBool,
+    /// Whether fan-outs write express now (see [`super::budget`]).
+    pub(super) express: super::budget::Budget,
 }
 
 impl Hub {
@@ -161,6 +163,7 @@ impl Hub {
             later: Mutex::new(Vec::new()),
             later_wake: tokio::sync::Notify::new(),
             later_on: AtomicBool::new(false),
+            express: Default::default(),
         })
     }
 

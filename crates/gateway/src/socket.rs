@@ -153,23 +153,7 @@ impl AsyncWrite for LaneIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let lane = &*self.0;
-        let mut g = lane.gate();
-        // Whatever this returns but "all of it", the writer above keeps bytes for later:
-        // no express write may go out before them.
-        g.held = true;
-        ready!(lane.poll_backlog(&mut g, cx))?;
-        loop {
-            ready!(lane.tcp.poll_write_ready(cx))?;
-            match lane.tcp.try_write(buf) {
-                Ok(n) => {
-                    g.held = n < buf.len();
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -180,6 +164,8 @@ impl AsyncWrite for LaneIo {
         let lane = &*self.0;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut g = lane.gate();
+        // Whatever this returns but "all of it", the writer above keeps bytes for later:
+        // no express write may go out before them.
         g.held = true;
         ready!(lane.poll_backlog(&mut g, cx))?;
         loop {

@@ -248,7 +248,7 @@ impl Hub {
                 continue;
             };
             bytes += frame.payload.len() as u64;
-            if m.push(frame, volatile, express, &self.metrics) {
+            if m.mailbox.push(frame, volatile, express, &self.metrics) {
                 sent += 1;
             }
         }
@@ -303,7 +303,10 @@ impl Hub {
                     to_wake.push(m.mailbox.clone());
                 }
                 sent += u64::from(queued);
-            } else if m.push(frame, false, self.express.allows(), &self.metrics) {
+            } else if m
+                .mailbox
+                .push(frame, false, self.express.allows(), &self.metrics)
+            {
                 sent += 1;
             }
         }

@@ -299,17 +299,6 @@ pub struct Member {
 }
 
 impl Member {
-    /// Delivers a frame (express when allowed); see [`Mailbox::push`].
-    pub(super) fn push(
-        &self,
-        item: Outbound,
-        volatile: bool,
-        express: bool,
-        metrics: &Metrics,
-    ) -> bool {
-        self.mailbox.push(item, volatile, express, metrics)
-    }
-
     /// Asks this connection to close with `code`.
     pub fn kick(&self, code: u16) {
         self.mailbox.kick(code);
@@ -385,6 +374,23 @@ mod tests {
         })
     }
 
+    /// A mailbox with a recording socket, joined to room `r` at offset `floor`.
+    fn express_mailbox(
+        floor: u64,
+    ) -> (
+        Arc<Mailbox>,
+        Arc<Fake>,
+        Metrics,
+        roomcast_protocol::RoomName,
+    ) {
+        let fake = Arc::new(Fake::default());
+        let m = Mailbox::new(8);
+        m.attach(fake.clone());
+        let room = roomcast_protocol::RoomName::new("r").expect("room");
+        m.floors(|f| f.raise(&room, floor));
+        (m, fake, Metrics::new(), room)
+    }
+
     fn queued_offsets(m: &Mailbox) -> Vec<u64> {
         std::iter::from_fn(|| m.try_next())
             .filter_map(|f| f.offset)
@@ -396,12 +402,7 @@ mod tests {
     /// partial write asks the reader to flush.
     #[test]
     fn express_writes_follow_the_floors_and_the_reader() {
-        let metrics = Metrics::new();
-        let fake = Arc::new(Fake::default());
-        let m = Mailbox::new(8);
-        m.attach(fake.clone());
-        let room = roomcast_protocol::RoomName::new("r").expect("room");
-        m.floors(|f| f.raise(&room, 5));
+        let (m, fake, metrics, room) = express_mailbox(5);
 
         // Busy (the default): queued, and the reader's floors drop the repeat.
         assert!(m.push(msg("r", 5), false, true, &metrics));
@@ -451,12 +452,7 @@ mod tests {
     /// back until the reader has taken them (they are older).
     #[test]
     fn frames_queued_for_later_ask_one_wake_up_and_keep_their_place() {
-        let metrics = Metrics::new();
-        let fake = Arc::new(Fake::default());
-        let m = Mailbox::new(8);
-        m.attach(fake.clone());
-        let room = roomcast_protocol::RoomName::new("r").expect("room");
-        m.floors(|f| f.raise(&room, 0));
+        let (m, fake, metrics, _) = express_mailbox(0);
         m.idle();
         let event = || {
             Arc::new(Frame {

@@ -69,8 +69,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
+        let listener = roomcast_gateway::socket::listen(cfg.listen, cfg.listen_backlog)
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
         // The handlers are installed here, before the node says it is ready: a SIGTERM
         // that follows the ready line at once drains the node instead of killing it.

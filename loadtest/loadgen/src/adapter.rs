@@ -207,7 +207,11 @@ impl Conn {
                 }
                 p
             }
-            Kind::Wsredis => format!("{}/", target.base_path),
+            Kind::Wsredis => match &st.token {
+                // The peer checks it in the handshake when it runs with JWT_SECRET.
+                Some(tok) => format!("{}/?token={}", target.base_path, tok()),
+                None => format!("{}/", target.base_path),
+            },
             Kind::Socketio => format!("{}/socket.io/?EIO=4&transport=websocket", target.base_path),
             Kind::Sockudo => format!(
                 "{}/app/{}?protocol=7&client=roomcast-loadgen&version=1",
@@ -256,7 +260,12 @@ impl Conn {
                         }
                     }
                 }
-                c.ws.send(Message::text("40")).await?;
+                // The connect packet carries the token as Socket.IO's `auth`.
+                let connect = match &st.token {
+                    Some(tok) => format!("40{}", serde_json::json!({ "token": tok() })),
+                    None => "40".to_string(),
+                };
+                c.ws.send(Message::text(connect)).await?;
                 loop {
                     if let Raw::Text(t) = c.next_raw(st.timeout).await? {
                         if t.starts_with("40") {

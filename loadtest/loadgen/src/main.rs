@@ -37,7 +37,9 @@ struct Cli {
         default_value = "ws://127.0.0.1:8080"
     )]
     url: Vec<String>,
-    /// `none` (nodes run with --auth none) or `jwt` (needs --jwt-secret).
+    /// `none` (nodes run with --auth none) or `jwt` (needs --jwt-secret): each
+    /// connection carries a fresh HS256 token (roomcast and ws + ioredis: `?token=`;
+    /// Socket.IO: the connect packet's `auth`).
     #[arg(long, global = true, value_enum, default_value = "none")]
     auth: Auth,
     /// HS256 secret to mint tokens with (implies --auth jwt).

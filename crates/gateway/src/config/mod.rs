@@ -72,6 +72,11 @@ pub struct Config {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Connections the kernel holds for the node before it accepts them (the listen
+    /// backlog; capped by net.core.somaxconn). Past it a connection attempt is dropped
+    /// and the client retries after a second: a reconnect storm needs room here.
+    #[arg(long, env = "ROOMCAST_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
     /// Redis to form a cluster through (redis:// or rediss://); absent: standalone.
     #[arg(long, env = "ROOMCAST_REDIS_URL")]
     pub redis_url: Option<String>,

@@ -625,6 +625,12 @@ async fn redis_restart_fails_fast_then_recovers() {
     a.bus.watch_room(&r);
     publish_from(&*a.bus, "r", "alice", json!("before")).await;
     assert_eq!(a.events.message().await.0.offset, Some(1));
+    // b's command pool holds a connection from before the outage, unused during it
+    let before = HistoryQuery {
+        since: None,
+        limit: 1,
+    };
+    b.bus.history(&r, before).await.expect("history before");
 
     server.kill();
     assert!(
@@ -676,6 +682,20 @@ async fn redis_restart_fails_fast_then_recovers() {
         .until(|e| matches!(e, BusEvent::State { up: true }).then_some(()))
         .await;
     assert!(a.bus.is_ready());
+    // the pools hand out no connection from before the restart: the first commands
+    // after it succeed (on a, whose connections failed during the outage, and on b,
+    // whose connection sat in the pool through it)
+    for n in [&a, &b] {
+        let q = HistoryQuery {
+            since: None,
+            limit: 1,
+        };
+        n.bus.history(&r, q).await.expect("history after restart");
+        n.bus
+            .presence_join(&r, &user("y"), "c2")
+            .await
+            .expect("presence after restart");
+    }
     let r2 = b
         .bus
         .publish(req_from("r", "bob", json!("after")))

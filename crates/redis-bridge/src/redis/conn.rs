@@ -4,7 +4,8 @@
 //! and follows MOVED and ASK itself). [`Conn`] is either, so the rest of the bus builds
 //! commands once and runs them on whichever it has.
 
-use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use super::pool::{PoolConn, Pooled};
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
@@ -12,9 +13,9 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 /// clones pipeline their commands on the same sockets.
 pub(crate) enum Conn {
     /// From the pool of one Redis (back in the pool when dropped).
-    Pooled(deadpool_redis::Connection),
+    Pooled(Pooled),
     /// A clone of a pooled connection.
-    Multiplexed(MultiplexedConnection),
+    Multiplexed(PoolConn),
     /// The publish connection of one Redis.
     Manager(ConnectionManager),
     /// A Redis Cluster.
@@ -24,7 +25,7 @@ pub(crate) enum Conn {
 impl Clone for Conn {
     fn clone(&self) -> Self {
         match self {
-            Conn::Pooled(c) => Conn::Multiplexed(MultiplexedConnection::clone(c)),
+            Conn::Pooled(c) => Conn::Multiplexed(PoolConn::clone(c)),
             Conn::Multiplexed(c) => Conn::Multiplexed(c.clone()),
             Conn::Manager(c) => Conn::Manager(c.clone()),
             Conn::Cluster(c) => Conn::Cluster(c.clone()),

@@ -53,9 +53,9 @@ impl RedisBus {
             conn_cfg,
         )
         .map_err(|e| BusError::Internal(format!("redis pool: {e}")))?;
-        let pool = deadpool_redis::Pool::builder(manager)
+        let pool = super::pool::Pool::builder(super::pool::Manager::new(manager))
             .max_size(POOL_SIZE)
-            .runtime(deadpool_redis::Runtime::Tokio1)
+            .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(op))
             .create_timeout(Some(op))
             .recycle_timeout(Some(op))

@@ -23,13 +23,23 @@ impl Shared {
 
     pub(super) fn set_cmd_up(&self, up: bool) {
         if self.cmd_up.swap(up, Ordering::AcqRel) != up {
+            self.note_outage(up);
             self.report_state();
         }
     }
 
     pub(crate) fn set_sub_up(&self, up: bool) {
-        self.sub_up.store(up, Ordering::Release);
+        if self.sub_up.swap(up, Ordering::AcqRel) != up {
+            self.note_outage(up);
+        }
         self.report_state();
+    }
+
+    /// Redis went away: the pool's connections from before are not handed out again.
+    fn note_outage(&self, up: bool) {
+        if let (false, super::Backend::Single { pool, .. }) = (up, &self.backend) {
+            pool.manager().outage();
+        }
     }
 
     pub(super) fn ready(&self) -> bool {

@@ -39,6 +39,7 @@ mod interest;
 mod keys;
 mod nodes;
 mod ops;
+mod pool;
 mod presence;
 mod publisher;
 mod scripts;
@@ -122,7 +123,7 @@ pub(crate) enum Backend {
     Single {
         client: redis::Client,
         publisher: ConnectionManager,
-        pool: deadpool_redis::Pool,
+        pool: pool::Pool,
     },
     /// A Redis Cluster: its seed URLs (the subscriber builds its own client from them),
     /// and the command connection, made at the first command that needs it (a node may

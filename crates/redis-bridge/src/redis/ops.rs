@@ -24,8 +24,8 @@ impl From<RedisError> for OpError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for OpError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
+impl From<deadpool::managed::PoolError<RedisError>> for OpError {
+    fn from(e: deadpool::managed::PoolError<RedisError>) -> Self {
         OpError::Pool(e.to_string())
     }
 }

@@ -48,6 +48,11 @@ impl Room {
         if self.quiet.is_empty() {
             return self.snapshot();
         }
+        // Everyone opted out (`quiet` holds members only): nobody to list, and no pass
+        // over the members for every member event of a join storm.
+        if self.quiet.len() >= self.members.len() {
+            return Arc::from(Vec::new());
+        }
         let Room {
             members,
             quiet,

@@ -710,6 +710,37 @@ async fn redis_restart_fails_fast_then_recovers() {
     b.bus.close().await;
 }
 
+/// Redis drops the command connections (CLIENT KILL) while it stays up: the operation
+/// that finds its connection dead fails, and the pool hands out no connection of before
+/// again (it checks connections only when they may be bad, not at every checkout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_command_connection_costs_one_failed_operation() {
+    let server = RedisServer::start();
+    let a = node(&server, config("a")).await;
+    let r = room("r");
+    let q = || HistoryQuery {
+        since: None,
+        limit: 1,
+    };
+    a.bus.history(&r, q()).await.expect("history before");
+    let killed = support::cluster::cli(server.port, &["CLIENT", "KILL", "TYPE", "normal"])
+        .expect("redis-cli runs");
+    assert!(killed.trim().parse::<u32>().unwrap_or(0) >= 1, "{killed:?}");
+    // the first operation may meet a dead connection; none after it does
+    let _ = a.bus.history(&r, q()).await;
+    for i in 0..5 {
+        a.bus
+            .history(&r, q())
+            .await
+            .unwrap_or_else(|e| panic!("history {i} after the kill: {e}"));
+        a.bus
+            .presence_join(&r, &user("k"), "c")
+            .await
+            .unwrap_or_else(|e| panic!("presence {i} after the kill: {e}"));
+    }
+    a.bus.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_presence_expires() {
     let server = RedisServer::start();

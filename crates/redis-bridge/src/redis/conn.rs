@@ -4,8 +4,8 @@
 //! and follows MOVED and ASK itself). [`Conn`] is either, so the rest of the bus builds
 //! commands once and runs them on whichever it has.
 
-use super::pool::{PoolConn, Pooled};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use super::pool::Pooled;
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
@@ -15,7 +15,7 @@ pub(crate) enum Conn {
     /// From the pool of one Redis (back in the pool when dropped).
     Pooled(Pooled),
     /// A clone of a pooled connection.
-    Multiplexed(PoolConn),
+    Multiplexed(MultiplexedConnection),
     /// The publish connection of one Redis.
     Manager(ConnectionManager),
     /// A Redis Cluster.
@@ -25,7 +25,7 @@ pub(crate) enum Conn {
 impl Clone for Conn {
     fn clone(&self) -> Self {
         match self {
-            Conn::Pooled(c) => Conn::Multiplexed(PoolConn::clone(c)),
+            Conn::Pooled(c) => Conn::Multiplexed(MultiplexedConnection::clone(c)),
             Conn::Multiplexed(c) => Conn::Multiplexed(c.clone()),
             Conn::Manager(c) => Conn::Manager(c.clone()),
             Conn::Cluster(c) => Conn::Cluster(c.clone()),

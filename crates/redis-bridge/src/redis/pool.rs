@@ -5,10 +5,13 @@
 //! connection leaves the pool: for a join (a presence script and a history script) that
 //! was four round trips and six commands instead of two and two. This manager makes the
 //! same connections and, on checkout, drops every connection made before the bus last saw
-//! Redis go away ([`Manager::outage`]: `Shared::run` reports it for any operation that
-//! failed with a socket error or a timeout, so a broken connection is never handed out
-//! twice, and after a restart none of the old ones is), pings one that sat unused for
-//! [`IDLE_CHECK`] (it may have died quietly), and hands out every other at once.
+//! Redis go away ([`Manager::outage`]: the first operation that failed with a socket error
+//! or a timeout after one that succeeded, as `Shared::run` classifies them, or the
+//! subscription dropping; so after a restart or a `CLIENT KILL` no old connection is
+//! handed out again), pings one that sat unused for [`IDLE_CHECK`] (it may have died
+//! quietly), and hands out every other at once. Only the start of an outage counts, so
+//! that the timeouts of an overloaded Redis do not make the pool reconnect again and
+//! again.
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use redis::aio::MultiplexedConnection;

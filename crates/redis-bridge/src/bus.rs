@@ -432,6 +432,24 @@ pub trait Bus: Send + Sync + 'static {
         conn: &str,
     ) -> Result<(), BusError>;
 
+    /// A connection's first join of a room: [`Bus::presence_join`] and [`Bus::history`]
+    /// together. The Redis bus does both in one script call (one round trip per join);
+    /// this default runs them side by side. Call it after [`Bus::room_ready`].
+    async fn join_room(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        conn: &str,
+        query: HistoryQuery,
+    ) -> Result<History, BusError> {
+        let (added, read) = tokio::join!(
+            self.presence_join(room, user, conn),
+            self.history(room, query)
+        );
+        added?;
+        read
+    }
+
     /// Removes a connection from a room's presence; when it was the user's last one,
     /// a `BusEvent::Member` (left) goes to every node.
     async fn presence_leave(

@@ -290,6 +290,52 @@ async fn presence_events_are_per_user(kind: Kind) {
     h.bus.close().await;
 }
 
+/// A first join in one step (`join_room`): the member is present, `member_joined` goes
+/// out once per user, and the history answer is the one `history` gives (recent or since).
+async fn join_room_adds_presence_and_reads_history(kind: Kind) {
+    let mut h = harness(kind, config("n1")).await;
+    let r = room("r");
+    let first = h
+        .bus
+        .join_room(&r, &user("alice"), "c1", query_recent(5))
+        .await
+        .expect("first join of an empty room");
+    assert_eq!(first.offset, 0);
+    assert!(first.messages.is_empty());
+    assert_eq!(h.events.member().await, ("joined", "alice".into()));
+    let mut epoch = String::new();
+    for i in 1..=4 {
+        epoch = publish(&*h.bus, "r", json!(i)).await.epoch;
+    }
+    assert_eq!(
+        epoch, first.epoch,
+        "the epoch the joiner saw is the one publishes use"
+    );
+    let recent = h
+        .bus
+        .join_room(&r, &user("bob"), "c2", query_recent(2))
+        .await
+        .expect("join with recent history");
+    assert_eq!(recent.offset, 4);
+    assert!(!recent.recovered);
+    let offsets: Vec<_> = recent.messages.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![Some(3), Some(4)]);
+    assert_eq!(recent.messages[1].data, json!(4));
+    let since = h
+        .bus
+        .join_room(&r, &user("alice"), "c3", query_since(1, &epoch, 10))
+        .await
+        .expect("join that recovers");
+    assert!(since.recovered);
+    let offsets: Vec<_> = since.messages.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![Some(2), Some(3), Some(4)]);
+    let p = h.bus.presence(&r, 10).await.expect("presence");
+    assert_eq!((p.count.users, p.count.connections), (2, 3));
+    // the next member event is bob's (the messages in between are skipped)
+    assert_eq!(h.events.member().await, ("joined", "bob".into()));
+    h.bus.close().await;
+}
+
 async fn presence_counts_and_limit(kind: Kind) {
     let h = harness(kind, config("n1")).await;
     let r = room("r");
@@ -435,6 +481,7 @@ suite!(
     history_of_a_lost_epoch_is_capped,
     history_max_recover,
     presence_events_are_per_user,
+    join_room_adds_presence_and_reads_history,
     presence_counts_and_limit,
     send_delivers_direct,
     disconnect_delivers,

@@ -160,6 +160,21 @@ impl SseStream {
     }
 
     /// The next event, skipping comments; `None` at the end of the stream.
+    /// The next event that is not a member event (`member_joined`, `member_left`,
+    /// `member_count`): a member event of a user who joined just before this stream did
+    /// may reach it, and says nothing about the messages a test follows.
+    pub async fn next_non_member_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let ev = self.next_event().await?;
+            let kind = serde_json::from_str::<Value>(&ev.data)
+                .ok()
+                .and_then(|v| v["type"].as_str().map(str::to_string));
+            if !kind.is_some_and(|k| k.starts_with("member_")) {
+                return Some(ev);
+            }
+        }
+    }
+
     pub async fn next_event(&mut self) -> Option<SseEvent> {
         loop {
             let block = self.next_block().await?;

@@ -122,13 +122,6 @@ impl Conn {
                 .join_with(room, &self.member(&active.who), args.member_events);
         }
         let (user, conn) = (&active.who.user, &self.id);
-        let presence = async {
-            if rejoin {
-                Ok(())
-            } else {
-                node.bus.presence_join(room, user, conn).await
-            }
-        };
         // Rooms mode: the room's channel must be subscribed before history is read, or a
         // message published in between would be in neither (the no-gap rule).
         let read = async {
@@ -136,29 +129,45 @@ impl Conn {
             match &args.recover {
                 Recover::Since { since, history } => {
                     let limit = (history.unwrap_or(0) as usize).min(node.cfg.max_recover);
-                    let since = since.clone();
-                    node.bus.history(room, HistoryQuery { since, limit }).await
+                    let query = HistoryQuery {
+                        since: since.clone(),
+                        limit,
+                    };
+                    if rejoin {
+                        node.bus.history(room, query).await
+                    } else {
+                        // Presence and history in one call (one round trip per join).
+                        node.bus.join_room(room, user, conn, query).await
+                    }
                 }
                 // When a position cannot be recovered (history trimmed, or lost and
                 // restarted: an offset past the room's end), replay what history holds.
                 Recover::After(offset) => {
-                    crate::commands::history_after(node, room, *offset, node.cfg.max_recover).await
+                    let presence = async {
+                        if rejoin {
+                            Ok(())
+                        } else {
+                            node.bus.presence_join(room, user, conn).await
+                        }
+                    };
+                    let (added, read) = tokio::join!(
+                        presence,
+                        crate::commands::history_after(node, room, *offset, node.cfg.max_recover)
+                    );
+                    added?;
+                    read
                 }
             }
         };
-        // Presence and history do not wait for each other: one round trip, not two.
-        let (added, read) = tokio::join!(presence, read);
-        if let Err(e) = added {
-            node.hub.leave(room, conn);
-            return Err(JoinRefused::Bus(e));
-        }
-        match read {
+        match read.await {
             Ok(h) => {
                 self.mailbox.floors(|f| f.raise(room, h.offset));
                 Ok(h)
             }
             Err(e) => {
                 if !rejoin {
+                    // Undone whether or not Redis applied the presence add: removing an
+                    // entry that is not there is harmless and silent.
                     node.hub.leave(room, conn);
                     let _ = node.bus.presence_leave(room, user, conn).await;
                 }

@@ -17,6 +17,21 @@ pub(super) async fn read(
     let mut inv = shared.scripts.history.prepare_invoke();
     inv.key(shared.keys.meta(room))
         .key(shared.keys.history(room));
+    args(shared, &mut inv, &query);
+    let answer: Answer = shared
+        .run("history", async {
+            let mut c = shared.conn().await?;
+            Ok(inv.invoke_async(&mut c).await?)
+        })
+        .await?;
+    Ok(decode(shared, room, answer))
+}
+
+/// What the history read answers: epoch, offset, recovered (0/1), envelopes.
+pub(super) type Answer = (String, u64, u8, Vec<Vec<u8>>);
+
+/// The history read's arguments (after its keys: meta, history), alone or in a join.
+pub(super) fn args(shared: &Shared, inv: &mut redis::ScriptInvocation<'_>, query: &HistoryQuery) {
     inv.arg(random_epoch())
         .arg(Shared::ms(shared.cfg.history_ttl))
         .arg(shared.cfg.history_size)
@@ -30,12 +45,11 @@ pub(super) async fn read(
         .arg(query.since.as_ref().map(|s| s.epoch.as_str()).unwrap_or(""))
         .arg(query.limit)
         .arg(shared.cfg.max_recover);
-    let (epoch, offset, recovered, entries): (String, u64, u8, Vec<Vec<u8>>) = shared
-        .run("history", async {
-            let mut c = shared.conn().await?;
-            Ok(inv.invoke_async(&mut c).await?)
-        })
-        .await?;
+}
+
+/// The history read's answer as a [`History`]; notes the room's baseline.
+pub(super) fn decode(shared: &Shared, room: &RoomName, answer: Answer) -> History {
+    let (epoch, offset, recovered, entries) = answer;
     // A member of a watched room now holds this epoch (see `Tracking::note_read`).
     shared.tracking.note_read(room, offset, &epoch);
     let mut messages = Vec::with_capacity(entries.len());
@@ -53,10 +67,10 @@ pub(super) async fn read(
             ),
         }
     }
-    Ok(History {
+    History {
         epoch,
         offset,
         messages,
         recovered: recovered == 1,
-    })
+    }
 }

@@ -304,6 +304,16 @@ impl Bus for RedisBus {
         presence::join(&self.shared, room, user, conn).await
     }
 
+    async fn join_room(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        conn: &str,
+        query: HistoryQuery,
+    ) -> Result<History, BusError> {
+        presence::join_and_read(&self.shared, room, user, conn, &query).await
+    }
+
     async fn presence_leave(
         &self,
         room: &RoomName,

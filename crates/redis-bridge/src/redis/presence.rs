@@ -10,8 +10,8 @@
 
 use super::conn::Conn;
 use super::keys::Keys;
-use super::{envelope, OpError, Shared};
-use crate::bus::{BusError, PresenceSnapshot};
+use super::{envelope, history, OpError, Shared};
+use crate::bus::{BusError, History, HistoryQuery, PresenceSnapshot};
 use crate::common::lock;
 use futures_util::future::join_all;
 use roomcast_protocol::{BusMessage, Count, Member, MemberChange, RoomName, UserId};
@@ -88,24 +88,43 @@ async fn run_script(
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), OpError> {
-    let (script, member) = match change {
-        Change::Join => (&shared.scripts.presence_join, MemberChange::Joined),
-        Change::Leave => (&shared.scripts.presence_leave, MemberChange::Left),
+    let script = match change {
+        Change::Join => &shared.scripts.presence_join,
+        Change::Leave => &shared.scripts.presence_leave,
     };
-    let event = BusMessage::member(member, room.clone(), user.clone());
+    let mut inv = invocation(shared, script, room);
+    match change {
+        Change::Join => add_args(shared, &mut inv, room, user, conn_id)?,
+        Change::Leave => {
+            let event = BusMessage::member(MemberChange::Left, room.clone(), user.clone());
+            let payload = envelope::encode(&shared.cfg.node_id, event)
+                .map_err(|e| OpError::Bad(e.to_string()))?;
+            inv.arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
+                .arg(user.as_str())
+                .arg(payload);
+        }
+    }
+    inv.invoke_async::<i64>(conn).await?;
+    Ok(())
+}
+
+/// The presence add's arguments (after its keys), alone or in a join: the entry, the
+/// user, the entry's ttl, the `member_joined` envelope and the keys' ttl.
+fn add_args(
+    shared: &Shared,
+    inv: &mut redis::ScriptInvocation<'_>,
+    room: &RoomName,
+    user: &UserId,
+    conn_id: &str,
+) -> Result<(), OpError> {
+    let event = BusMessage::member(MemberChange::Joined, room.clone(), user.clone());
     let payload =
         envelope::encode(&shared.cfg.node_id, event).map_err(|e| OpError::Bad(e.to_string()))?;
-    let mut inv = invocation(shared, script, room);
     inv.arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
-        .arg(user.as_str());
-    match change {
-        Change::Join => inv
-            .arg(Shared::ms(shared.cfg.presence_ttl))
-            .arg(payload)
-            .arg(key_ttl_ms(shared)),
-        Change::Leave => inv.arg(payload),
-    };
-    inv.invoke_async::<i64>(conn).await?;
+        .arg(user.as_str())
+        .arg(Shared::ms(shared.cfg.presence_ttl))
+        .arg(payload)
+        .arg(key_ttl_ms(shared));
     Ok(())
 }
 
@@ -129,6 +148,39 @@ pub(crate) async fn join(
         lock(&shared.presence.entries).remove(&key);
     }
     r
+}
+
+/// A first join: adds a connection to a room's presence and reads the room's history in
+/// one script call (see `scripts::JOIN`). On failure the entry is forgotten locally, as
+/// in [`join`].
+pub(crate) async fn join_and_read(
+    shared: &Shared,
+    room: &RoomName,
+    user: &UserId,
+    conn_id: &str,
+    query: &HistoryQuery,
+) -> Result<History, BusError> {
+    let key = (room.clone(), conn_id.to_string());
+    lock(&shared.presence.entries).insert(key.clone(), user.clone());
+    let r = shared
+        .run("join", async {
+            let mut inv = invocation(shared, &shared.scripts.join, room);
+            inv.key(shared.keys.meta(room))
+                .key(shared.keys.history(room));
+            add_args(shared, &mut inv, room, user, conn_id)?;
+            history::args(shared, &mut inv, query);
+            let mut c = shared.conn().await?;
+            let answer: history::Answer = inv.invoke_async(&mut c).await?;
+            Ok(answer)
+        })
+        .await;
+    match r {
+        Ok(answer) => Ok(history::decode(shared, room, answer)),
+        Err(e) => {
+            lock(&shared.presence.entries).remove(&key);
+            Err(e)
+        }
+    }
 }
 
 /// Removes a connection from a room's presence.

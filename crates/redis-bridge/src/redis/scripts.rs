@@ -138,69 +138,96 @@ return 0
 /// publish uses. A `since` in another epoch gets the current epoch from its start (up
 /// to max recover), not recovered (docs/protocol.md section 3).
 ///
-/// KEYS: meta, history. ARGV: fresh epoch, history ttl (ms), history size,
+/// K (keys): meta, history. A (arguments): fresh epoch, history ttl (ms), history size,
 /// since offset ('' for none), since epoch, limit, max recover.
 /// Returns {epoch, offset, recovered (0/1), {envelope, ...}}.
-const HISTORY: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-local top = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
-local first = top + 1
-local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end
-local size = tonumber(ARGV[3])
-if first < top - size + 1 then first = top - size + 1 end
-local recovered = 0
-local from = top + 1
-local to = top
-local lost = false
-if ARGV[4] ~= '' then
-  local since = tonumber(ARGV[4]) or 0
-  if ARGV[5] == epoch and since <= top and since + 1 >= first and top - since <= tonumber(ARGV[7]) then
-    recovered = 1
-    from = since + 1
-  elseif ARGV[5] ~= epoch then
-    -- an epoch the room no longer has (its history was lost): the current epoch from
-    -- its first offset held, up to max recover, so that nothing acknowledged since the
-    -- loss is missed
-    lost = true
-    from = first
-    to = math.min(top, first + tonumber(ARGV[7]) - 1)
+const HISTORY_FN: &str = r#"
+local function read_history(K, A)
+  local epoch = redis.call('HGET', K[1], 'e')
+  if not epoch then
+    epoch = A[1]
+    redis.call('DEL', K[2])
+    redis.call('HSET', K[1], 'e', epoch, 's', 0)
+    redis.call('PEXPIRE', K[1], A[2])
   end
+  local top = tonumber(redis.call('HGET', K[1], 's') or '0')
+  local first = top + 1
+  local head = redis.call('XRANGE', K[2], '-', '+', 'COUNT', 1)
+  if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end
+  local size = tonumber(A[3])
+  if first < top - size + 1 then first = top - size + 1 end
+  local recovered = 0
+  local from = top + 1
+  local to = top
+  local lost = false
+  if A[4] ~= '' then
+    local since = tonumber(A[4]) or 0
+    if A[5] == epoch and since <= top and since + 1 >= first and top - since <= tonumber(A[7]) then
+      recovered = 1
+      from = since + 1
+    elseif A[5] ~= epoch then
+      -- an epoch the room no longer has (its history was lost): the current epoch from
+      -- its first offset held, up to max recover, so that nothing acknowledged since the
+      -- loss is missed
+      lost = true
+      from = first
+      to = math.min(top, first + tonumber(A[7]) - 1)
+    end
+  end
+  if recovered == 0 and not lost then
+    local n = tonumber(A[6])
+    if n > 0 then from = math.max(first, top - n + 1) end
+  end
+  local out = {}
+  if from <= to then
+    local range = redis.call('XRANGE', K[2], string.format('%d-0', from), string.format('%d-0', to))
+    for i, e in ipairs(range) do out[i] = e[2][2] end
+  end
+  return {epoch, top, recovered, out}
 end
-if recovered == 0 and not lost then
-  local n = tonumber(ARGV[6])
-  if n > 0 then from = math.max(first, top - n + 1) end
-end
-local out = {}
-if from <= to then
-  local range = redis.call('XRANGE', KEYS[2], string.format('%d-0', from), string.format('%d-0', to))
-  for i, e in ipairs(range) do out[i] = e[2][2] end
-end
-return {epoch, top, recovered, out}
+"#;
+
+/// The history read alone.
+const HISTORY: &str = r#"
+return read_history(KEYS, ARGV)
 "#;
 
 /// Adds (or refreshes) a presence entry; publishes member_joined on the user's first
 /// connection in the room.
 ///
-/// KEYS: presence zset, presence users hash, room channel.
-/// ARGV: entry, user, ttl (ms), member_joined envelope, key ttl (ms).
+/// K (keys): presence zset, presence users hash, room channel.
+/// A (arguments): entry, user, ttl (ms), member_joined envelope, key ttl (ms).
 /// Returns 1 when the entry was new.
-const PRESENCE_JOIN: &str = r#"
-local added = redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), ARGV[1])
-if added == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
-    redis.call('PUBLISH', KEYS[3], ARGV[4])
+const PRESENCE_JOIN_FN: &str = r#"
+local function add_presence(K, A)
+  local added = redis.call('ZADD', K[1], now_ms() + tonumber(A[3]), A[1])
+  if added == 1 then
+    if redis.call('HINCRBY', K[2], A[2], 1) == 1 then
+      redis.call('PUBLISH', K[3], A[4])
+    end
   end
+  redis.call('PEXPIRE', K[1], A[5])
+  redis.call('PEXPIRE', K[2], A[5])
+  return added
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-return added
+"#;
+
+/// The presence add alone.
+const PRESENCE_JOIN: &str = r#"
+return add_presence(KEYS, ARGV)
+"#;
+
+/// A first join: the presence add, then the history read, in one call: one round trip,
+/// one pool checkout and one script run per join instead of two of each. Every key
+/// carries the room's hash tag, so on a Redis Cluster they share a slot.
+///
+/// KEYS: presence zset, presence users hash, room channel, meta, history.
+/// ARGV: the presence add's five, then the history read's seven.
+/// Returns the history read's answer.
+const JOIN: &str = r#"
+add_presence({KEYS[1], KEYS[2], KEYS[3]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]})
+return read_history({KEYS[4], KEYS[5]},
+  {ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]})
 "#;
 
 /// Removes a presence entry; publishes member_left when it was the user's last one.
@@ -290,6 +317,7 @@ pub(crate) struct Scripts {
     pub(crate) send: Script,
     pub(crate) history: Script,
     pub(crate) presence_join: Script,
+    pub(crate) join: Script,
     pub(crate) presence_leave: Script,
     pub(crate) presence_sweep: Script,
     pub(crate) presence_read: Script,
@@ -311,8 +339,9 @@ impl Scripts {
         Scripts {
             publish: plain(PUBLISH),
             send: plain(SEND),
-            history: plain(HISTORY),
-            presence_join: with_helpers(PRESENCE_JOIN),
+            history: plain(&format!("{HISTORY_FN}\n{HISTORY}")),
+            presence_join: with_helpers(&format!("{PRESENCE_JOIN_FN}\n{PRESENCE_JOIN}")),
+            join: with_helpers(&format!("{PRESENCE_JOIN_FN}\n{HISTORY_FN}\n{JOIN}")),
             presence_leave: plain(PRESENCE_LEAVE),
             presence_sweep: with_helpers(PRESENCE_SWEEP),
             presence_read: with_helpers(PRESENCE_READ),

@@ -25,13 +25,13 @@ pub(crate) enum Track {
     /// `epoch: None`: the room had no history then.
     Baseline { offset: u64, epoch: Option<String> },
     /// Every message of `epoch` up to `offset` has been delivered.
-    /// `sig`: the SHA-1 (hex) of the envelope delivered at `offset`, when it came live:
+    /// `sig`: the SHA-1 of the envelope delivered at `offset`, when it came live:
     /// after a cut it tells whether the room's stream still holds that message there, or
     /// another one took its offset (publishes lost in a failover, then re-used).
     Known {
         offset: u64,
         epoch: String,
-        sig: Option<String>,
+        sig: Option<Sig>,
     },
 }
 
@@ -71,9 +71,22 @@ impl Track {
     }
 }
 
-/// The signature of an envelope kept in [`Track::Known`]: its SHA-1, in hex.
-pub(crate) fn signature(payload: &[u8]) -> String {
-    sha1_smol::Sha1::from(payload).digest().to_string()
+/// The signature of an envelope kept in [`Track::Known`]: its SHA-1. Raw bytes, taken
+/// for every live room message: hex (what the epoch script compares) only when needed.
+pub(crate) type Sig = [u8; 20];
+
+/// The signature of an envelope.
+pub(crate) fn signature(payload: &[u8]) -> Sig {
+    sha1_smol::Sha1::from(payload).digest().bytes()
+}
+
+/// A signature in hex, as Redis's `redis.sha1hex` writes it.
+pub(crate) fn sig_hex(sig: &Sig) -> String {
+    use std::fmt::Write;
+    sig.iter().fold(String::with_capacity(40), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// The watched rooms and their tracks, and the queue of rooms whose baseline offset the
@@ -169,5 +182,17 @@ impl Tracking {
     /// The baseline queue, for the one subscriber task (`None` once taken).
     pub(crate) fn take_baselines(&self) -> Option<mpsc::UnboundedReceiver<RoomName>> {
         lock(&self.baseline_rx).take()
+    }
+}
+
+#[cfg(test)]
+mod sig_tests {
+    /// The hex form is the one Redis's `redis.sha1hex` gives (the epoch script compares them).
+    #[test]
+    fn the_hex_signature_is_sha1hex() {
+        assert_eq!(
+            super::sig_hex(&super::signature(b"abc")),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
     }
 }

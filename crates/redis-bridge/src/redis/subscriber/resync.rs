@@ -7,7 +7,7 @@
 use super::repair::{lost, repair, StreamEntry};
 use crate::bus::{BusError, BusStats, EventSink};
 use crate::common::random_epoch;
-use crate::redis::tracking::{signature, Track};
+use crate::redis::tracking::{sig_hex, signature, Sig, Track};
 use crate::redis::{OpError, Shared};
 use roomcast_protocol::RoomName;
 
@@ -111,7 +111,7 @@ pub(super) async fn resync(shared: &Shared, delivery: &dyn EventSink) -> Result<
                         lost(shared, delivery, room, "epoch changed");
                         shared.tracking.set(room, Track::known(offset, epoch));
                     } else if (offset < last && known_epoch.is_some())
-                        || (offset >= last && diverged(shared, room, last, sig.as_deref()).await?)
+                        || (offset >= last && diverged(shared, room, last, sig.as_ref()).await?)
                     {
                         // The room's stored offset is below one this node has delivered
                         // (or read) in the same epoch, or another message sits where the
@@ -120,7 +120,7 @@ pub(super) async fn resync(shared: &Shared, delivery: &dyn EventSink) -> Result<
                         // reuse (or did reuse) an offset members hold: a new epoch, once,
                         // cluster-wide.
                         let track =
-                            start_epoch_after_loss(shared, room, &epoch, last, sig.as_deref())
+                            start_epoch_after_loss(shared, room, &epoch, last, sig.as_ref())
                                 .await?;
                         lost(
                             shared,
@@ -146,7 +146,7 @@ async fn diverged(
     shared: &Shared,
     room: &RoomName,
     offset: u64,
-    sig: Option<&str>,
+    sig: Option<&Sig>,
 ) -> Result<bool, BusError> {
     let Some(sig) = sig else {
         return Ok(false);
@@ -172,7 +172,7 @@ async fn diverged(
         fields
             .iter()
             .find(|(k, _)| k == "d")
-            .is_some_and(|(_, d)| signature(d) != sig)
+            .is_some_and(|(_, d)| signature(d) != *sig)
     }))
 }
 
@@ -183,7 +183,7 @@ async fn start_epoch_after_loss(
     room: &RoomName,
     epoch: &str,
     delivered: u64,
-    sig: Option<&str>,
+    sig: Option<&Sig>,
 ) -> Result<Track, BusError> {
     let fresh = random_epoch();
     let mut inv = shared.scripts.epoch_cas.prepare_invoke();
@@ -193,7 +193,7 @@ async fn start_epoch_after_loss(
         .arg(delivered)
         .arg(&fresh)
         .arg(Shared::ms(shared.cfg.history_ttl))
-        .arg(sig.unwrap_or(""));
+        .arg(sig.map(sig_hex).unwrap_or_default());
     let won: i64 = shared
         .run("new epoch after a loss", async {
             let mut c = shared.conn().await?;

@@ -487,3 +487,47 @@ suite!(
     disconnect_delivers,
     close_stops_readiness,
 );
+
+/// How many times Redis ran `cmd` (INFO commandstats), 0 if never.
+fn calls(server: &RedisServer, cmd: &str) -> u64 {
+    let info = server
+        .command(&["INFO", "commandstats"])
+        .expect("INFO answers");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A first join costs Redis one script call: the presence add and the history read are
+/// one EVALSHA, not two (issue 14: one round trip per join).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_join_is_one_script_call() {
+    let server = RedisServer::start();
+    let cfg = roomcast_redis_bridge::BusConfig {
+        // no presence refresh during the test
+        presence_ttl: std::time::Duration::from_secs(3600),
+        ..config("n1")
+    };
+    let n = node(&server, cfg).await;
+    // The first call of the script loads it (NOSCRIPT, SCRIPT LOAD, EVALSHA again).
+    n.bus
+        .join_room(&room("warm"), &user("alice"), "c0", query_recent(10))
+        .await
+        .expect("warm-up join");
+    let before = (calls(&server, "evalsha"), calls(&server, "eval"));
+    let h = n
+        .bus
+        .join_room(&room("r"), &user("bob"), "c1", query_recent(10))
+        .await
+        .expect("join");
+    assert_eq!(h.offset, 0);
+    let after = (calls(&server, "evalsha"), calls(&server, "eval"));
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 0),
+        "one EVALSHA per first join"
+    );
+    n.bus.close().await;
+}

@@ -166,10 +166,14 @@ impl Conn {
             }
             Err(e) => {
                 if !rejoin {
-                    // Undone whether or not Redis applied the presence add: removing an
-                    // entry that is not there is harmless and silent.
                     node.hub.leave(room, conn);
-                    let _ = node.bus.presence_leave(room, user, conn).await;
+                    // Redis answered: undo the presence add it may have applied (removing
+                    // an entry that is not there is silent). Redis out of reach: the
+                    // entry, if it was added, expires unrefreshed, and the refusal is not
+                    // held up by a second timeout.
+                    if !matches!(e, BusError::Unavailable(_)) {
+                        let _ = node.bus.presence_leave(room, user, conn).await;
+                    }
                 }
                 Err(JoinRefused::Bus(e))
             }

@@ -34,6 +34,8 @@ COUNTERS_GAUGES = {
     "roomcast_bus_gap_repairs_total",
     "roomcast_bus_publish_batches_total",
     "roomcast_bus_publishes_batched_total",
+    "roomcast_bus_join_batches_total",
+    "roomcast_bus_joins_batched_total",
     "roomcast_api_requests_total",
     "roomcast_draining",
 }

@@ -73,6 +73,10 @@ pub struct Metrics {
     pub bus_publish_batches: IntCounter,
     /// Room publishes sent in those calls.
     pub bus_publishes_batched: IntCounter,
+    /// Redis calls that carried first joins.
+    pub bus_join_batches: IntCounter,
+    /// First joins sent to Redis in those calls.
+    pub bus_joins_batched: IntCounter,
     /// Time from a message's server timestamp to its local delivery.
     pub bus_delivery_seconds: Histogram,
     /// Backend API requests, by route and status.
@@ -283,6 +287,16 @@ impl Metrics {
                 "roomcast_bus_publishes_batched_total",
                 "Room publishes sent to Redis in those calls",
             ),
+            bus_join_batches: counter(
+                &r,
+                "roomcast_bus_join_batches_total",
+                "Redis calls that carried first joins (one join-script call per batch)",
+            ),
+            bus_joins_batched: counter(
+                &r,
+                "roomcast_bus_joins_batched_total",
+                "First joins (presence add and history read) sent to Redis in those calls",
+            ),
             bus_delivery_seconds: histogram(
                 &r,
                 "roomcast_bus_delivery_seconds",
@@ -431,6 +445,14 @@ impl Metrics {
         catch_up(
             &self.bus_publishes_batched,
             bus.publishes_batched.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_join_batches,
+            bus.join_batches.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.bus_joins_batched,
+            bus.joins_batched.load(Ordering::Relaxed),
         );
         catch_up(
             &self.bus_topology_refreshes,

@@ -364,6 +364,11 @@ pub struct BusStats {
     pub publish_batches: AtomicU64,
     /// Room publishes handed to Redis in those calls.
     pub publishes_batched: AtomicU64,
+    /// Calls to Redis that carried first joins (presence add and history read; several
+    /// joins share one in a burst).
+    pub join_batches: AtomicU64,
+    /// First joins handed to Redis in those calls.
+    pub joins_batched: AtomicU64,
     /// Room messages received for a room with no local member (what pattern mode costs a
     /// node that delivers nothing of them; in rooms mode only what arrives while a left
     /// room's channel lingers).

@@ -336,6 +336,57 @@ async fn join_room_adds_presence_and_reads_history(kind: Kind) {
     h.bus.close().await;
 }
 
+/// Many first joins at once (a reconnect storm): each gets its own room's history and
+/// presence entry; on Redis they share script calls (the joiner's batches).
+async fn concurrent_joins_each_get_their_room(kind: Kind) {
+    let h = harness(kind, config("n1")).await;
+    let rooms: Vec<String> = (0..8).map(|i| format!("storm{i}")).collect();
+    for (i, r) in rooms.iter().enumerate() {
+        for k in 0..=i {
+            publish(&*h.bus, r, json!(k)).await;
+        }
+    }
+    let joins = (0..40).map(|c| {
+        let r = room(&rooms[c % rooms.len()]);
+        let bus = h.bus.clone();
+        async move {
+            let u = user(&format!("u{c}"));
+            let got = bus
+                .join_room(&r, &u, &format!("c{c}"), query_recent(100))
+                .await;
+            (r, got)
+        }
+    });
+    for (r, got) in futures_util::future::join_all(joins).await {
+        let hist = got.expect("join");
+        let i: u64 = r.as_str()["storm".len()..].parse().expect("room number");
+        assert_eq!(hist.offset, i + 1, "{r}'s own offset");
+        let offsets: Vec<_> = hist.messages.iter().map(|p| p.offset).collect();
+        assert_eq!(
+            offsets,
+            (1..=i + 1).map(Some).collect::<Vec<_>>(),
+            "{r}'s own history"
+        );
+    }
+    for r in &rooms {
+        let p = h.bus.presence(&room(r), 10).await.expect("presence");
+        assert_eq!(p.count.connections, 5, "{r}: five joins each");
+    }
+    if !matches!(kind, Kind::Memory) {
+        let s = h.bus.stats();
+        let (calls, joins) = (
+            s.join_batches.load(std::sync::atomic::Ordering::Relaxed),
+            s.joins_batched.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        assert_eq!(joins, 40);
+        assert!(
+            calls < joins,
+            "joins waiting together share a call: {calls} calls"
+        );
+    }
+    h.bus.close().await;
+}
+
 async fn presence_counts_and_limit(kind: Kind) {
     let h = harness(kind, config("n1")).await;
     let r = room("r");
@@ -482,6 +533,7 @@ suite!(
     history_max_recover,
     presence_events_are_per_user,
     join_room_adds_presence_and_reads_history,
+    concurrent_joins_each_get_their_room,
     presence_counts_and_limit,
     send_delivers_direct,
     disconnect_delivers,

@@ -30,21 +30,27 @@ pub(super) async fn read(
 /// What the history read answers: epoch, offset, recovered (0/1), envelopes.
 pub(super) type Answer = (String, u64, u8, Vec<Vec<u8>>);
 
-/// The history read's arguments (after its keys: meta, history), alone or in a join.
-pub(super) fn args(shared: &Shared, inv: &mut redis::ScriptInvocation<'_>, query: &HistoryQuery) {
+/// The history read's arguments (after its keys: meta, history).
+fn args(shared: &Shared, inv: &mut redis::ScriptInvocation<'_>, query: &HistoryQuery) {
     inv.arg(random_epoch())
         .arg(Shared::ms(shared.cfg.history_ttl))
-        .arg(shared.cfg.history_size)
-        .arg(
-            query
-                .since
-                .as_ref()
-                .map(|s| s.offset.to_string())
-                .unwrap_or_default(),
-        )
-        .arg(query.since.as_ref().map(|s| s.epoch.as_str()).unwrap_or(""))
-        .arg(query.limit)
-        .arg(shared.cfg.max_recover);
+        .arg(shared.cfg.history_size);
+    query_args(inv, query);
+    inv.arg(shared.cfg.max_recover);
+}
+
+/// What a read asks for, as the history function of the scripts takes it: since offset
+/// ('' for none), since epoch, limit. Also one join's part of the join script's arguments.
+pub(super) fn query_args(inv: &mut redis::ScriptInvocation<'_>, query: &HistoryQuery) {
+    inv.arg(
+        query
+            .since
+            .as_ref()
+            .map(|s| s.offset.to_string())
+            .unwrap_or_default(),
+    )
+    .arg(query.since.as_ref().map(|s| s.epoch.as_str()).unwrap_or(""))
+    .arg(query.limit);
 }
 
 /// The history read's answer as a [`History`]; notes the room's baseline.

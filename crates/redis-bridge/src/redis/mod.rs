@@ -29,6 +29,7 @@
 //! when Redis cannot be reached; nothing waits for Redis to come back.
 
 mod bad_input;
+mod batch;
 mod conn;
 mod connect;
 mod direct;
@@ -36,6 +37,7 @@ mod envelope;
 mod health;
 mod history;
 mod interest;
+mod joiner;
 mod keys;
 mod nodes;
 mod ops;
@@ -107,6 +109,8 @@ pub(crate) struct Shared {
     presence: LocalPresence,
     /// Room publishes on their way to the publisher task (batched into script calls).
     publish_tx: mpsc::Sender<publisher::Job>,
+    /// First joins on their way to the joiner task (batched into script calls).
+    join_tx: mpsc::Sender<joiner::Job>,
     /// What every envelope of this node starts with (see `envelope::envelope_head`).
     envelope_head: Vec<u8>,
     /// Bad input read from Redis is logged at most once a while (see `bad_input::RateLog`).
@@ -144,6 +148,7 @@ impl RedisBus {
         let cluster = matches!(backend, Backend::Cluster { .. });
         let stop = CancellationToken::new();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (join_tx, join_rx) = mpsc::channel(PUBLISH_QUEUE);
         let envelope_head = envelope::envelope_head(&cfg.node_id)?;
         let shared = Arc::new(Shared {
             keys: if cluster {
@@ -167,12 +172,14 @@ impl RedisBus {
             interest: interest::Interest::default(),
             shards: Mutex::new(Vec::new()),
             publish_tx,
+            join_tx,
             envelope_head,
             bad_log: bad_input::RateLog::default(),
         });
         shared
             .tasks
             .spawn(publisher::run(shared.clone(), publish_rx));
+        shared.tasks.spawn(joiner::run(shared.clone(), join_rx));
         // Say now, not at the first publish, when the URL or the password is wrong; a
         // Redis that is down is waited for (the health task marks the bus up when it is).
         let ping = async {
@@ -311,7 +318,7 @@ impl Bus for RedisBus {
         conn: &str,
         query: HistoryQuery,
     ) -> Result<History, BusError> {
-        presence::join_and_read(&self.shared, room, user, conn, &query).await
+        joiner::join(&self.shared, room, user, conn, query).await
     }
 
     async fn presence_leave(

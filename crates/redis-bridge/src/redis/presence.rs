@@ -10,8 +10,8 @@
 
 use super::conn::Conn;
 use super::keys::Keys;
-use super::{envelope, history, OpError, Shared};
-use crate::bus::{BusError, History, HistoryQuery, PresenceSnapshot};
+use super::{envelope, OpError, Shared};
+use crate::bus::{BusError, PresenceSnapshot};
 use crate::common::lock;
 use futures_util::future::join_all;
 use roomcast_protocol::{BusMessage, Count, Member, MemberChange, RoomName, UserId};
@@ -96,20 +96,17 @@ async fn run_script(
     match change {
         Change::Join => add_args(shared, &mut inv, room, user, conn_id)?,
         Change::Leave => {
-            let event = BusMessage::member(MemberChange::Left, room.clone(), user.clone());
-            let payload = envelope::encode(&shared.cfg.node_id, event)
-                .map_err(|e| OpError::Bad(e.to_string()))?;
             inv.arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
                 .arg(user.as_str())
-                .arg(payload);
+                .arg(member_event(shared, MemberChange::Left, room, user)?);
         }
     }
     inv.invoke_async::<i64>(conn).await?;
     Ok(())
 }
 
-/// The presence add's arguments (after its keys), alone or in a join: the entry, the
-/// user, the entry's ttl, the `member_joined` envelope and the keys' ttl.
+/// The presence add's arguments (after its keys): the entry, the user, the entry's ttl,
+/// the `member_joined` envelope and the keys' ttl.
 fn add_args(
     shared: &Shared,
     inv: &mut redis::ScriptInvocation<'_>,
@@ -117,15 +114,66 @@ fn add_args(
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), OpError> {
-    let event = BusMessage::member(MemberChange::Joined, room.clone(), user.clone());
-    let payload =
-        envelope::encode(&shared.cfg.node_id, event).map_err(|e| OpError::Bad(e.to_string()))?;
     inv.arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
         .arg(user.as_str())
         .arg(Shared::ms(shared.cfg.presence_ttl))
-        .arg(payload)
+        .arg(member_event(shared, MemberChange::Joined, room, user)?)
         .arg(key_ttl_ms(shared));
     Ok(())
+}
+
+/// The envelope a presence script publishes on a user's first connection (joined) or
+/// last (left).
+fn member_event(
+    shared: &Shared,
+    change: MemberChange,
+    room: &RoomName,
+    user: &UserId,
+) -> Result<Vec<u8>, OpError> {
+    let event = BusMessage::member(change, room.clone(), user.clone());
+    envelope::encode(&shared.cfg.node_id, event).map_err(|e| OpError::Bad(e.to_string()))
+}
+
+/// One join's presence part of the join script's call (see `scripts::JOIN`): its keys
+/// (the room's entries, users and channel) and arguments (entry, user, envelope).
+pub(super) fn join_part(
+    shared: &Shared,
+    inv: &mut redis::ScriptInvocation<'_>,
+    room: &RoomName,
+    user: &UserId,
+    conn_id: &str,
+) -> Result<(), OpError> {
+    inv.key(shared.keys.presence(room))
+        .key(shared.keys.presence_users(room))
+        .key(shared.keys.room_channel(room));
+    inv.arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
+        .arg(user.as_str())
+        .arg(member_event(shared, MemberChange::Joined, room, user)?);
+    Ok(())
+}
+
+/// The join script's arguments every join of a batch shares, presence's part: the entry's
+/// ttl and the keys' ttl.
+pub(super) fn join_shared_args(shared: &Shared, inv: &mut redis::ScriptInvocation<'_>) {
+    inv.arg(Shared::ms(shared.cfg.presence_ttl))
+        .arg(key_ttl_ms(shared));
+}
+
+/// Notes a connection's entry as this node's (refreshed from now on, removed on close);
+/// `false` forgets it again (a join that failed: if Redis did apply it, it expires).
+pub(super) fn note_local(
+    shared: &Shared,
+    room: &RoomName,
+    user: &UserId,
+    conn_id: &str,
+    held: bool,
+) {
+    let key = (room.clone(), conn_id.to_string());
+    if held {
+        lock(&shared.presence.entries).insert(key, user.clone());
+    } else {
+        lock(&shared.presence.entries).remove(&key);
+    }
 }
 
 /// Adds a connection to a room's presence. On failure the entry is forgotten locally
@@ -136,8 +184,7 @@ pub(crate) async fn join(
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), BusError> {
-    let key = (room.clone(), conn_id.to_string());
-    lock(&shared.presence.entries).insert(key.clone(), user.clone());
+    note_local(shared, room, user, conn_id, true);
     let r = shared
         .run("presence join", async {
             let mut c = shared.conn().await?;
@@ -145,42 +192,9 @@ pub(crate) async fn join(
         })
         .await;
     if r.is_err() {
-        lock(&shared.presence.entries).remove(&key);
+        note_local(shared, room, user, conn_id, false);
     }
     r
-}
-
-/// A first join: adds a connection to a room's presence and reads the room's history in
-/// one script call (see `scripts::JOIN`). On failure the entry is forgotten locally, as
-/// in [`join`].
-pub(crate) async fn join_and_read(
-    shared: &Shared,
-    room: &RoomName,
-    user: &UserId,
-    conn_id: &str,
-    query: &HistoryQuery,
-) -> Result<History, BusError> {
-    let key = (room.clone(), conn_id.to_string());
-    lock(&shared.presence.entries).insert(key.clone(), user.clone());
-    let r = shared
-        .run("join", async {
-            let mut inv = invocation(shared, &shared.scripts.join, room);
-            inv.key(shared.keys.meta(room))
-                .key(shared.keys.history(room));
-            add_args(shared, &mut inv, room, user, conn_id)?;
-            history::args(shared, &mut inv, query);
-            let mut c = shared.conn().await?;
-            let answer: history::Answer = inv.invoke_async(&mut c).await?;
-            Ok(answer)
-        })
-        .await;
-    match r {
-        Ok(answer) => Ok(history::decode(shared, room, answer)),
-        Err(e) => {
-            lock(&shared.presence.entries).remove(&key);
-            Err(e)
-        }
-    }
 }
 
 /// Removes a connection from a room's presence.
@@ -267,7 +281,8 @@ pub(crate) async fn remove_all(shared: &Shared) {
 /// watched rooms.
 pub(crate) async fn keep_alive(shared: Arc<Shared>) {
     let every = (shared.cfg.presence_ttl / 3).max(Duration::from_millis(10));
-    let mut tick = tokio::time::interval(every);
+    // The first round one period after the start: a new bus holds no entries yet.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -17,7 +17,7 @@
 //! half-applied batch; per slot, MOVED and ASK are followed before anything runs.)
 
 use super::envelope::{self, SplitEnvelope};
-use super::{OpError, Shared};
+use super::{batch, OpError, Shared};
 use crate::bus::{BusError, BusStats, PublishRequest, PublishResult};
 use crate::common::random_epoch;
 use std::sync::atomic::Ordering;
@@ -60,10 +60,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             .publishes_batched
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         let replies = if shared.is_cluster() {
-            call_per_slot(&shared, &batch).await
+            batch::per_slot(&batch, |j| j.slot, "publish", |jobs| call(&shared, jobs)).await
         } else {
-            let jobs: Vec<&Job> = batch.iter().collect();
-            spread(call(&shared, &jobs).await, n)
+            batch::spread(call(&shared, batch.iter().collect()).await, n, "publish")
         };
         for (job, r) in batch.drain(..).zip(replies) {
             // The publisher may have given up (its request timed out): nothing to do.
@@ -73,53 +72,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
     tracing::debug!("redis publisher stopped");
 }
 
-/// One call of the publish script per slot (Redis Cluster); the replies in the batch's
-/// order. A slot whose call failed fails its own messages only.
-async fn call_per_slot(shared: &Shared, batch: &[Job]) -> Vec<Reply> {
-    let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
-    for (i, job) in batch.iter().enumerate() {
-        match slots.iter_mut().find(|(s, _)| *s == job.slot) {
-            Some((_, idx)) => idx.push(i),
-            None => slots.push((job.slot, vec![i])),
-        }
-    }
-    let calls = slots.iter().map(|(_, idx)| {
-        let jobs: Vec<&Job> = idx.iter().map(|&i| &batch[i]).collect();
-        async move { call(shared, &jobs).await }
-    });
-    let results = futures_util::future::join_all(calls).await;
-    let mut out: Vec<Reply> = (0..batch.len())
-        .map(|_| Err(BusError::Internal("publish: no reply".into())))
-        .collect();
-    for ((_, idx), r) in slots.iter().zip(results) {
-        for (&i, reply) in idx.iter().zip(spread(r, idx.len())) {
-            out[i] = reply;
-        }
-    }
-    out
-}
-
-/// One script call's answer as one reply per message.
-fn spread(r: Result<Vec<(u8, String)>, BusError>, n: usize) -> Vec<Reply> {
-    (0..n)
-        .map(|i| match &r {
-            Ok(v) => v.get(i).cloned().ok_or_else(|| {
-                BusError::Internal(format!("publish: {} replies for {n} messages", v.len()))
-            }),
-            Err(e) => Err(e.clone()),
-        })
-        .collect()
-}
-
 /// One call of the publish script for these messages.
-async fn call(shared: &Shared, batch: &[&Job]) -> Result<Vec<(u8, String)>, BusError> {
+async fn call(shared: &Shared, batch: Vec<&Job>) -> Result<Vec<(u8, String)>, BusError> {
     let mut inv = shared.scripts.publish.prepare_invoke();
     inv.arg(shared.cfg.history_size)
         .arg(Shared::ms(shared.cfg.history_ttl))
         .arg(Shared::ms(shared.cfg.dedupe_window))
         .arg(&shared.envelope_head)
         .arg(random_epoch());
-    for job in batch {
+    for job in &batch {
         inv.key(&job.meta)
             .key(&job.history)
             .key(&job.channel)

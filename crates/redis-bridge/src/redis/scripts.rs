@@ -217,17 +217,27 @@ const PRESENCE_JOIN: &str = r#"
 return add_presence(KEYS, ARGV)
 "#;
 
-/// A first join: the presence add, then the history read, in one call: one round trip,
-/// one pool checkout and one script run per join instead of two of each. Every key
-/// carries the room's hash tag, so on a Redis Cluster they share a slot.
+/// First joins, any number of them (the joiner's batch; one per call when joins come one
+/// at a time): for each, the presence add, then the history read. One round trip, one pool
+/// checkout and one script run for the batch, where each join used to send two scripts.
+/// Every key of a join carries its room's hash tag (on a Redis Cluster a batch is split by
+/// slot, as publishes are).
 ///
-/// KEYS: presence zset, presence users hash, room channel, meta, history.
-/// ARGV: the presence add's five, then the history read's seven.
-/// Returns the history read's answer.
+/// ARGV[1..5]: presence ttl (ms), presence keys' ttl (ms), history ttl (ms), history size,
+/// max recover. Then per join i (from 0), KEYS[5i+1..5i+5]: presence zset, presence users
+/// hash, room channel, meta, history; ARGV[5+7i+1..5+7i+7]: entry, user, member_joined
+/// envelope, fresh epoch, since offset ('' for none), since epoch, limit.
+/// Returns one history answer per join, in order.
 const JOIN: &str = r#"
-add_presence({KEYS[1], KEYS[2], KEYS[3]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]})
-return read_history({KEYS[4], KEYS[5]},
-  {ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]})
+local out = {}
+for i = 0, #KEYS / 5 - 1 do
+  local k, a = 5 * i, 5 + 7 * i
+  add_presence({KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]},
+    {ARGV[a + 1], ARGV[a + 2], ARGV[1], ARGV[a + 3], ARGV[2]})
+  out[i + 1] = read_history({KEYS[k + 4], KEYS[k + 5]},
+    {ARGV[a + 4], ARGV[3], ARGV[4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[5]})
+end
+return out
 "#;
 
 /// Removes a presence entry; publishes member_left when it was the user's last one.

@@ -438,7 +438,8 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<(), BusError>;
 
     /// A connection's first join of a room: [`Bus::presence_join`] and [`Bus::history`]
-    /// together. The Redis bus does both in one script call (one round trip per join);
+    /// together. The Redis bus does both in one script call, shared with the first joins
+    /// waiting beside it (its joiner task batches them as publishes are batched);
     /// this default runs them side by side. Call it after [`Bus::room_ready`].
     async fn join_room(
         &self,

@@ -540,18 +540,6 @@ suite!(
     close_stops_readiness,
 );
 
-/// How many times Redis ran `cmd` (INFO commandstats), 0 if never.
-fn calls(server: &RedisServer, cmd: &str) -> u64 {
-    let info = server
-        .command(&["INFO", "commandstats"])
-        .expect("INFO answers");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A first join costs Redis one script call: the presence add and the history read are
 /// one EVALSHA, not two (issue 14: one round trip per join).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,14 +556,20 @@ async fn a_first_join_is_one_script_call() {
         .join_room(&room("warm"), &user("alice"), "c0", query_recent(10))
         .await
         .expect("warm-up join");
-    let before = (calls(&server, "evalsha"), calls(&server, "eval"));
+    let before = (
+        command_calls(&server, "evalsha").await,
+        command_calls(&server, "eval").await,
+    );
     let h = n
         .bus
         .join_room(&room("r"), &user("bob"), "c1", query_recent(10))
         .await
         .expect("join");
     assert_eq!(h.offset, 0);
-    let after = (calls(&server, "evalsha"), calls(&server, "eval"));
+    let after = (
+        command_calls(&server, "evalsha").await,
+        command_calls(&server, "eval").await,
+    );
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
         (1, 0),

@@ -208,17 +208,6 @@ async fn direct_disconnect_and_emitter_reach_every_node() {
     b.bus.close().await;
 }
 
-/// How many times Redis ran `cmd` (scripts' calls included), from INFO commandstats.
-async fn command_calls(server: &RedisServer, cmd: &str) -> u64 {
-    let mut raw = server.conn().await;
-    let info: String = redis_query!(&mut raw, "INFO", "commandstats");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_of_a_big_room_reads_only_about_its_limit() {
     let server = RedisServer::start();

@@ -50,10 +50,16 @@ fn invocation<'a>(
     room: &RoomName,
 ) -> redis::ScriptInvocation<'a> {
     let mut inv = script.prepare_invoke();
+    presence_keys(shared, &mut inv, room);
+    inv
+}
+
+/// The keys every presence step of `room` takes: its entries, its users and its channel
+/// (for member events).
+fn presence_keys(shared: &Shared, inv: &mut redis::ScriptInvocation<'_>, room: &RoomName) {
     inv.key(shared.keys.presence(room))
         .key(shared.keys.presence_users(room))
         .key(shared.keys.room_channel(room));
-    inv
 }
 
 /// A call of a script that sweeps `room`'s expired entries first (read, sweep): which
@@ -143,9 +149,7 @@ pub(super) fn join_part(
     user: &UserId,
     conn_id: &str,
 ) -> Result<(), OpError> {
-    inv.key(shared.keys.presence(room))
-        .key(shared.keys.presence_users(room))
-        .key(shared.keys.room_channel(room));
+    presence_keys(shared, inv, room);
     inv.arg(Keys::presence_entry(user, conn_id, &shared.cfg.node_id))
         .arg(user.as_str())
         .arg(member_event(shared, MemberChange::Joined, room, user)?);

@@ -297,3 +297,15 @@ macro_rules! redis_query {
 pub(crate) use redis_query;
 
 pub mod cluster;
+
+/// How many times Redis ran `cmd` (scripts' calls included), from INFO commandstats; 0 if
+/// never.
+pub async fn command_calls(server: &RedisServer, cmd: &str) -> u64 {
+    let mut raw = server.conn().await;
+    let info: String = redis_query!(&mut raw, "INFO", "commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -16,6 +16,7 @@ pub struct Envelope {
     /// The origin node (or backend) name.
     pub node: String,
     /// The message.
+    #[serde(deserialize_with = "bus_message")]
     pub msg: BusMessage,
 }
 
@@ -90,6 +91,88 @@ pub enum BusMessage {
 
 fn default_disconnect_code() -> u16 {
     crate::error::close::INVALID_TOKEN
+}
+
+/// The fields of [`BusMessage::Message`] after its tag, decoded straight from the map;
+/// the same names, defaults and types as the variant.
+#[derive(Deserialize)]
+struct MessageFields {
+    room: RoomName,
+    event: EventName,
+    #[serde(default)]
+    data: serde_json::Value,
+    from: UserId,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    ts: u64,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    skip: Option<String>,
+    /// A second tag: refused, as the derived decoder refuses it.
+    #[serde(default, rename = "type")]
+    tag_again: Option<serde::de::IgnoredAny>,
+}
+
+/// Decodes an envelope's `msg`. Nodes and emitters write the tag first; then a room
+/// message (every message a node receives, most of them) is decoded straight into its
+/// variant. The derived decoder of an internally tagged enum instead buffers the whole
+/// map (the payload included) before it looks at the tag, which cost a third of a decode.
+/// Other kinds, and maps whose tag is not first, are buffered and decoded the derived way:
+/// the same messages are accepted and refused either way.
+fn bus_message<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BusMessage, D::Error> {
+    d.deserialize_map(BusMessageVisitor)
+}
+
+struct BusMessageVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BusMessageVisitor {
+    type Value = BusMessage;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a bus message (a map with a `type`)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<BusMessage, A::Error> {
+        let mut rest = serde_json::Map::new();
+        if let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "type" {
+                let tag: std::borrow::Cow<'de, str> = map.next_value()?;
+                if tag == "message" {
+                    let f = MessageFields::deserialize(
+                        serde::de::value::MapAccessDeserializer::new(map),
+                    )?;
+                    if f.tag_again.is_some() {
+                        return Err(serde::de::Error::duplicate_field("type"));
+                    }
+                    return Ok(BusMessage::Message {
+                        room: f.room,
+                        event: f.event,
+                        data: f.data,
+                        from: f.from,
+                        offset: f.offset,
+                        ts: f.ts,
+                        epoch: f.epoch,
+                        skip: f.skip,
+                    });
+                }
+                rest.insert(
+                    key.into_owned(),
+                    serde_json::Value::String(tag.into_owned()),
+                );
+            } else {
+                rest.insert(key.into_owned(), map.next_value()?);
+            }
+        }
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            if rest.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!("duplicate field `{k}`")));
+            }
+            rest.insert(k, v);
+        }
+        BusMessage::deserialize(serde_json::Value::Object(rest)).map_err(serde::de::Error::custom)
+    }
 }
 
 impl BusMessage {
@@ -269,6 +352,94 @@ mod tests {
     fn decodes(node: &str, msg: BusMessage) -> bool {
         let bytes = Envelope::new(node, msg).to_msgpack().expect("encode");
         Envelope::from_msgpack(&bytes).is_ok()
+    }
+
+    /// A map written in the order given, duplicates and all.
+    struct Pairs(Vec<(&'static str, serde_json::Value)>);
+
+    impl Serialize for Pairs {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut m = s.serialize_map(Some(self.0.len()))?;
+            for (k, v) in &self.0 {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
+    }
+
+    #[derive(Serialize)]
+    struct Env {
+        v: u8,
+        node: &'static str,
+        msg: Pairs,
+    }
+
+    /// `value` (a JSON object: keys in alphabetical order, so `type` comes last) as the
+    /// `msg` of an envelope.
+    fn envelope_with(msg: serde_json::Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(&json!({"v": 1, "node": "n1", "msg": msg})).expect("encode")
+    }
+
+    #[test]
+    fn the_tag_anywhere_in_the_map_decodes_the_same() {
+        let sent = message(Some(3), Some("0a1b2c3d4e5f"), Some("c1"));
+        let first = Envelope::new("n1", sent.clone())
+            .to_msgpack()
+            .expect("encode");
+        let last = envelope_with(serde_json::to_value(&sent).expect("json"));
+        assert_ne!(first, last, "the tag moved");
+        for bytes in [first, last] {
+            assert_eq!(Envelope::from_msgpack(&bytes).expect("decodes").msg, sent);
+        }
+        for other in [
+            BusMessage::MemberJoined {
+                room: RoomName::new("r").expect("room"),
+                user: UserId::new("u").expect("user"),
+            },
+            BusMessage::Disconnect {
+                user: UserId::new("u").expect("user"),
+                code: 4002,
+            },
+        ] {
+            let bytes = Envelope::new("n1", other.clone())
+                .to_msgpack()
+                .expect("encode");
+            assert_eq!(Envelope::from_msgpack(&bytes).expect("decodes").msg, other);
+            let bytes = envelope_with(serde_json::to_value(&other).expect("json"));
+            assert_eq!(Envelope::from_msgpack(&bytes).expect("decodes").msg, other);
+        }
+    }
+
+    #[test]
+    fn a_room_message_missing_a_field_or_tagged_twice_is_refused() {
+        let mut m = serde_json::to_value(message(None, None, None)).expect("json");
+        m.as_object_mut().expect("map").remove("room");
+        assert!(
+            Envelope::from_msgpack(&envelope_with(m)).is_err(),
+            "no room"
+        );
+        // Tag first, then every field, then the tag again.
+        let msg = Pairs(vec![
+            ("type", json!("message")),
+            ("room", json!("r")),
+            ("event", json!("e")),
+            ("from", json!("u")),
+            ("ts", json!(1)),
+            ("type", json!("message")),
+        ]);
+        let derived = rmp_serde::to_vec_named(&msg).expect("encode");
+        assert!(
+            rmp_serde::from_slice::<BusMessage>(&derived).is_err(),
+            "derived refuses it"
+        );
+        let bytes = rmp_serde::to_vec_named(&Env {
+            v: 1,
+            node: "n1",
+            msg,
+        })
+        .expect("encode");
+        assert!(Envelope::from_msgpack(&bytes).is_err(), "tagged twice");
     }
 
     #[test]

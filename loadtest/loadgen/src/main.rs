@@ -1,12 +1,14 @@
 //! roomcast-loadgen: drives a roomcast cluster (or one of the peer servers) from this
 //! machine. Modes: `idle` (N joined connections held), `fanout` (cross-node delivery
-//! latency, loss and duplicates at a fixed publish rate), `connect` (handshakes/s).
+//! latency, loss and duplicates at a fixed publish rate), `connect` (handshakes/s),
+//! `storm` (a reconnect storm through the load balancer after a node is killed).
 //! Every loop is bounded in count and time; only loopback targets are accepted.
 
 mod adapter;
 mod chaos;
 mod floor;
 mod stats;
+mod storm;
 mod sys;
 
 use adapter::{Conn, Incoming, Kind, Payload, PusherApp, Settings};
@@ -200,6 +202,10 @@ enum Mode {
     /// The chaos suite's checker (scripts/chaos): acks, offsets, loss, duplicates, reorder,
     /// reconnect times through the load balancer while faults are injected.
     ChaosCheck(chaos::ChaosArgs),
+    /// A reconnect storm: N clients joined through one URL (nginx); when their node is
+    /// killed each reconnects (jittered) and re-joins (roomcast: with `since`); the time
+    /// from the first close to every client joined again.
+    Storm(storm::StormArgs),
     /// The reader side of `floor` (started by it).
     #[command(hide = true)]
     FloorSink {
@@ -448,6 +454,7 @@ async fn run(cli: &Cli, nofile: u64) -> Result<Value> {
             rooms,
             duration,
         } => connect(&ctx, *total, *concurrency, *rooms, *duration).await?,
+        Mode::Storm(a) => storm::run(&ctx, cli, a).await?,
         Mode::Floor { .. } | Mode::FloorSink { .. } | Mode::ChaosCheck(_) => {
             bail!("floor and chaos-check run on their own")
         }
@@ -1212,6 +1219,19 @@ fn human(r: &Value) -> String {
                 "  server CPU {} s ({} us/delivery); generator CPU {} s ({} us/delivery, {} cores busy)\n",
                 g("server_cpu_s"), g("server_cpu_us_per_delivery"), g("generator_cpu_s"),
                 g("generator_cpu_us_per_delivery"), g("generator_cpu_util")
+            );
+        }
+        Some("storm") => {
+            let ms = &r["reconnect_ms"];
+            s += &format!(
+                "  closed {} (not closed {}), reconnected {}, failed {}, attempts {}, dropped after re-join {}; recovered {}\n",
+                g("closed"), g("not_closed"), g("reconnected"), g("failed"), g("attempts"),
+                g("dropped_after_rejoin"), g("recovered")
+            );
+            s += &format!(
+                "  reconnect from the kill: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms; all rejoined in {} s ({}); closes seen over {} ms\n",
+                ms["p50"], ms["p90"], ms["p99"], ms["max"], g("all_rejoined_s"), g("end"),
+                g("close_seen_spread_ms")
             );
         }
         Some("connect") => {

@@ -33,7 +33,9 @@ fi
 RENDER_WORKER_PROCESSES=${NGINX_WORKER_PROCESSES:-auto}
 RENDER_PID_FILE=${NGINX_PID_FILE:-/tmp/nginx/nginx.pid}
 RENDER_ERROR_LOG=${NGINX_ERROR_LOG:-stderr}
+# `access_log off` takes no format; a path takes the template's (tokens left out).
 RENDER_ACCESS_LOG=${NGINX_ACCESS_LOG:-/dev/stdout}
+[ "$RENDER_ACCESS_LOG" = off ] || RENDER_ACCESS_LOG="$RENDER_ACCESS_LOG roomcast_notoken"
 RENDER_TEMP_DIR=${NGINX_TEMP_DIR:-/tmp/nginx}
 RENDER_LISTEN=${NGINX_LISTEN:-80}
 RENDER_SERVER_NAME=${NGINX_SERVER_NAME:-_}

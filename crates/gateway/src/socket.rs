@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Sleep;
 
@@ -161,12 +161,27 @@ impl AsyncRead for LaneIo {
             // memset (callgrind). The WebSocket reads through tungstenite's 512-byte
             // buffer and a request is a few hundred bytes, so a read takes at most
             // READ_CHUNK and zeroes no more than that.
-            let n = buf.remaining().min(READ_CHUNK);
-            match tcp.try_read(buf.initialize_unfilled_to(n)) {
-                Ok(n) => {
-                    buf.advance(n);
+            let want = buf.remaining().min(READ_CHUNK);
+            let dst = buf.initialize_unfilled_to(want);
+            // A read that took less than it asked for emptied the socket: it is marked not
+            // readable then, as tokio's own TcpStream does, so that the next poll waits for
+            // the next event instead of finding out with a read that fails (one recvfrom
+            // per frame a client sends, and per publish on the publishing node, strace).
+            let mut got = 0;
+            let read = tcp.try_io(Interest::READABLE, || {
+                got = tcp.try_read(dst)?;
+                if got > 0 && got < want {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match read {
+                _ if got > 0 => {
+                    buf.advance(got);
                     return Poll::Ready(Ok(()));
                 }
+                Ok(()) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }

@@ -274,7 +274,7 @@ impl Client {
         let d = Duration::from_secs(1);
         match self {
             Client::Roomcast(mut ws) => {
-                let _ = tokio::time::timeout(d, ws.close(None)).await;
+                let _ = tokio::time::timeout(d, Ws::close(&mut ws, None)).await;
             }
             Client::Peer(c) => c.close().await,
         }

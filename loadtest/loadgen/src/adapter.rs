@@ -166,7 +166,7 @@ pub struct Conn {
     member_events: bool,
 }
 
-fn ws_config() -> WebSocketConfig {
+pub(crate) fn ws_config() -> WebSocketConfig {
     // A generator holding 20k sockets cannot afford tungstenite's 128 KiB default read
     // buffer per connection; messages here are small.
     WebSocketConfig::default()
@@ -176,8 +176,9 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// TCP connect from 127.0.0.<1 + idx % sources>, so that many sources share the load
-/// of the per-address ephemeral port range.
-async fn tcp(addr: SocketAddr, idx: usize, sources: u8) -> Result<TcpStream> {
+/// of the per-address ephemeral port range (all in one /24: nginx's ip_hash sends them to
+/// one node).
+pub(crate) async fn tcp(addr: SocketAddr, idx: usize, sources: u8) -> Result<TcpStream> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

@@ -14,21 +14,19 @@
 //! rejoined, and for roomcast how many re-joins recovered. Roomcast is spoken in JSON here.
 //! Loopback targets only (sys::parse_target), every wait bounded.
 
-use crate::adapter::{Conn, Incoming, Kind, Settings};
+use crate::adapter::{tcp, ws_config, Conn, Incoming, Kind, Settings};
 use crate::sys::Target;
 use crate::{round3, sample_all, servers_json, wait_until, Cli, Ctx};
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -100,32 +98,6 @@ enum Event {
     Delivery,
     Closed(String),
     Other,
-}
-
-fn ws_config() -> WebSocketConfig {
-    // Thousands of sockets: small buffers (messages here are tiny), as adapter.rs does.
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-}
-
-/// TCP connect from 127.0.0.<1 + idx % sources> (one /24: nginx's ip_hash sends them all
-/// to one node).
-async fn tcp(addr: SocketAddr, idx: usize, sources: u8) -> Result<TcpStream> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let (IpAddr::V4(_), true) = (addr.ip(), sources > 0) {
-        let src = Ipv4Addr::new(127, 0, 0, 1 + (idx % sources as usize) as u8);
-        sock.bind(SocketAddr::new(IpAddr::V4(src), 0))
-            .with_context(|| format!("bind {src}"))?;
-    }
-    let s = sock.connect(addr).await.context("tcp connect")?;
-    s.set_nodelay(true)?;
-    Ok(s)
 }
 
 /// The next JSON text frame of a roomcast connection; Err when it ends.

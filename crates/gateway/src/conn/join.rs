@@ -117,10 +117,13 @@ impl Conn {
         if !rejoin && self.mailbox.floors(|f| f.len()) >= node.cfg.max_rooms {
             return Err(JoinRefused::RoomLimit(node.cfg.max_rooms));
         }
-        if !rejoin {
+        // The hub's key of the room, for the floor raised below.
+        let key = if rejoin {
+            node.hub.room_key(room)
+        } else {
             node.hub
-                .join_with(room, &self.member(&active.who), args.member_events);
-        }
+                .join_with(room, &self.member(&active.who), args.member_events)
+        };
         let (user, conn) = (&active.who.user, &self.id);
         // Rooms mode: the room's channel must be subscribed before history is read, or a
         // message published in between would be in neither (the no-gap rule).
@@ -161,7 +164,7 @@ impl Conn {
         };
         match read.await {
             Ok(h) => {
-                self.mailbox.floors(|f| f.raise(room, h.offset));
+                self.mailbox.floors(|f| f.raise(&key, h.offset));
                 Ok(h)
             }
             Err(e) => {

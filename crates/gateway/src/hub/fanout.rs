@@ -212,12 +212,12 @@ impl Hub {
         self.messages.fetch_add(1, Ordering::Relaxed);
         // One lock for the room's members and its message count (the heartbeat's
         // messages/s), none more on the way from the bus to the members.
-        let members = {
+        let (members, key) = {
             let mut rooms = lock(&self.rooms);
             match rooms.live.get_mut(&p.room) {
                 Some(r) => {
                     r.messages += 1;
-                    r.snapshot()
+                    (r.snapshot(), r.key.clone())
                 }
                 None => {
                     rooms.count_passing(&p.room, 1);
@@ -233,7 +233,7 @@ impl Hub {
                 .flatten();
             let payload = encode_for(w, &MessageFrame(p), sse_id.as_deref())?;
             Some(Arc::new(Frame {
-                room: Some(p.room.clone()),
+                room: Some(key.clone()),
                 offset: p.offset,
                 payload,
             }))

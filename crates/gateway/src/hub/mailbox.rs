@@ -368,7 +368,9 @@ mod tests {
 
     fn msg(room: &str, offset: u64) -> Outbound {
         Arc::new(Frame {
-            room: Some(roomcast_protocol::RoomName::new(room).expect("room")),
+            room: Some(Arc::new(
+                roomcast_protocol::RoomName::new(room).expect("room"),
+            )),
             offset: Some(offset),
             payload: Payload::Binary(Bytes::from(vec![offset as u8])),
         })
@@ -387,7 +389,7 @@ mod tests {
         let m = Mailbox::new(8);
         m.attach(fake.clone());
         let room = roomcast_protocol::RoomName::new("r").expect("room");
-        m.floors(|f| f.raise(&room, floor));
+        m.floors(|f| f.raise(&Arc::new(room.clone()), floor));
         (m, fake, Metrics::new(), room)
     }
 

@@ -16,7 +16,7 @@ pub mod registry;
 mod tests;
 pub mod wire;
 
-pub use joined::Joined;
+pub use joined::{Joined, RoomKey};
 pub use mailbox::{Express, Mail, Mailbox, Member};
 pub use registry::Hub;
 pub use wire::{encode_for, Frame, Outbound, Payload, Wire};

@@ -4,7 +4,7 @@
 //! tells it to stop.
 
 use super::mailbox::kick_spread;
-use super::{lock, Mailbox, Member};
+use super::{lock, Mailbox, Member, RoomKey};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use roomcast_protocol::{close, Count, RoomName, UserId};
@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex};
 const MAX_COUNTED_ROOMS: usize = 100_000;
 
 /// One room with local members.
-#[derive(Default)]
 pub(super) struct Room {
+    /// The room's name, shared by the frames of its messages and by its members' floors
+    /// ([`Joined`](super::Joined)): a delivery finds its room by pointer, without reading
+    /// the name.
+    pub(super) key: RoomKey,
     pub(super) members: HashMap<Arc<str>, Member>,
     /// Rebuilt lazily after a change, so a join is O(1) and fan-out reads an immutable list.
     snapshot: Option<Arc<[Member]>>,
@@ -33,6 +36,18 @@ pub(super) struct Room {
 }
 
 impl Room {
+    fn new(name: &RoomName) -> Self {
+        Room {
+            key: Arc::new(name.clone()),
+            members: HashMap::new(),
+            snapshot: None,
+            quiet: HashSet::new(),
+            listeners: None,
+            census: Census::default(),
+            messages: 0,
+        }
+    }
+
     pub(super) fn snapshot(&mut self) -> Arc<[Member]> {
         let Room {
             members, snapshot, ..
@@ -249,16 +264,20 @@ impl Hub {
 
     /// Adds a member to a room; from now on it receives the room's messages and member
     /// events.
-    pub fn join(&self, room: &RoomName, m: &Member) {
+    pub fn join(&self, room: &RoomName, m: &Member) -> RoomKey {
         self.join_with(room, m, true)
     }
 
     /// Adds a member to a room; from now on it receives the room's messages, and its
-    /// member events when `member_events` is true.
-    pub fn join_with(&self, room: &RoomName, m: &Member, member_events: bool) {
+    /// member events when `member_events` is true. The room's key, for the member's floors.
+    pub fn join_with(&self, room: &RoomName, m: &Member, member_events: bool) -> RoomKey {
         let mut rooms = lock(&self.rooms);
         let first = !rooms.live.contains_key(room);
-        let r = rooms.live.entry(room.clone()).or_default();
+        let r = rooms
+            .live
+            .entry(room.clone())
+            .or_insert_with(|| Room::new(room));
+        let key = r.key.clone();
         r.members.insert(m.id.clone(), m.clone());
         r.snapshot = None;
         if member_events {
@@ -273,6 +292,17 @@ impl Hub {
         if first {
             self.bus.watch_room(room);
         }
+        key
+    }
+
+    /// The key of a room with a local member, else a key of its own (a frame or a floor
+    /// holding it is matched by name instead of by pointer).
+    pub fn room_key(&self, room: &RoomName) -> RoomKey {
+        lock(&self.rooms)
+            .live
+            .get(room)
+            .map(|r| r.key.clone())
+            .unwrap_or_else(|| Arc::new(room.clone()))
     }
 
     /// Removes a member from a room.

@@ -2,7 +2,7 @@
 //! wire format so that every recipient of the same format shares the same bytes.
 
 use bytes::Bytes;
-use roomcast_protocol::{Encoding, RoomName};
+use roomcast_protocol::Encoding;
 use std::sync::{Arc, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -54,7 +54,7 @@ impl Payload {
 #[derive(Debug)]
 pub struct Frame {
     /// The room of a room message; lets a session drop messages of rooms it left.
-    pub room: Option<RoomName>,
+    pub room: Option<super::RoomKey>,
     /// The message's offset (none when volatile or not a room message): lets a
     /// recovering join drop what it already replayed.
     pub offset: Option<u64>,

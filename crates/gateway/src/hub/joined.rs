@@ -170,7 +170,10 @@ mod tests {
             for k in &keys {
                 assert!(j.admit(&frame(k, 6)), "the hub's key, {rooms} rooms");
                 // A key of its own with the same name (a frame built apart).
-                assert!(j.admit(&frame(&key(k.as_str()), 7)), "same name, {rooms} rooms");
+                assert!(
+                    j.admit(&frame(&key(k.as_str()), 7)),
+                    "same name, {rooms} rooms"
+                );
                 assert!(!j.admit(&frame(k, 7)), "offset 7 went out already");
             }
             assert!(!j.admit(&frame(&key("elsewhere"), 1)), "a room not joined");
